@@ -1,0 +1,98 @@
+"""The ASGI app factory: mounts each feature's router; optionally runs a worker in-process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from accord import __version__, errors
+from accord.config import Settings
+from accord.db import migrate
+from accord.ingest import api as ingest_api
+from accord.pipeline.worker import Worker
+from accord.profiles import api as profiles_api
+from accord.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, with_worker: bool = False) -> FastAPI:
+    """The app. `with_worker` runs one pipeline worker in a thread (the embedded `accord up`)."""
+    settings = settings or (rt.settings if rt else Settings())
+    rt = rt or Runtime.create(settings)
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        thread = None
+        if with_worker:
+            worker = Worker(
+                db=rt.db, log=rt.log, batch_size=settings.worker_batch_size,
+                poll_interval=settings.worker_poll_interval, wake=rt.log.appended,
+            )
+            thread = threading.Thread(target=worker.run, args=(stop,), name="accord-worker", daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        rt.log.appended.set()
+        if thread is not None:
+            thread.join(timeout=10)
+        rt.log.close()
+
+    app = FastAPI(
+        title="Accord",
+        version=__version__,
+        description="Open, self-hosted customer data platform. Tracking API (Segment-compatible) and REST API.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.write_keys = ingest_api.WriteKeys()
+    errors.install(app)
+    app.include_router(ingest_api.router)
+    app.include_router(profiles_api.router)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="The database answers and its schema is current")
+    async def readyz() -> Response:
+        def check() -> str | None:
+            try:
+                with rt.db.read() as session:
+                    session.execute(text("SELECT 1"))
+                if not migrate.is_current(rt.db):
+                    return "the database schema is not current; run `accord migrate`"
+            except Exception as error:  # readiness reports, it does not raise
+                return f"the database does not answer ({type(error).__name__})"
+            return None
+
+        problem = await run_in_threadpool(check)
+        if problem:
+            return errors.error_response(503, "not_ready", problem)
+        return errors.JSON({"status": "ready"})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(ingest_api.openapi_components())
+            components.setdefault("securitySchemes", {})["writeKey"] = {
+                "type": "http", "scheme": "basic", "description": "The source's write key as user name"
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

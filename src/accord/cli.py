@@ -1,0 +1,267 @@
+"""The `accord` command. Thin: each command opens a unit of work and calls a service."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from accord.config import Settings
+from accord.db import migrate as migrations
+from accord.db.engine import Database
+from accord.ingest import quarantine
+from accord.logs import configure_logging
+from accord.pipeline.worker import Worker
+from accord.runtime import Runtime
+from accord.security import service as security
+from accord.sources import service as sources
+
+app = typer.Typer(help="Accord: open, self-hosted customer data platform.", no_args_is_help=True)
+source_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for the REST API.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Events that failed processing.", no_args_is_help=True)
+app.add_typer(source_app, name="source")
+app.add_typer(token_app, name="token")
+app.add_typer(quarantine_app, name="quarantine")
+console = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _db(settings: Settings) -> Database:
+    db = Database.from_settings(settings)
+    migrations.upgrade(db)
+    return db
+
+
+def _print(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        for key, value in data.items():
+            console.print(f"[bold]{key}[/bold]: {value}")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+    db = Database.from_settings(settings)
+    migrations.upgrade(db)
+    console.print(f"schema at revision {migrations.current_revision(db)}")
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Bind address [ACCORD_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [ACCORD_PORT]")] = None,
+) -> None:
+    """Run everything on the embedded default: migrate, then the API and a worker in one process."""
+    _serve(host, port, with_worker=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [ACCORD_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [ACCORD_PORT]")] = None,
+) -> None:
+    """Run the API only (scale-out role); pair with `accord worker` processes."""
+    _serve(host, port, with_worker=False)
+
+
+def _serve(host: str | None, port: int | None, *, with_worker: bool) -> None:
+    from accord.app import create_app
+
+    settings = _settings()
+    _db(settings).dispose()
+    application = create_app(settings, with_worker=with_worker)
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a pipeline worker (scale-out role); any number may run against one database."""
+    settings = _settings()
+    rt = Runtime.create(settings)
+    migrations.upgrade(rt.db)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    Worker(db=rt.db, log=rt.log, batch_size=settings.worker_batch_size,
+           poll_interval=settings.worker_poll_interval).run(stop)
+    rt.close()
+
+
+@source_app.command("create")
+def source_create(name: str, as_json: JsonFlag = False) -> None:
+    """Create a source and print its write key (shown once)."""
+    db = _db(_settings())
+    try:
+        with db.unit_of_work() as session:
+            created = sources.create_source(session, name=name)
+    except (sources.SourceExists, ValueError) as error:
+        _fail(str(error))
+    _print({"id": created.id, "name": created.name, "write_key": created.write_key}, as_json)
+
+
+@source_app.command("list")
+def source_list(as_json: JsonFlag = False) -> None:
+    """List sources."""
+    db = _db(_settings())
+    with db.read() as session:
+        rows = [
+            {"id": s.id, "name": s.name, "enabled": s.enabled, "created_at": s.created_at.isoformat()}
+            for s in sources.list_sources(session)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("id", "name", "enabled", "created_at")
+    for row in rows:
+        table.add_row(row["id"], row["name"], str(row["enabled"]), row["created_at"])
+    console.print(table)
+
+
+def _set_source(name: str, enabled: bool) -> None:
+    db = _db(_settings())
+    try:
+        with db.unit_of_work() as session:
+            sources.set_enabled(session, name=name, enabled=enabled)
+    except sources.SourceNotFound as error:
+        _fail(str(error))
+    console.print(f"source {name!r} {'enabled' if enabled else 'disabled'}")
+
+
+@source_app.command("disable")
+def source_disable(name: str) -> None:
+    """Stop accepting events with this source's write key (within 5 seconds)."""
+    _set_source(name, False)
+
+
+@source_app.command("enable")
+def source_enable(name: str) -> None:
+    """Accept events with this source's write key again."""
+    _set_source(name, True)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin, analyst, agent or auditor")],
+    description: Annotated[str, typer.Option(help="What the token is for")] = "",
+    expires_days: Annotated[int | None, typer.Option(help="Days until it expires (default never)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API token and print it (shown once)."""
+    db = _db(_settings())
+    expires = timedelta(days=expires_days) if expires_days else None
+    try:
+        with db.unit_of_work() as session:
+            created = security.create_token(session, role=role, description=description, expires_in=expires)
+    except ValueError as error:
+        _fail(str(error))
+    _print(
+        {"id": created.id, "role": created.role, "token": created.token,
+         "expires_at": created.expires_at.isoformat() if created.expires_at else None},
+        as_json,
+    )
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by its id; it stops working at once."""
+    db = _db(_settings())
+    try:
+        with db.unit_of_work() as session:
+            security.revoke_token(session, token_id=token_id)
+    except security.TokenNotFound as error:
+        _fail(str(error))
+    console.print(f"token {token_id} revoked")
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonFlag = False
+) -> None:
+    """Events waiting in quarantine, with their errors."""
+    db = _db(_settings())
+    with db.read() as session:
+        rows = [
+            {"id": q.id, "source_id": q.source_id, "message_id": q.message_id, "error": q.error,
+             "attempts": q.attempts, "quarantined_at": q.quarantined_at.isoformat()}
+            for q in quarantine.waiting(session, limit=limit)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("id", "source", "messageId", "attempts", "error")
+    for row in rows:
+        table.add_row(str(row["id"]), row["source_id"], row["message_id"], str(row["attempts"]), row["error"])
+    console.print(table)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Quarantine ids; default all waiting")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send quarantined events back through the pipeline."""
+    settings = _settings()
+    rt = Runtime.create(settings)
+    migrations.upgrade(rt.db)
+    replayed = quarantine.replay(rt.db, rt.log, ids=ids or None)
+    rt.close()
+    _print({"replayed": replayed}, as_json)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=1, max=1_000_000, help="Synthetic customers to send")] = 2000,
+    url: Annotated[str | None, typer.Option(help="Accord's base URL (default http://ACCORD_HOST:ACCORD_PORT)")] = None,
+    write_key: Annotated[str | None, typer.Option(help="Write key (default: a new 'demo' source)")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed, for the same data every time")] = 42,
+) -> None:
+    """Send synthetic customers with multi-device journeys through the tracking API."""
+    from accord.demo import run_demo
+
+    settings = _settings()
+    if write_key is None:
+        db = _db(settings)
+        with db.unit_of_work() as session:
+            existing = {s.name for s in sources.list_sources(session)}
+            name = "demo" if "demo" not in existing else f"demo-{len(existing)}"
+            write_key = sources.create_source(session, name=name).write_key
+    base = url or f"http://{settings.host}:{settings.port}"
+    try:
+        summary = run_demo(base_url=base, write_key=write_key, customers=customers, seed=seed, console=console)
+    except ConnectionError as error:
+        _fail(f"{error}. Start Accord first with `make run` or `accord up`.")
+    console.print(summary)
+
+
+def main() -> None:
+    app()

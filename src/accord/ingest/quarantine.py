@@ -1,0 +1,88 @@
+"""Quarantine: accepted events that failed processing, kept with their error until replayed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from accord.db.base import utcnow
+from accord.db.engine import Database
+from accord.ingest.models import QuarantinedEvent
+from accord.log.port import EventLog, NewRecord
+
+MAX_ERROR_LENGTH = 2000
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]
+
+
+def put(session: Session, source_id: str, event: dict[str, Any], error: BaseException | str) -> None:
+    """Quarantine an event; a second failure of the same message updates its row."""
+    reason = error if isinstance(error, str) else describe(error)
+    values = {
+        "source_id": source_id,
+        "message_id": str(event.get("messageId", "")),
+        "payload": event,
+        "error": reason,
+        "attempts": 1,
+        "quarantined_at": utcnow(),
+        "replayed_at": None,
+    }
+    dialect = session.get_bind().dialect.name
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(QuarantinedEvent).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["source_id", "message_id"],
+        set_={
+            "payload": statement.excluded.payload,
+            "error": statement.excluded.error,
+            "attempts": QuarantinedEvent.attempts + 1,
+            "quarantined_at": statement.excluded.quarantined_at,
+            "replayed_at": None,
+        },
+    )
+    session.execute(statement)
+
+
+def waiting(session: Session, *, limit: int = 100) -> Sequence[QuarantinedEvent]:
+    return session.scalars(
+        select(QuarantinedEvent)
+        .where(QuarantinedEvent.replayed_at.is_(None))
+        .order_by(QuarantinedEvent.id)
+        .limit(limit)
+    ).all()
+
+
+def count_waiting(session: Session) -> int:
+    return int(
+        session.scalar(select(func.count()).where(QuarantinedEvent.replayed_at.is_(None))) or 0
+    )
+
+
+def replay(db: Database, log: EventLog, *, ids: Sequence[int] | None = None) -> int:
+    """Send quarantined events back through the log; returns how many were replayed.
+
+    The events go to the log first and are marked replayed after, so a crash in between replays
+    them twice, which dedupe by messageId makes harmless, rather than losing them.
+    """
+    query = select(QuarantinedEvent).where(QuarantinedEvent.replayed_at.is_(None)).order_by(QuarantinedEvent.id)
+    if ids is not None:
+        query = query.where(QuarantinedEvent.id.in_(ids))
+    with db.read() as session:
+        rows = session.scalars(query).all()
+    now = utcnow()
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_source.setdefault(row.source_id, []).append(row.payload)
+    for source_id, events in by_source.items():
+        log.append(NewRecord(source_id=source_id, received_at=now, events=events))
+    with db.unit_of_work() as session:
+        session.execute(
+            update(QuarantinedEvent).where(QuarantinedEvent.id.in_([r.id for r in rows])).values(replayed_at=now)
+        )
+    return len(rows)

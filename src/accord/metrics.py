@@ -1,0 +1,12 @@
+"""Prometheus metrics. Counts and timings only: never a label that could carry personal data."""
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_ACCEPTED = Counter("accord_events_accepted", "Events acknowledged by the tracking API")
+REQUESTS_REJECTED = Counter("accord_requests_rejected", "Tracking requests refused", ["code"])
+EVENTS_PROCESSED = Counter("accord_events_processed", "Events applied to profiles")
+EVENTS_DUPLICATE = Counter("accord_events_duplicate", "Events dropped as resends of a stored messageId")
+EVENTS_QUARANTINED = Counter("accord_events_quarantined", "Events sent to quarantine")
+MERGES = Counter("accord_profile_merges", "Profiles merged into another")
+WORKER_RETRIES = Counter("accord_worker_retries", "Worker transactions retried after a conflict")
+INGEST_SECONDS = Histogram("accord_ingest_seconds", "Time to acknowledge a tracking request")

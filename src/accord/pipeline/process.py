@@ -1,0 +1,248 @@
+"""Processing a run of logged events in one transaction: dedupe, identity, profile, timeline.
+
+The work is done in memory for the whole run and written with a few set-based statements; a
+failure of one event's own data sends that event to quarantine and leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from accord.db.base import utcnow
+from accord.identity.models import Identity, Merge
+from accord.identity.service import Key, event_identifiers, lookup_keys
+from accord.ingest import quarantine
+from accord.ingest.spec import parse_time
+from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.projection import ProfileState, absorb, apply_event
+
+
+class StaleRead(Exception):
+    """A profile changed under us (merged by another worker); the transaction must be retried."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    processed: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    merges: int = 0
+
+
+@dataclass(slots=True)
+class _Run:
+    """The in-memory state of one run: profiles touched, identities known, and what to write."""
+
+    profiles: dict[str, ProfileState] = field(default_factory=dict)
+    identities: dict[Key, str] = field(default_factory=dict)
+    new_identities: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    merges: list[dict[str, Any]] = field(default_factory=list)
+    absorbed_existing: list[str] = field(default_factory=list)
+
+    def live(self, profile_id: str) -> ProfileState:
+        state = self.profiles[profile_id]
+        while state.merged_into is not None:
+            state = self.profiles[state.merged_into]
+        return state
+
+
+Item = tuple[str, dict[str, Any]]  # (source_id, normalised event)
+
+
+def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> Outcome:
+    """Apply `items` in order. The caller owns the transaction and commits."""
+    outcome = Outcome()
+    fresh = _drop_duplicates(session, items, outcome)
+    if not fresh:
+        return outcome
+    run = _Run()
+    _load(session, run, fresh, lock_rows=lock_rows)
+    now = utcnow()
+    for source_id, event in fresh:
+        try:
+            timestamp = parse_time(event["timestamp"], "timestamp")
+            received_at = parse_time(event["receivedAt"], "receivedAt")
+            identifiers = event_identifiers(event)
+            if not identifiers:
+                raise ValueError("the event carries no usable identifier (all were empty or placeholders)")
+        except Exception as error:  # the event's own data is bad: quarantine it, go on
+            quarantine.put(session, source_id, event, error)
+            outcome.quarantined += 1
+            continue
+        state = _resolve(run, source_id, event, identifiers, timestamp, now, outcome)
+        apply_event(state, event, timestamp)
+        run.events.append(
+            {
+                "profile_id": state.id,
+                "source_id": source_id,
+                "message_id": event["messageId"],
+                "type": event["type"],
+                "event": event.get("event") if event["type"] == "track" else event.get("name"),
+                "timestamp": timestamp,
+                "received_at": received_at,
+                "payload": event,
+            }
+        )
+        outcome.processed += 1
+    _write(session, run, now)
+    return outcome
+
+
+def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> list[Item]:
+    seen: set[tuple[str, str]] = set()
+    unique: list[Item] = []
+    for source_id, event in items:
+        key = (source_id, event["messageId"])
+        if key in seen:
+            outcome.duplicates += 1
+            continue
+        seen.add(key)
+        unique.append((source_id, event))
+    stored: set[tuple[str, str]] = set()
+    keys = list(seen)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        stored.update(
+            (s, m)
+            for s, m in session.execute(
+                select(ProfileEvent.source_id, ProfileEvent.message_id).where(
+                    tuple_(ProfileEvent.source_id, ProfileEvent.message_id).in_(chunk)
+                )
+            )
+        )
+    if not stored:
+        return unique
+    outcome.duplicates += sum(1 for s, e in unique if (s, e["messageId"]) in stored)
+    return [(s, e) for s, e in unique if (s, e["messageId"]) not in stored]
+
+
+def _load(session: Session, run: _Run, items: list[Item], *, lock_rows: bool) -> None:
+    wanted: set[Key] = set()
+    for _, event in items:
+        wanted.update(lookup_keys(event, event_identifiers(event)))
+    keys = list(wanted)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for kind, value, profile_id in session.execute(
+            select(Identity.type, Identity.value, Identity.profile_id).where(
+                tuple_(Identity.type, Identity.value).in_(chunk)
+            )
+        ):
+            run.identities[(kind, value)] = profile_id
+    profile_ids = sorted(set(run.identities.values()))
+    if not profile_ids:
+        return
+    # Sorted, so concurrent workers lock in one order and cannot deadlock on profiles.
+    query = select(Profile).where(Profile.id.in_(profile_ids)).order_by(Profile.id)
+    if lock_rows:
+        query = query.with_for_update()
+    for row in session.scalars(query):
+        if row.merged_into is not None:
+            raise StaleRead(f"profile {row.id} was merged while this run read it")
+        run.profiles[row.id] = ProfileState(
+            id=row.id,
+            created_at=row.created_at,
+            first_seen=row.first_seen,
+            last_seen=row.last_seen,
+            traits=dict(row.traits),
+            trait_versions=dict(row.trait_versions),
+            counts={group: dict(names) for group, names in row.counts.items()},
+        )
+    if len(run.profiles) != len(profile_ids):
+        raise StaleRead("an identity points at a profile that is gone")
+    session.expunge_all()
+
+
+def _resolve(
+    run: _Run,
+    source_id: str,
+    event: dict[str, Any],
+    identifiers: list[Key],
+    timestamp: datetime,
+    now: datetime,
+    outcome: Outcome,
+) -> ProfileState:
+    """The profile this event belongs to: found, created, or several merged into one."""
+    matched: dict[str, Key] = {}
+    for key in lookup_keys(event, identifiers):
+        profile_id = run.identities.get(key)
+        if profile_id is not None:
+            matched.setdefault(run.live(profile_id).id, key)
+    if not matched:
+        state = ProfileState(
+            id=str(uuid.uuid4()), created_at=now, first_seen=timestamp, last_seen=timestamp, is_new=True
+        )
+        run.profiles[state.id] = state
+    else:
+        candidates = sorted((run.profiles[pid] for pid in matched), key=lambda p: (p.created_at, p.id))
+        state = candidates[0]
+        for other in candidates[1:]:
+            absorb(state, other)
+            kind, value = matched[other.id]
+            run.merges.append(
+                {
+                    "survivor_id": state.id,
+                    "absorbed_id": other.id,
+                    "identity_type": kind,
+                    "identity_value": value,
+                    "source_id": source_id,
+                    "message_id": event["messageId"],
+                    "merged_at": now,
+                }
+            )
+            if not other.is_new:
+                run.absorbed_existing.append(other.id)
+            outcome.merges += 1
+    for key in identifiers:
+        if key not in run.identities:
+            run.identities[key] = state.id
+            run.new_identities.append(
+                {"type": key[0], "value": key[1], "profile_id": state.id, "first_seen": timestamp,
+                 "message_id": event["messageId"]}
+            )
+    return state
+
+
+def _write(session: Session, run: _Run, now: datetime) -> None:
+    def row(state: ProfileState) -> dict[str, Any]:
+        return {
+            "id": state.id,
+            "merged_into": run.live(state.id).id if state.merged_into else None,
+            "traits": state.traits,
+            "trait_versions": state.trait_versions,
+            "counts": state.counts,
+            "first_seen": state.first_seen,
+            "last_seen": state.last_seen,
+            "updated_at": now,
+        }
+
+    new = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.is_new]
+    changed = [row(s) for s in run.profiles.values() if s.dirty and not s.is_new]
+    if new:
+        session.execute(insert(Profile), new)
+    if changed:
+        session.execute(update(Profile), changed)
+    for absorbed_id in run.absorbed_existing:
+        survivor_id = run.live(absorbed_id).id
+        session.execute(update(Identity).where(Identity.profile_id == absorbed_id).values(profile_id=survivor_id))
+        session.execute(
+            update(ProfileEvent).where(ProfileEvent.profile_id == absorbed_id).values(profile_id=survivor_id)
+        )
+        session.execute(update(Profile).where(Profile.merged_into == absorbed_id).values(merged_into=survivor_id))
+    if run.new_identities:
+        for identity in run.new_identities:
+            identity["profile_id"] = run.live(identity["profile_id"]).id
+        session.execute(insert(Identity), run.new_identities)
+    if run.events:
+        for event in run.events:
+            event["profile_id"] = run.live(event["profile_id"]).id
+        session.execute(insert(ProfileEvent), run.events)
+    if run.merges:
+        session.execute(insert(Merge), run.merges)

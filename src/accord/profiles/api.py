@@ -1,0 +1,125 @@
+"""The profile API: `/api/v1/profiles/{ref}` and its sub-resources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.orm import Session
+
+from accord.errors import ApiError
+from accord.identity.models import Identity
+from accord.profiles import service
+from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.schemas import (
+    EventPageRead,
+    EventRead,
+    IdentitiesRead,
+    IdentityRead,
+    ProfileRead,
+    TraitsRead,
+)
+from accord.runtime import Runtime, runtime
+from accord.security.auth import Principal, require_role
+
+router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
+Reader = Annotated[Principal, Depends(require_role("analyst", "agent"))]
+Rt = Annotated[Runtime, Depends(runtime)]
+CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+REF_DOC = "A profile id, or type:value (user_id:42, email:ann@example.com, anonymous_id:..., phone:+44...)"
+
+
+def _profile(session: Session, ref: str) -> Profile:
+    try:
+        profile = service.resolve(session, ref)
+    except service.BadReference as error:
+        raise ApiError(400, "invalid_reference", str(error)) from None
+    if profile is None:
+        raise ApiError(404, "profile_not_found", "no profile matches this reference")
+    return profile
+
+
+def _identity(row: Identity) -> IdentityRead:
+    return IdentityRead(type=row.type, value=row.value, first_seen=row.first_seen)
+
+
+def _event(row: ProfileEvent) -> EventRead:
+    payload = row.payload
+    return EventRead(
+        id=row.id,
+        message_id=row.message_id,
+        source_id=row.source_id,
+        type=row.type,
+        event=row.event,
+        timestamp=row.timestamp,
+        received_at=row.received_at,
+        properties=payload.get("properties"),
+        traits=payload.get("traits"),
+        context=payload.get("context"),
+    )
+
+
+@router.get("/{ref}", response_model=ProfileRead, summary="One profile with its traits and identities")
+def get_profile(ref: str, rt: Rt, _: Reader) -> ProfileRead:
+    with rt.db.read() as session:
+        profile = _profile(session, ref)
+        return ProfileRead(
+            id=profile.id,
+            traits=profile.traits,
+            identities=[_identity(i) for i in service.identities(session, profile.id)],
+            counts=profile.counts,
+            first_seen=profile.first_seen,
+            last_seen=profile.last_seen,
+            created_at=profile.created_at,
+            updated_at=profile.updated_at,
+            merged_ids=service.merged_ids(session, profile.id),
+        )
+
+
+@router.get("/{ref}/traits", response_model=TraitsRead, summary="A profile's traits")
+def get_traits(ref: str, rt: Rt, _: Reader) -> TraitsRead:
+    with rt.db.read() as session:
+        profile = _profile(session, ref)
+        return TraitsRead(profile_id=profile.id, traits=profile.traits)
+
+
+@router.get("/{ref}/identities", response_model=IdentitiesRead, summary="A profile's identifiers")
+def get_identities(ref: str, rt: Rt, _: Reader) -> IdentitiesRead:
+    with rt.db.read() as session:
+        profile = _profile(session, ref)
+        return IdentitiesRead(
+            profile_id=profile.id, identities=[_identity(i) for i in service.identities(session, profile.id)]
+        )
+
+
+@router.get("/{ref}/events", response_model=EventPageRead, summary="The timeline, newest first")
+def get_events(
+    ref: str,
+    rt: Rt,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    type: Annotated[list[str] | None, Query(description="Call types to include")] = None,
+    event: Annotated[str | None, Query(max_length=200, description="Track event name")] = None,
+    since: Annotated[datetime | None, Query(description="Events at or after (ISO-8601)")] = None,
+    until: Annotated[datetime | None, Query(description="Events before (ISO-8601)")] = None,
+) -> EventPageRead:
+    for kind in type or ():
+        if kind not in CALL_TYPES:
+            raise ApiError(400, "invalid_filter", f"type must be one of {', '.join(CALL_TYPES)}, not {kind[:40]!r}")
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and moment.tzinfo is None:
+            raise ApiError(400, "invalid_filter", f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
+    with rt.db.read() as session:
+        profile = _profile(session, ref)
+        try:
+            page = service.timeline(
+                session, profile.id, limit=limit, cursor=cursor, types=type or (), event=event,
+                since=since, until=until,
+            )
+        except service.BadCursor as error:
+            raise ApiError(400, "invalid_cursor", str(error)) from None
+        return EventPageRead(
+            profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor
+        )

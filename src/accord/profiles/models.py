@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from accord.db.base import Base, JSONDoc, UTCDateTime
+
+
+class Profile(Base):
+    """One customer: a projection of their events. `merged_into` points an absorbed profile at its survivor."""
+
+    __tablename__ = "profiles"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merged_into: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    traits: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    # Per trait, the [timestamp, messageId] of the write that won: last writer wins, in any order.
+    trait_versions: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    # {"events": {track event name: n}, "types": {call type: n}}
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ProfileEvent(Base):
+    """The lasting per-profile event store: the timeline and the source for replays."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    profile_id: Mapped[str] = mapped_column(ForeignKey("profiles.id"))
+    source_id: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(20))
+    event: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+
+    __table_args__ = (
+        UniqueConstraint("source_id", "message_id"),
+        Index("ix_events_timeline", "profile_id", "timestamp", "id"),
+    )

@@ -1,0 +1,83 @@
+"""The profile projection: how events and merges change a profile. Pure, and order-independent.
+
+Traits are last-writer-wins by (event time, messageId); counts add up; first and last seen are the
+min and max. Each is a join of a semilattice, so any order of the same events (and any merge of
+profiles that saw them) gives the same state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(slots=True)
+class ProfileState:
+    id: str
+    created_at: datetime
+    first_seen: datetime
+    last_seen: datetime
+    traits: dict[str, Any] = field(default_factory=dict)
+    trait_versions: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    merged_into: str | None = None
+    is_new: bool = False
+    dirty: bool = False
+
+
+def event_traits(event: dict[str, Any]) -> dict[str, Any]:
+    """Traits an event states about its person: identify's traits, and any call's context.traits."""
+    merged: dict[str, Any] = {}
+    context_traits = (event.get("context") or {}).get("traits")
+    if isinstance(context_traits, dict):
+        merged.update(context_traits)
+    if event.get("type") == "identify" and isinstance(event.get("traits"), dict):
+        merged.update(event["traits"])
+    return merged
+
+
+def set_traits(state: ProfileState, traits: dict[str, Any], version: list[str]) -> None:
+    for key, value in traits.items():
+        current = state.trait_versions.get(key)
+        if current is None or version > current:
+            state.traits[key] = value
+            state.trait_versions[key] = version
+            state.dirty = True
+
+
+def apply_event(state: ProfileState, event: dict[str, Any], timestamp: datetime) -> None:
+    traits = event_traits(event)
+    if traits:
+        set_traits(state, traits, [event["timestamp"], event["messageId"]])
+    _bump(state.counts, "types", event["type"], 1)
+    if event["type"] == "track":
+        _bump(state.counts, "events", event["event"], 1)
+    if timestamp < state.first_seen:
+        state.first_seen = timestamp
+    if timestamp > state.last_seen:
+        state.last_seen = timestamp
+    state.dirty = True
+
+
+def absorb(survivor: ProfileState, absorbed: ProfileState) -> None:
+    """Fold `absorbed` into `survivor`, as if the survivor had seen all of its events."""
+    for key, value in absorbed.traits.items():
+        version = absorbed.trait_versions.get(key, ["", ""])
+        current = survivor.trait_versions.get(key)
+        if current is None or version > current:
+            survivor.traits[key] = value
+            survivor.trait_versions[key] = version
+    for group, counts in absorbed.counts.items():
+        for name, n in counts.items():
+            _bump(survivor.counts, group, name, n)
+    survivor.first_seen = min(survivor.first_seen, absorbed.first_seen)
+    survivor.last_seen = max(survivor.last_seen, absorbed.last_seen)
+    survivor.created_at = min(survivor.created_at, absorbed.created_at)
+    absorbed.merged_into = survivor.id
+    survivor.dirty = absorbed.dirty = True
+
+
+def _bump(counts: dict[str, dict[str, int]], group: str, name: str, n: int) -> None:
+    bucket = counts.setdefault(group, {})
+    bucket[name] = bucket.get(name, 0) + n

@@ -1,0 +1,36 @@
+"""What a running Accord process holds: settings, the database and the event log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from accord.config import Settings
+from accord.db.engine import Database
+from accord.log.sql import SqlEventLog
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    db: Database
+    log: SqlEventLog
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        if settings.nats_url:
+            raise NotImplementedError(
+                "ACCORD_NATS_URL is set, but the JetStream event log is not built yet; unset it to use the sql log"
+            )
+        db = Database.from_settings(settings)
+        return cls(settings=settings, db=db, log=SqlEventLog(db))
+
+    def close(self) -> None:
+        self.log.close()
+        self.db.dispose()
+
+
+def runtime(request: Request) -> Runtime:
+    value: Runtime = request.app.state.runtime
+    return value
