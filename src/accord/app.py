@@ -34,8 +34,11 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
         thread = None
         if with_worker:
             worker = Worker(
-                db=rt.db, log=rt.log, batch_size=settings.worker_batch_size,
-                poll_interval=settings.worker_poll_interval, wake=rt.log.appended,
+                db=rt.db,
+                log=rt.log,
+                batch_size=settings.worker_batch_size,
+                poll_interval=settings.worker_poll_interval,
+                wake=rt.log.appended,
             )
             thread = threading.Thread(target=worker.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
@@ -89,7 +92,9 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
             components = schema.setdefault("components", {})
             components.setdefault("schemas", {}).update(ingest_api.openapi_components())
             components.setdefault("securitySchemes", {})["writeKey"] = {
-                "type": "http", "scheme": "basic", "description": "The source's write key as user name"
+                "type": "http",
+                "scheme": "basic",
+                "description": "The source's write key as user name",
             }
             app.openapi_schema = schema
         return app.openapi_schema

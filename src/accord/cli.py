@@ -112,8 +112,9 @@ def worker() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    Worker(db=rt.db, log=rt.log, batch_size=settings.worker_batch_size,
-           poll_interval=settings.worker_poll_interval).run(stop)
+    Worker(
+        db=rt.db, log=rt.log, batch_size=settings.worker_batch_size, poll_interval=settings.worker_poll_interval
+    ).run(stop)
     rt.close()
 
 
@@ -143,7 +144,7 @@ def source_list(as_json: JsonFlag = False) -> None:
         return
     table = Table("id", "name", "enabled", "created_at")
     for row in rows:
-        table.add_row(row["id"], row["name"], str(row["enabled"]), row["created_at"])
+        table.add_row(*(str(row[k]) for k in ("id", "name", "enabled", "created_at")))
     console.print(table)
 
 
@@ -185,8 +186,12 @@ def token_create(
     except ValueError as error:
         _fail(str(error))
     _print(
-        {"id": created.id, "role": created.role, "token": created.token,
-         "expires_at": created.expires_at.isoformat() if created.expires_at else None},
+        {
+            "id": created.id,
+            "role": created.role,
+            "token": created.token,
+            "expires_at": created.expires_at.isoformat() if created.expires_at else None,
+        },
         as_json,
     )
 
@@ -204,15 +209,19 @@ def token_revoke(token_id: str) -> None:
 
 
 @quarantine_app.command("list")
-def quarantine_list(
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonFlag = False
-) -> None:
+def quarantine_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonFlag = False) -> None:
     """Events waiting in quarantine, with their errors."""
     db = _db(_settings())
     with db.read() as session:
         rows = [
-            {"id": q.id, "source_id": q.source_id, "message_id": q.message_id, "error": q.error,
-             "attempts": q.attempts, "quarantined_at": q.quarantined_at.isoformat()}
+            {
+                "id": q.id,
+                "source_id": q.source_id,
+                "message_id": q.message_id,
+                "error": q.error,
+                "attempts": q.attempts,
+                "quarantined_at": q.quarantined_at.isoformat(),
+            }
             for q in quarantine.waiting(session, limit=limit)
         ]
     if as_json:
@@ -220,7 +229,7 @@ def quarantine_list(
         return
     table = Table("id", "source", "messageId", "attempts", "error")
     for row in rows:
-        table.add_row(str(row["id"]), row["source_id"], row["message_id"], str(row["attempts"]), row["error"])
+        table.add_row(*(str(row[k]) for k in ("id", "source_id", "message_id", "attempts", "error")))
     console.print(table)
 
 

@@ -39,9 +39,7 @@ class Database:
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.read_sessions = sessionmaker(
-            self.engine.execution_options(accord_read_only=True), expire_on_commit=False
-        )
+        self.read_sessions = sessionmaker(self.engine.execution_options(accord_read_only=True), expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

@@ -27,9 +27,7 @@ class Merge(Base):
 
     __tablename__ = "merges"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     survivor_id: Mapped[str] = mapped_column(String(40), index=True)
     absorbed_id: Mapped[str] = mapped_column(String(40), index=True)
     identity_type: Mapped[str] = mapped_column(String(40))

@@ -135,8 +135,9 @@ async def ingest(request: Request, endpoint: str) -> Any:
         await asyncio.wrap_future(rt.log.submit(NewRecord(source_id=source_id, received_at=received_at, events=events)))
     except Exception:
         metrics.REQUESTS_REJECTED.labels(code="log_unavailable").inc()
-        return error_response(503, "log_unavailable", "the event log could not store this request; retry it",
-                              {"Retry-After": "1"})
+        return error_response(
+            503, "log_unavailable", "the event log could not store this request; retry it", {"Retry-After": "1"}
+        )
     metrics.EVENTS_ACCEPTED.inc(len(events))
     metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
     return Response(content=_OK, media_type="application/json")

@@ -14,9 +14,7 @@ class QuarantinedEvent(Base):
 
     __tablename__ = "quarantine"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     source_id: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc)

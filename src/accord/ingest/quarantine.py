@@ -59,9 +59,7 @@ def waiting(session: Session, *, limit: int = 100) -> Sequence[QuarantinedEvent]
 
 
 def count_waiting(session: Session) -> int:
-    return int(
-        session.scalar(select(func.count()).where(QuarantinedEvent.replayed_at.is_(None))) or 0
-    )
+    return int(session.scalar(select(func.count()).where(QuarantinedEvent.replayed_at.is_(None))) or 0)
 
 
 def replay(db: Database, log: EventLog, *, ids: Sequence[int] | None = None) -> int:

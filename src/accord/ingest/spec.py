@@ -83,9 +83,7 @@ def normalise_event(
     event.pop("writeKey", None)
     kind = call_type or event.get("type")
     if kind not in CALL_TYPES:
-        raise SpecError(
-            "invalid_type", f"{where}.type must be one of {', '.join(CALL_TYPES)}, not {str(kind)[:40]!r}"
-        )
+        raise SpecError("invalid_type", f"{where}.type must be one of {', '.join(CALL_TYPES)}, not {str(kind)[:40]!r}")
     event["type"] = kind
     for field in OBJECT_FIELDS:
         value = event.get(field)
@@ -149,9 +147,7 @@ def normalise_event(
 
     size = len(orjson.dumps(event))
     if size > MAX_EVENT_BYTES:
-        raise SpecError(
-            "event_too_large", f"{where} is {size} bytes; an event may be at most {MAX_EVENT_BYTES}", 413
-        )
+        raise SpecError("event_too_large", f"{where} is {size} bytes; an event may be at most {MAX_EVENT_BYTES}", 413)
     return event
 
 

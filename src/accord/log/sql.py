@@ -119,9 +119,7 @@ class SqlEventLog:
     def acknowledge(self, session: Session, deliveries: list[Delivery]) -> None:
         if deliveries:
             session.execute(
-                update(LogRecord)
-                .where(LogRecord.seq.in_([d.seq for d in deliveries]))
-                .values(processed_at=utcnow())
+                update(LogRecord).where(LogRecord.seq.in_([d.seq for d in deliveries])).values(processed_at=utcnow())
             )
 
     def pending(self, session: Session) -> int:

@@ -204,8 +204,13 @@ def _resolve(
         if key not in run.identities:
             run.identities[key] = state.id
             run.new_identities.append(
-                {"type": key[0], "value": key[1], "profile_id": state.id, "first_seen": timestamp,
-                 "message_id": event["messageId"]}
+                {
+                    "type": key[0],
+                    "value": key[1],
+                    "profile_id": state.id,
+                    "first_seen": timestamp,
+                    "message_id": event["messageId"],
+                }
             )
     return state
 

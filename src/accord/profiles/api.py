@@ -115,11 +115,15 @@ def get_events(
         profile = _profile(session, ref)
         try:
             page = service.timeline(
-                session, profile.id, limit=limit, cursor=cursor, types=type or (), event=event,
-                since=since, until=until,
+                session,
+                profile.id,
+                limit=limit,
+                cursor=cursor,
+                types=type or (),
+                event=event,
+                since=since,
+                until=until,
             )
         except service.BadCursor as error:
             raise ApiError(400, "invalid_cursor", str(error)) from None
-        return EventPageRead(
-            profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor
-        )
+        return EventPageRead(profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor)

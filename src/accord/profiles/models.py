@@ -32,9 +32,7 @@ class ProfileEvent(Base):
 
     __tablename__ = "events"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     profile_id: Mapped[str] = mapped_column(ForeignKey("profiles.id"))
     source_id: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))

@@ -16,9 +16,7 @@ class ProfileRead(BaseModel):
     id: str
     traits: dict[str, Any]
     identities: list[IdentityRead]
-    counts: dict[str, dict[str, int]] = Field(
-        description='{"events": {track event name: n}, "types": {call type: n}}'
-    )
+    counts: dict[str, dict[str, int]] = Field(description='{"events": {track event name: n}, "types": {call type: n}}')
     first_seen: datetime
     last_seen: datetime
     created_at: datetime

@@ -35,7 +35,9 @@ def resolve(session: Session, ref: str) -> Profile | None:
         key = parse_ref(ref)
         if key is None:
             return None
-        profile_id = session.scalar(select(Identity.profile_id).where(Identity.type == key[0], Identity.value == key[1]))
+        profile_id = session.scalar(
+            select(Identity.profile_id).where(Identity.type == key[0], Identity.value == key[1])
+        )
         if profile_id is None:
             return None
     else:
@@ -107,8 +109,6 @@ def timeline(
                 and_(ProfileEvent.timestamp == moment, ProfileEvent.id < event_id),
             )
         )
-    rows = session.scalars(
-        query.order_by(ProfileEvent.timestamp.desc(), ProfileEvent.id.desc()).limit(limit + 1)
-    ).all()
+    rows = session.scalars(query.order_by(ProfileEvent.timestamp.desc(), ProfileEvent.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
     return EventPage(events=page, next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None)

@@ -33,8 +33,12 @@ def require_role(*roles: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
-            raise ApiError(401, "unauthorized", "send a bearer token: Authorization: Bearer <token>",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "send a bearer token: Authorization: Bearer <token>",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
         def check() -> Principal | None:
             with rt.db.read() as session:
@@ -43,8 +47,9 @@ def require_role(*roles: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
         principal = await run_in_threadpool(check)
         if principal is None:
-            raise ApiError(401, "unauthorized", "the token is unknown, expired or revoked",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "unauthorized", "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"}
+            )
         if principal.role not in allowed:
             raise ApiError(403, "forbidden", f"the {principal.role} role may not do this")
         request.state.principal = principal

@@ -41,7 +41,10 @@ def create_token(
     token = "acc_" + secrets.token_urlsafe(32)
     expires_at = utcnow() + expires_in if expires_in else None
     row = ApiToken(
-        id="tok_" + uuid.uuid4().hex[:16], role=role, token_hash=_hash(token), description=description,
+        id="tok_" + uuid.uuid4().hex[:16],
+        role=role,
+        token_hash=_hash(token),
+        description=description,
         expires_at=expires_at,
     )
     session.add(row)

@@ -54,9 +54,7 @@ def upgrade() -> None:
             sqlite_where=sa.text("processed_at IS NULL"),
             postgresql_where=sa.text("processed_at IS NULL"),
         )
-        batch_op.create_index(
-            "ix_event_log_processed_at", ["processed_at"], unique=False
-        )
+        batch_op.create_index("ix_event_log_processed_at", ["processed_at"], unique=False)
 
     op.create_table(
         "merges",
@@ -76,12 +74,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_merges")),
     )
     with op.batch_alter_table("merges", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_merges_absorbed_id"), ["absorbed_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_merges_survivor_id"), ["survivor_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_merges_absorbed_id"), ["absorbed_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_merges_survivor_id"), ["survivor_id"], unique=False)
 
     op.create_table(
         "profiles",
@@ -89,23 +83,17 @@ def upgrade() -> None:
         sa.Column("merged_into", sa.String(length=40), nullable=True),
         sa.Column(
             "traits",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
             "trait_versions",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
             "counts",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
@@ -115,9 +103,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_profiles")),
     )
     with op.batch_alter_table("profiles", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_profiles_merged_into"), ["merged_into"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_profiles_merged_into"), ["merged_into"], unique=False)
 
     op.create_table(
         "quarantine",
@@ -131,9 +117,7 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(length=200), nullable=False),
         sa.Column(
             "payload",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("error", sa.Text(), nullable=False),
@@ -141,9 +125,7 @@ def upgrade() -> None:
         sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("replayed_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_quarantine")),
-        sa.UniqueConstraint(
-            "source_id", "message_id", name=op.f("uq_quarantine_source_id_message_id")
-        ),
+        sa.UniqueConstraint("source_id", "message_id", name=op.f("uq_quarantine_source_id_message_id")),
     )
     op.create_table(
         "sources",
@@ -173,23 +155,15 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
             "payload",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.ForeignKeyConstraint(
-            ["profile_id"], ["profiles.id"], name=op.f("fk_events_profile_id_profiles")
-        ),
+        sa.ForeignKeyConstraint(["profile_id"], ["profiles.id"], name=op.f("fk_events_profile_id_profiles")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
-        sa.UniqueConstraint(
-            "source_id", "message_id", name=op.f("uq_events_source_id_message_id")
-        ),
+        sa.UniqueConstraint("source_id", "message_id", name=op.f("uq_events_source_id_message_id")),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_events_timeline", ["profile_id", "timestamp", "id"], unique=False
-        )
+        batch_op.create_index("ix_events_timeline", ["profile_id", "timestamp", "id"], unique=False)
 
     op.create_table(
         "identities",

@@ -1,0 +1,40 @@
+# The whole developer interface. Each target creates .venv by itself on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench bench-smoke demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## run: start Accord on the embedded default (SQLite in ./.accord), API and worker, port 8600
+run: $(STAMP)
+	$(BIN)/accord up
+
+## test: lint, type-check, then the whole test suite (SQLite and PostgreSQL)
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+## bench: the benchmarks at full size; figures go in docs/performance.md
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/e2e.py
+
+## demo: send synthetic customers to a running Accord (start it with `make run` first)
+demo: $(STAMP)
+	$(BIN)/accord demo
+
+clean:
+	rm -rf $(VENV) .accord .pytest_cache .mypy_cache .ruff_cache

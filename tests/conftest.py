@@ -1,0 +1,183 @@
+"""Fixtures: every storage test runs on SQLite and on PostgreSQL, against a real database.
+
+PostgreSQL tests skip when the server is unreachable, unless ACCORD_TEST_REQUIRE_SERVICES=1
+(set by .ci/run), when they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from accord.app import create_app
+from accord.config import Settings
+from accord.db import migrate
+from accord.db.models import Base
+from accord.log.models import LogRecord
+from accord.runtime import Runtime
+from accord.security.service import create_token
+from accord.sources.service import create_source
+
+POSTGRES_ADMIN_URL = os.environ.get("ACCORD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REQUIRE_SERVICES = os.environ.get("ACCORD_TEST_REQUIRE_SERVICES") == "1"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def service_missing(what: str, error: BaseException) -> None:
+    message = f"{what} is not reachable ({type(error).__name__}: {error})"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message}; ACCORD_TEST_REQUIRE_SERVICES=1 demands it")
+    pytest.skip(f"{message}; set ACCORD_TEST_POSTGRES_URL or start PostgreSQL to run these tests")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    name = f"accord_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # unreachable server: skip or fail, as the environment asks
+        admin.dispose()
+        service_missing("PostgreSQL", error)
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated(postgres_database: str) -> str:
+    rt = Runtime.create(Settings(database_url=postgres_database))
+    migrate.upgrade(rt.db)
+    rt.close()
+    return postgres_database
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+def make_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
+    if backend == "sqlite":
+        return Settings(data_dir=tmp_path / "data", **overrides)
+    url = request.getfixturevalue("postgres_migrated")
+    _truncate_postgres(url)
+    return Settings(data_dir=tmp_path / "data", database_url=url, **overrides)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    return make_settings(backend, tmp_path, request)
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime.create(settings)
+    migrate.upgrade(runtime.db)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveAccord:
+    """A real Accord (API and worker) on a random port, with a source and an admin token."""
+
+    rt: Runtime
+    base_url: str
+    write_key: str
+    source_id: str
+    token: str
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
+
+    def api(self) -> httpx.Client:
+        return self.client(headers={"Authorization": f"Bearer {self.token}"})
+
+    def pending(self) -> int:
+        with self.rt.db.read() as session:
+            return self.rt.log.pending(session)
+
+    def wait_processed(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pending() > 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker left {self.pending()} events unprocessed")
+            time.sleep(0.02)
+
+
+class ServerThread:
+    def __init__(self, app: Any, port: int) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def live(rt: Runtime) -> Iterator[LiveAccord]:
+    with rt.db.unit_of_work() as session:
+        source = create_source(session, name="test-source")
+        token = create_token(session, role="admin")
+    port = free_port()
+    with ServerThread(create_app(rt=rt, with_worker=True), port):
+        yield LiveAccord(
+            rt=rt,
+            base_url=f"http://127.0.0.1:{port}",
+            write_key=source.write_key,
+            source_id=source.id,
+            token=token.token,
+        )
+
+
+def log_rows(rt: Runtime) -> int:
+    from sqlalchemy import func, select
+
+    with rt.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(LogRecord)) or 0)
