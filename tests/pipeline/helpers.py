@@ -1,0 +1,60 @@
+"""Feeding events to the pipeline the way the gateway does, and reading back what it made."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from accord.identity.models import Identity
+from accord.ingest.spec import normalise_request
+from accord.log.port import NewRecord
+from accord.pipeline.worker import Worker
+from accord.profiles.models import Profile, ProfileEvent
+from accord.runtime import Runtime
+
+RECEIVED = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def send(rt: Runtime, events: list[dict[str, Any]], *, source_id: str = "src_test") -> None:
+    """Normalise a batch as the tracking API would and append it to the log."""
+    normalised = normalise_request({"batch": events}, endpoint="batch", received_at=RECEIVED, client_ip=None)
+    rt.log.append(NewRecord(source_id=source_id, received_at=RECEIVED, events=normalised))
+
+
+def process(rt: Runtime, *, batch_size: int = 500) -> int:
+    return Worker(db=rt.db, log=rt.log, batch_size=batch_size).drain()
+
+
+def snapshot(rt: Runtime) -> list[tuple[Any, ...]]:
+    """Every live profile by content (ids aside): identities, traits, counts, first/last seen, events."""
+    with rt.db.read() as session:
+        identities: dict[str, set[tuple[str, str]]] = {}
+        for kind, value, profile_id in session.execute(select(Identity.type, Identity.value, Identity.profile_id)):
+            identities.setdefault(profile_id, set()).add((kind, value))
+        events: dict[str, set[str]] = {}
+        for profile_id, message_id in session.execute(select(ProfileEvent.profile_id, ProfileEvent.message_id)):
+            events.setdefault(profile_id, set()).add(message_id)
+        rows = []
+        for profile in session.scalars(select(Profile).where(Profile.merged_into.is_(None))):
+            rows.append(
+                (
+                    tuple(sorted(identities.get(profile.id, set()))),
+                    tuple(sorted((k, repr(v)) for k, v in profile.traits.items())),
+                    tuple(sorted((g, tuple(sorted(c.items()))) for g, c in profile.counts.items())),
+                    profile.first_seen,
+                    profile.last_seen,
+                    tuple(sorted(events.get(profile.id, set()))),
+                )
+            )
+    return sorted(rows)
+
+
+def reset(rt: Runtime) -> None:
+    """Empty every table, for tests that need a fresh database per Hypothesis example."""
+    from accord.db.models import Base
+
+    with rt.db.unit_of_work() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())

@@ -1,0 +1,119 @@
+"""Kill -9 `accord up` during a stream of sends; after a restart every acknowledged event is there once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from sqlalchemy import func, select
+
+from accord.config import Settings
+from accord.profiles.models import ProfileEvent
+from accord.runtime import Runtime
+from accord.sources.service import create_source
+from conftest import free_port
+
+
+def _env(settings: Settings, port: int) -> dict[str, str]:
+    env = {**os.environ, "ACCORD_DATA_DIR": str(settings.data_dir), "ACCORD_PORT": str(port)}
+    if settings.database_url:
+        env["ACCORD_DATABASE_URL"] = settings.database_url
+    return env
+
+
+@contextmanager
+def accord_up(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "accord", "up"],
+        env=_env(settings, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else "exited"
+            assert time.monotonic() < deadline, "accord up did not start"
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_kill_9_loses_no_acknowledged_event(rt: Runtime, settings: Settings) -> None:
+    with rt.db.unit_of_work() as session:
+        write_key = create_source(session, name="crash").write_key
+    port = free_port()
+    acked: list[list[str]] = []
+    stop = threading.Event()
+
+    def send_forever() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=10) as client:
+            for batch_no in range(100_000):
+                if stop.is_set():
+                    return
+                ids = [f"b{batch_no}-e{i}" for i in range(20)]
+                batch = [
+                    {"type": "track", "userId": f"user-{i % 5}", "event": "Tick", "messageId": m}
+                    for i, m in enumerate(ids)
+                ]
+                try:
+                    answer = client.post("/v1/batch", json={"batch": batch})
+                except httpx.TransportError:
+                    return  # the server died mid-request: this batch was never acknowledged
+                if answer.status_code == 200:
+                    acked.append(ids)
+
+    with accord_up(settings, port) as server:
+        sender = threading.Thread(target=send_forever)
+        sender.start()
+        deadline = time.monotonic() + 30
+        while len(acked) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        stop.set()
+        sender.join(timeout=30)
+    assert len(acked) >= 40, "the stream did not get going before the kill"
+
+    with accord_up(settings, port):
+        # A client that did not hear the answer resends: that must not double anything.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=10) as client:
+            resent = acked[-1]
+            batch = [{"type": "track", "userId": "user-0", "event": "Tick", "messageId": m} for m in resent]
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+        deadline = time.monotonic() + 60
+        while True:
+            with rt.db.read() as session:
+                if rt.log.pending(session) == 0:
+                    break
+            assert time.monotonic() < deadline, "the restarted worker did not drain the log"
+            time.sleep(0.05)
+
+    wanted = [m for ids in acked for m in ids]
+    with rt.db.read() as session:
+        stored = session.scalars(select(ProfileEvent.message_id).where(ProfileEvent.message_id.in_(wanted))).all()
+        total = session.scalar(select(func.count()).select_from(ProfileEvent))
+    assert sorted(stored) == sorted(wanted)  # each acknowledged event exactly once
+    assert total is not None
+    assert total >= len(wanted)
