@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 import signal
 import threading
 from datetime import timedelta
@@ -12,6 +14,7 @@ import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from accord.config import Settings
 from accord.db import migrate as migrations
@@ -40,10 +43,22 @@ def _settings() -> Settings:
     return settings
 
 
-def _db(settings: Settings) -> Database:
+@contextmanager
+def _db(settings: Settings) -> Iterator[Database]:
+    """The database, migrated, disposed of when the command ends."""
     db = Database.from_settings(settings)
-    migrations.upgrade(db)
-    return db
+    try:
+        migrations.upgrade(db)
+        yield db
+    finally:
+        db.dispose()
+
+
+@contextmanager
+def _session(*, write: bool = True) -> Iterator[Session]:
+    """One unit of work (or a read) for a command, on the migrated database."""
+    with _db(_settings()) as db, db.unit_of_work() if write else db.read() as session:
+        yield session
 
 
 def _print(data: dict[str, Any], as_json: bool) -> None:
@@ -62,10 +77,8 @@ def _fail(message: str) -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date."""
-    settings = _settings()
-    db = Database.from_settings(settings)
-    migrations.upgrade(db)
-    console.print(f"schema at revision {migrations.current_revision(db)}")
+    with _db(_settings()) as db:
+        console.print(f"schema at revision {migrations.current_revision(db)}")
 
 
 @app.command()
@@ -90,7 +103,8 @@ def _serve(host: str | None, port: int | None, *, with_worker: bool) -> None:
     from accord.app import create_app
 
     settings = _settings()
-    _db(settings).dispose()
+    with _db(settings):
+        pass
     application = create_app(settings, with_worker=with_worker)
     uvicorn.run(
         application,
@@ -121,9 +135,8 @@ def worker() -> None:
 @source_app.command("create")
 def source_create(name: str, as_json: JsonFlag = False) -> None:
     """Create a source and print its write key (shown once)."""
-    db = _db(_settings())
     try:
-        with db.unit_of_work() as session:
+        with _session() as session:
             created = sources.create_source(session, name=name)
     except (sources.SourceExists, ValueError) as error:
         _fail(str(error))
@@ -133,8 +146,7 @@ def source_create(name: str, as_json: JsonFlag = False) -> None:
 @source_app.command("list")
 def source_list(as_json: JsonFlag = False) -> None:
     """List sources."""
-    db = _db(_settings())
-    with db.read() as session:
+    with _session(write=False) as session:
         rows = [
             {"id": s.id, "name": s.name, "enabled": s.enabled, "created_at": s.created_at.isoformat()}
             for s in sources.list_sources(session)
@@ -149,9 +161,8 @@ def source_list(as_json: JsonFlag = False) -> None:
 
 
 def _set_source(name: str, enabled: bool) -> None:
-    db = _db(_settings())
     try:
-        with db.unit_of_work() as session:
+        with _session() as session:
             sources.set_enabled(session, name=name, enabled=enabled)
     except sources.SourceNotFound as error:
         _fail(str(error))
@@ -178,10 +189,9 @@ def token_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API token and print it (shown once)."""
-    db = _db(_settings())
     expires = timedelta(days=expires_days) if expires_days else None
     try:
-        with db.unit_of_work() as session:
+        with _session() as session:
             created = security.create_token(session, role=role, description=description, expires_in=expires)
     except ValueError as error:
         _fail(str(error))
@@ -199,9 +209,8 @@ def token_create(
 @token_app.command("revoke")
 def token_revoke(token_id: str) -> None:
     """Revoke a token by its id; it stops working at once."""
-    db = _db(_settings())
     try:
-        with db.unit_of_work() as session:
+        with _session() as session:
             security.revoke_token(session, token_id=token_id)
     except security.TokenNotFound as error:
         _fail(str(error))
@@ -211,8 +220,7 @@ def token_revoke(token_id: str) -> None:
 @quarantine_app.command("list")
 def quarantine_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonFlag = False) -> None:
     """Events waiting in quarantine, with their errors."""
-    db = _db(_settings())
-    with db.read() as session:
+    with _session(write=False) as session:
         rows = [
             {
                 "id": q.id,
@@ -241,9 +249,11 @@ def quarantine_replay(
     """Send quarantined events back through the pipeline."""
     settings = _settings()
     rt = Runtime.create(settings)
-    migrations.upgrade(rt.db)
-    replayed = quarantine.replay(rt.db, rt.log, ids=ids or None)
-    rt.close()
+    try:
+        migrations.upgrade(rt.db)
+        replayed = quarantine.replay(rt.db, rt.log, ids=ids or None)
+    finally:
+        rt.close()
     _print({"replayed": replayed}, as_json)
 
 
@@ -259,8 +269,7 @@ def demo(
 
     settings = _settings()
     if write_key is None:
-        db = _db(settings)
-        with db.unit_of_work() as session:
+        with _db(settings) as db, db.unit_of_work() as session:
             existing = {s.name for s in sources.list_sources(session)}
             name = "demo" if "demo" not in existing else f"demo-{len(existing)}"
             write_key = sources.create_source(session, name=name).write_key
