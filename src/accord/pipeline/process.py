@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
@@ -106,17 +108,18 @@ def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> l
         seen.add(key)
         unique.append((source_id, event))
     stored: set[tuple[str, str]] = set()
-    keys = list(seen)
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        stored.update(
-            (s, m)
-            for s, m in session.execute(
-                select(ProfileEvent.source_id, ProfileEvent.message_id).where(
-                    tuple_(ProfileEvent.source_id, ProfileEvent.message_id).in_(chunk)
+    by_source: dict[str, list[str]] = {}
+    for source_id, message_id in seen:
+        by_source.setdefault(source_id, []).append(message_id)
+    events = ProfileEvent.__table__.c
+    for source_id, message_ids in by_source.items():
+        for chunk in _chunks(message_ids):
+            stored.update(
+                (source_id, m)
+                for m in session.scalars(
+                    select(events.message_id).where(events.source_id == source_id, events.message_id.in_(chunk))
                 )
             )
-        )
     if not stored:
         return unique
     outcome.duplicates += sum(1 for s, e in unique if (s, e["messageId"]) in stored)
@@ -127,37 +130,44 @@ def _load(session: Session, run: _Run, items: list[Item], *, lock_rows: bool) ->
     wanted: set[Key] = set()
     for _, event in items:
         wanted.update(lookup_keys(event, event_identifiers(event)))
-    keys = list(wanted)
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        for kind, value, profile_id in session.execute(
-            select(Identity.type, Identity.value, Identity.profile_id).where(
-                tuple_(Identity.type, Identity.value).in_(chunk)
-            )
-        ):
-            run.identities[(kind, value)] = profile_id
+    by_type: dict[str, list[str]] = {}
+    for kind, value in wanted:
+        by_type.setdefault(kind, []).append(value)
+    identities = Identity.__table__.c
+    for kind, values in by_type.items():
+        for chunk in _chunks(values):
+            for value, profile_id in session.execute(
+                select(identities.value, identities.profile_id).where(
+                    identities.type == kind, identities.value.in_(chunk)
+                )
+            ):
+                run.identities[(kind, value)] = profile_id
     profile_ids = sorted(set(run.identities.values()))
     if not profile_ids:
         return
     # Sorted, so concurrent workers lock in one order and cannot deadlock on profiles.
-    query = select(Profile).where(Profile.id.in_(profile_ids)).order_by(Profile.id)
+    profiles = Profile.__table__
+    query = select(profiles).where(profiles.c.id.in_(profile_ids)).order_by(profiles.c.id)
     if lock_rows:
         query = query.with_for_update()
-    for row in session.scalars(query):
-        if row.merged_into is not None:
-            raise StaleRead(f"profile {row.id} was merged while this run read it")
-        run.profiles[row.id] = ProfileState(
-            id=row.id,
-            created_at=row.created_at,
-            first_seen=row.first_seen,
-            last_seen=row.last_seen,
-            traits=dict(row.traits),
-            trait_versions=dict(row.trait_versions),
-            counts={group: dict(names) for group, names in row.counts.items()},
+    for row in session.execute(query).mappings():
+        if row["merged_into"] is not None:
+            raise StaleRead(f"profile {row['id']} was merged while this run read it")
+        run.profiles[row["id"]] = ProfileState(
+            id=row["id"],
+            created_at=row["created_at"],
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+            traits=dict(row["traits"]),
+            trait_versions=dict(row["trait_versions"]),
+            counts={group: dict(names) for group, names in row["counts"].items()},
         )
     if len(run.profiles) != len(profile_ids):
         raise StaleRead("an identity points at a profile that is gone")
-    session.expunge_all()
+
+
+def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
+    return [values[start : start + size] for start in range(0, len(values), size)]
 
 
 def _resolve(
@@ -228,26 +238,41 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    new = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.is_new]
-    changed = [row(s) for s in run.profiles.values() if s.dirty and not s.is_new]
-    if new:
-        session.execute(insert(Profile), new)
-    if changed:
-        session.execute(update(Profile), changed)
-    for absorbed_id in run.absorbed_existing:
-        survivor_id = run.live(absorbed_id).id
-        session.execute(update(Identity).where(Identity.profile_id == absorbed_id).values(profile_id=survivor_id))
+    profiles = Profile.__table__
+    rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
+    if rows:
+        # One multi-row upsert for new and changed profiles alike.
+        upsert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(profiles)
         session.execute(
-            update(ProfileEvent).where(ProfileEvent.profile_id == absorbed_id).values(profile_id=survivor_id)
+            upsert.on_conflict_do_update(
+                index_elements=[profiles.c.id],
+                set_={name: upsert.excluded[name] for name in rows[0] if name not in ("id", "created_at")},
+            ),
+            rows,
         )
-        session.execute(update(Profile).where(Profile.merged_into == absorbed_id).values(merged_into=survivor_id))
+    if run.absorbed_existing:
+        # Everything that pointed at an absorbed profile now points at its survivor.
+        moves = [{"old": a, "new": run.live(a).id} for a in run.absorbed_existing]
+        identities, events = Identity.__table__, ProfileEvent.__table__
+        session.execute(
+            identities.update().where(identities.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
+            moves,
+        )
+        session.execute(
+            events.update().where(events.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
+            moves,
+        )
+        session.execute(
+            profiles.update().where(profiles.c.merged_into == bindparam("old")).values(merged_into=bindparam("new")),
+            moves,
+        )
     if run.new_identities:
         for identity in run.new_identities:
             identity["profile_id"] = run.live(identity["profile_id"]).id
-        session.execute(insert(Identity), run.new_identities)
+        session.execute(Identity.__table__.insert(), run.new_identities)
     if run.events:
         for event in run.events:
             event["profile_id"] = run.live(event["profile_id"]).id
-        session.execute(insert(ProfileEvent), run.events)
+        session.execute(ProfileEvent.__table__.insert(), run.events)
     if run.merges:
-        session.execute(insert(Merge), run.merges)
+        session.execute(Merge.__table__.insert(), run.merges)
