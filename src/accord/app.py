@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
                 log=rt.log,
                 batch_size=settings.worker_batch_size,
                 poll_interval=settings.worker_poll_interval,
+                retention=timedelta(hours=settings.log_retention_hours),
                 wake=rt.log.appended,
             )
             thread = threading.Thread(target=worker.run, args=(stop,), name="accord-worker", daemon=True)

@@ -126,10 +126,16 @@ def worker() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    Worker(
-        db=rt.db, log=rt.log, batch_size=settings.worker_batch_size, poll_interval=settings.worker_poll_interval
-    ).run(stop)
-    rt.close()
+    try:
+        Worker(
+            db=rt.db,
+            log=rt.log,
+            batch_size=settings.worker_batch_size,
+            poll_interval=settings.worker_poll_interval,
+            retention=timedelta(hours=settings.log_retention_hours),
+        ).run(stop)
+    finally:
+        rt.close()
 
 
 @source_app.command("create")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -34,3 +34,9 @@ class EventLog(Protocol):
 
     def acknowledge(self, session: Session, deliveries: list[Delivery]) -> None:
         """Mark records processed, in the same transaction as their effects."""
+
+    def pending(self, session: Session) -> int:
+        """Events appended and not yet processed."""
+
+    def purge(self, session: Session, *, retention: timedelta, now: datetime | None = None) -> int:
+        """Drop processed records older than the retention; returns how many went."""

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
@@ -123,8 +123,6 @@ class SqlEventLog:
             )
 
     def pending(self, session: Session) -> int:
-        from sqlalchemy import func
-
         total = session.scalar(
             select(func.coalesce(func.sum(LogRecord.event_count), 0)).where(LogRecord.processed_at.is_(None))
         )

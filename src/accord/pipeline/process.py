@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -23,6 +23,12 @@ from accord.ingest import quarantine
 from accord.ingest.spec import parse_time
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
+
+# The tables, for set-based Core statements on the hot path (the ORM's per-row work costs too much).
+PROFILES = cast(Table, Profile.__table__)
+EVENTS = cast(Table, ProfileEvent.__table__)
+IDENTITIES = cast(Table, Identity.__table__)
+MERGES = cast(Table, Merge.__table__)
 
 
 class StaleRead(Exception):
@@ -111,7 +117,7 @@ def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> l
     by_source: dict[str, list[str]] = {}
     for source_id, message_id in seen:
         by_source.setdefault(source_id, []).append(message_id)
-    events = ProfileEvent.__table__.c
+    events = EVENTS.c
     for source_id, message_ids in by_source.items():
         for chunk in _chunks(message_ids):
             stored.update(
@@ -133,7 +139,7 @@ def _load(session: Session, run: _Run, items: list[Item], *, lock_rows: bool) ->
     by_type: dict[str, list[str]] = {}
     for kind, value in wanted:
         by_type.setdefault(kind, []).append(value)
-    identities = Identity.__table__.c
+    identities = IDENTITIES.c
     for kind, values in by_type.items():
         for chunk in _chunks(values):
             for value, profile_id in session.execute(
@@ -146,7 +152,7 @@ def _load(session: Session, run: _Run, items: list[Item], *, lock_rows: bool) ->
     if not profile_ids:
         return
     # Sorted, so concurrent workers lock in one order and cannot deadlock on profiles.
-    profiles = Profile.__table__
+    profiles = PROFILES
     query = select(profiles).where(profiles.c.id.in_(profile_ids)).order_by(profiles.c.id)
     if lock_rows:
         query = query.with_for_update()
@@ -238,7 +244,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    profiles = Profile.__table__
+    profiles = PROFILES
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
     if rows:
         # One multi-row upsert for new and changed profiles alike.
@@ -253,7 +259,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     if run.absorbed_existing:
         # Everything that pointed at an absorbed profile now points at its survivor.
         moves = [{"old": a, "new": run.live(a).id} for a in run.absorbed_existing]
-        identities, events = Identity.__table__, ProfileEvent.__table__
+        identities, events = IDENTITIES, EVENTS
         session.execute(
             identities.update().where(identities.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
             moves,
@@ -269,10 +275,10 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     if run.new_identities:
         for identity in run.new_identities:
             identity["profile_id"] = run.live(identity["profile_id"]).id
-        session.execute(Identity.__table__.insert(), run.new_identities)
+        session.execute(IDENTITIES.insert(), run.new_identities)
     if run.events:
         for event in run.events:
             event["profile_id"] = run.live(event["profile_id"]).id
-        session.execute(ProfileEvent.__table__.insert(), run.events)
+        session.execute(EVENTS.insert(), run.events)
     if run.merges:
-        session.execute(Merge.__table__.insert(), run.merges)
+        session.execute(MERGES.insert(), run.merges)

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -27,10 +28,16 @@ class Worker:
     batch_size: int = 500
     poll_interval: float = 0.05
     wake: threading.Event | None = None
+    retention: timedelta = timedelta(days=7)
+    purge_every: float = 300.0
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
+        next_purge = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() >= next_purge:
+                self.purge()
+                next_purge = time.monotonic() + self.purge_every
             try:
                 handled = self.run_once()
             except Exception:
@@ -44,6 +51,18 @@ class Worker:
                 else:
                     stop.wait(self.poll_interval)
         log.info("worker stopped")
+
+    def purge(self) -> int:
+        """Drop processed log records past the retention; the event store keeps the events."""
+        try:
+            with self.db.unit_of_work() as session:
+                removed = self.log.purge(session, retention=self.retention)
+        except DBAPIError as error:  # another worker purging at the same time is harmless
+            log.warning("log purge failed", error=type(error).__name__)
+            return 0
+        if removed:
+            log.info("log purged", records=removed)
+        return removed
 
     def drain(self, max_runs: int = 1_000_000) -> int:
         """Process until the log is empty; returns the events handled. For tests, tools and benches."""
