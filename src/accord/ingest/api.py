@@ -116,6 +116,9 @@ async def ingest(request: Request, endpoint: str) -> Any:
         write_key = _basic_write_key(request)
         source_id = await request.app.state.write_keys.source_for(rt, write_key) if write_key else None
         raw = await _read_body(request)
+        if b"\\u0000" in raw:
+            # PostgreSQL cannot store NUL in text or JSONB; refuse it here rather than quarantine later.
+            raise SpecError("invalid_body", "the body contains a NUL character (\\u0000), which is not allowed")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as error:

@@ -132,12 +132,15 @@ def normalise_event(
     original_at = parse_time(original, f"{where}.timestamp") if original is not None else None
     sent = event.get("sentAt")
     sent_at = parse_time(sent, f"{where}.sentAt") if sent is not None else batch_sent_at
-    if original_at is None:
-        timestamp = received_at
-    elif sent_at is None:
-        timestamp = original_at
-    else:
-        timestamp = received_at - (sent_at - original_at)
+    try:
+        if original_at is None:
+            timestamp = received_at
+        elif sent_at is None:
+            timestamp = original_at
+        else:
+            timestamp = received_at - (sent_at - original_at)
+    except OverflowError:
+        raise SpecError("invalid_field", f"{where}.timestamp and sentAt are too far apart to correct") from None
     if original_at is not None:
         event["originalTimestamp"] = iso(original_at)
     if sent_at is not None:

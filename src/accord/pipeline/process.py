@@ -92,7 +92,7 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
                 "source_id": source_id,
                 "message_id": event["messageId"],
                 "type": event["type"],
-                "event": event.get("event") if event["type"] == "track" else event.get("name"),
+                "event": _event_name(event),
                 "timestamp": timestamp,
                 "received_at": received_at,
                 "payload": event,
@@ -101,6 +101,12 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
         outcome.processed += 1
     _write(session, run, now)
     return outcome
+
+
+def _event_name(event: dict[str, Any]) -> str | None:
+    """The indexed name: a track's event, a page's or screen's name (cut to the column's size)."""
+    name = event.get("event") if event["type"] == "track" else event.get("name")
+    return name[:200] if isinstance(name, str) else None
 
 
 def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> list[Item]:
