@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from itertools import count
 from typing import Annotated, Any
 
 import typer
@@ -276,14 +277,19 @@ def demo(
     settings = _settings()
     if write_key is None:
         with _db(settings) as db, db.unit_of_work() as session:
-            existing = {s.name for s in sources.list_sources(session)}
-            name = "demo" if "demo" not in existing else f"demo-{len(existing)}"
+            names = {s.name for s in sources.list_sources(session)}
+            runs = sum(1 for n in names if n == "demo" or n.startswith("demo-"))
+            name = "demo" if runs == 0 else next(f"demo-{i}" for i in count(runs + 1) if f"demo-{i}" not in names)
             write_key = sources.create_source(session, name=name).write_key
+        # A new source is a new run: send new people rather than the same events again.
+        seed += runs
     base = url or f"http://{settings.host}:{settings.port}"
     try:
         summary = run_demo(base_url=base, write_key=write_key, customers=customers, seed=seed, console=console)
     except ConnectionError as error:
         _fail(f"{error}. Start Accord first with `make run` or `accord up`.")
+    except RuntimeError as error:
+        _fail(str(error))
     console.print(summary)
 
 

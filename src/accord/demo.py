@@ -22,7 +22,7 @@ import httpx
 import orjson
 from faker import Faker
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from accord import __version__
 from accord.ingest.spec import iso
@@ -420,6 +420,7 @@ class _Tally:
     groups: int = 0
     links: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_LINKS, 0))
     examples: list[str] = field(default_factory=list)
+    alias_example: bool = False
 
 
 def _refused(response: httpx.Response) -> RuntimeError:
@@ -432,7 +433,7 @@ def _refused(response: httpx.Response) -> RuntimeError:
 
 
 async def _send_all(
-    *, base_url: str, write_key: str, customers: int, seed: int, progress: Progress, task: Any
+    *, base_url: str, write_key: str, customers: int, seed: int, progress: Progress, task: TaskID
 ) -> _Tally:
     tally = _Tally()
     generator = DemoGenerator(seed=seed, now=datetime.now(UTC))
@@ -440,7 +441,7 @@ async def _send_all(
     async with httpx.AsyncClient(base_url=base_url, auth=(write_key, ""), timeout=30.0, limits=limits) as client:
         health = await client.get("/healthz")
         if health.status_code != 200:
-            raise _refused(health)
+            raise RuntimeError(f"{base_url} does not look like Accord: GET /healthz answered HTTP {health.status_code}")
         pending: set[asyncio.Task[int]] = set()
 
         async def post(batch: list[dict[str, Any]], share: float) -> int:
@@ -476,6 +477,9 @@ async def _send_all(
                 unfinished.cancel()
             if pending:
                 await asyncio.wait(pending)
+                for unfinished in pending:  # collect their errors too, so none is reported as unretrieved
+                    if not unfinished.cancelled():
+                        unfinished.exception()
     return tally
 
 
@@ -484,8 +488,9 @@ def _count(tally: _Tally, customer: Customer) -> None:
     tally.orders += customer.orders
     tally.groups += customer.group_id is not None
     tally.links[customer.link] += 1
-    # Three ways to open one person: the first customer who ordered and whose devices were aliased.
-    if not tally.examples and customer.orders and customer.link == "alias":
+    # Three ways to open one person: preferably one who ordered and whose devices were linked by alias.
+    if not tally.examples or (customer.orders and customer.link == "alias" and not tally.alias_example):
+        tally.alias_example = bool(customer.orders and customer.link == "alias")
         tally.examples = [
             f"user_id:{customer.user_id}",
             f"email:{customer.email}",

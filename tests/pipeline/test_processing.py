@@ -196,3 +196,19 @@ def test_one_by_one_processing_stitches_a_chain(rt: Runtime) -> None:
     # All 7 users and 11 devices chain together: i links u(i%7) with a(i%11), a connected graph.
     assert len(one_by_one) == 1
     assert len(one_by_one[0][0]) == 18
+
+
+def test_group_traits_describe_the_company_not_the_person(rt: Runtime) -> None:
+    send(
+        rt,
+        [
+            {"type": "group", "userId": "u1", "groupId": "acme", "traits": {"email": "billing@acme.com"}},
+            {"type": "group", "userId": "u2", "groupId": "acme", "traits": {"email": "billing@acme.com"}},
+        ],
+    )
+    process(rt)
+    first, first_ids = profile(rt, "user_id:u1")
+    second, _ = profile(rt, "user_id:u2")
+    assert first.id != second.id
+    assert first_ids == {("user_id", "u1")}
+    assert first.traits == {}

@@ -54,7 +54,11 @@ def event_identifiers(event: dict[str, Any]) -> list[Key]:
             keys.append((kind, normalised))
 
     add("user_id", event.get("userId"))
-    for traits in (event.get("traits"), (event.get("context") or {}).get("traits")):
+    # Top-level traits describe the person only in identify; in group they describe the company.
+    person_traits = [(event.get("context") or {}).get("traits")]
+    if event.get("type") == "identify":
+        person_traits.insert(0, event.get("traits"))
+    for traits in person_traits:
         if isinstance(traits, dict):
             add("email", traits.get("email"))
             add("phone", traits.get("phone"))
