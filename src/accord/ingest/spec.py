@@ -38,9 +38,11 @@ def parse_time(value: Any, field: str) -> datetime:
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise SpecError("invalid_field", f"{field} is not an ISO-8601 timestamp: {value[:40]!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise SpecError("invalid_field", f"{field} is out of range in UTC: {value[:40]!r}") from None
 
 
 def iso(moment: datetime) -> str:
@@ -148,10 +150,34 @@ def normalise_event(
     event["receivedAt"] = iso(received_at)
     event["timestamp"] = iso(timestamp)
 
-    size = len(orjson.dumps(event))
+    try:
+        size = len(orjson.dumps(event))
+    except orjson.JSONEncodeError:  # orjson's own bound on nesting depth, about 250 levels
+        raise SpecError("too_deep", f"{where} is nested too deeply; keep objects under 250 levels") from None
     if size > MAX_EVENT_BYTES:
         raise SpecError("event_too_large", f"{where} is {size} bytes; an event may be at most {MAX_EVENT_BYTES}", 413)
     return event
+
+
+def encode_events(events: list[dict[str, Any]]) -> bytes:
+    """The log payload: a JSON array of the events, each encoded alone so no event gets deeper."""
+    return b"[" + b",".join(orjson.dumps(event) for event in events) + b"]"
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether any key or string inside `value` holds a NUL character (iterative: no recursion limit)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def normalise_request(

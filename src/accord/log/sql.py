@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
 from accord.db.engine import Database
+from accord.ingest.spec import encode_events
 from accord.log.models import LogRecord
 from accord.log.port import Delivery, NewRecord
 
@@ -77,19 +78,19 @@ class SqlEventLog:
                 return
 
     def _write_group(self, group: list[tuple[NewRecord, Future[None]]]) -> None:
-        rows = [
-            {
-                "source_id": record.source_id,
-                "received_at": record.received_at,
-                "event_count": len(record.events),
-                "payload": orjson.dumps(record.events),
-            }
-            for record, _ in group
-        ]
         try:
+            rows = [
+                {
+                    "source_id": record.source_id,
+                    "received_at": record.received_at,
+                    "event_count": len(record.events),
+                    "payload": encode_events(record.events),
+                }
+                for record, _ in group
+            ]
             with self.db.unit_of_work() as session:
                 session.execute(insert(LogRecord), rows)
-        except Exception as error:  # every waiting request must hear of the failure
+        except Exception as error:  # every waiting request must hear of the failure; the writer lives on
             for _, future in group:
                 future.set_exception(error)
             return
