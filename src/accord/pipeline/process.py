@@ -70,9 +70,7 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
         return outcome
-    run = _Run()
-    _load(session, run, fresh, lock_rows=lock_rows)
-    now = utcnow()
+    parsed: list[tuple[str, dict[str, Any], datetime, datetime, list[Key]]] = []
     for source_id, event in fresh:
         try:
             timestamp = parse_time(event["timestamp"], "timestamp")
@@ -84,6 +82,11 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
             quarantine.put(session, source_id, event, error)
             outcome.quarantined += 1
             continue
+        parsed.append((source_id, event, timestamp, received_at, identifiers))
+    run = _Run()
+    _load(session, run, [key for _, event, _, _, ids in parsed for key in lookup_keys(event, ids)], lock_rows=lock_rows)
+    now = utcnow()
+    for source_id, event, timestamp, received_at, identifiers in parsed:
         state = _resolve(run, source_id, event, identifiers, timestamp, now, outcome)
         apply_event(state, event, timestamp)
         run.events.append(
@@ -138,12 +141,10 @@ def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> l
     return [(s, e) for s, e in unique if (s, e["messageId"]) not in stored]
 
 
-def _load(session: Session, run: _Run, items: list[Item], *, lock_rows: bool) -> None:
-    wanted: set[Key] = set()
-    for _, event in items:
-        wanted.update(lookup_keys(event, event_identifiers(event)))
+def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> None:
+    """Read the identities these keys name and lock (on PostgreSQL) the profiles they point at."""
     by_type: dict[str, list[str]] = {}
-    for kind, value in wanted:
+    for kind, value in set(keys):
         by_type.setdefault(kind, []).append(value)
     identities = IDENTITIES.c
     for kind, values in by_type.items():
@@ -158,8 +159,7 @@ def _load(session: Session, run: _Run, items: list[Item], *, lock_rows: bool) ->
     if not profile_ids:
         return
     # Sorted, so concurrent workers lock in one order and cannot deadlock on profiles.
-    profiles = PROFILES
-    query = select(profiles).where(profiles.c.id.in_(profile_ids)).order_by(profiles.c.id)
+    query = select(PROFILES).where(PROFILES.c.id.in_(profile_ids)).order_by(PROFILES.c.id)
     if lock_rows:
         query = query.with_for_update()
     for row in session.execute(query).mappings():
@@ -250,14 +250,13 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    profiles = PROFILES
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
     if rows:
         # One multi-row upsert for new and changed profiles alike.
-        upsert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(profiles)
+        upsert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(PROFILES)
         session.execute(
             upsert.on_conflict_do_update(
-                index_elements=[profiles.c.id],
+                index_elements=[PROFILES.c.id],
                 set_={name: upsert.excluded[name] for name in rows[0] if name not in ("id", "created_at")},
             ),
             rows,
@@ -265,17 +264,16 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     if run.absorbed_existing:
         # Everything that pointed at an absorbed profile now points at its survivor.
         moves = [{"old": a, "new": run.live(a).id} for a in run.absorbed_existing]
-        identities, events = IDENTITIES, EVENTS
         session.execute(
-            identities.update().where(identities.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
+            IDENTITIES.update().where(IDENTITIES.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
             moves,
         )
         session.execute(
-            events.update().where(events.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
+            EVENTS.update().where(EVENTS.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
             moves,
         )
         session.execute(
-            profiles.update().where(profiles.c.merged_into == bindparam("old")).values(merged_into=bindparam("new")),
+            PROFILES.update().where(PROFILES.c.merged_into == bindparam("old")).values(merged_into=bindparam("new")),
             moves,
         )
     if run.new_identities:
