@@ -1,0 +1,58 @@
+"""The benchmarks run end to end in smoke mode and print their JSON summary. Never asserts a rate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+MACHINE_KEYS = {"cpu", "cores", "memory_gib", "python", "database", "sqlite_synchronous"}
+
+pytestmark = pytest.mark.slow
+
+
+def run_smoke(script: str, tmp_path: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", "--tmp", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines, done.stderr[-3000:]
+    summary = json.loads(lines[-1])
+    assert summary["machine"].keys() >= MACHINE_KEYS
+    assert list(tmp_path.iterdir()) == [], "the benchmark left temp files behind"
+    return dict(summary)
+
+
+def test_ingest_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("ingest.py", tmp_path)
+    assert summary["benchmark"] == "ingest"
+    assert {"events", "clients", "batch_size", "database"} <= summary["settings"].keys()
+    assert {"events", "seconds", "events_per_s", "stored_events"} <= summary["direct"].keys()
+    assert set(summary["http"]) == {"serve", "up"}
+    for run in summary["http"].values():
+        assert {"events_acked", "seconds", "events_per_s", "errors", "request_ms", "stored_events"} <= run.keys()
+        assert run["errors"] == 0
+        assert run["stored_events"] >= run["events_acked"] == summary["settings"]["events"]
+
+
+def test_e2e_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("e2e.py", tmp_path)
+    assert summary["benchmark"] == "e2e"
+    throughput = summary["throughput"]
+    assert {"events", "handled", "seconds", "events_per_s", "profiles", "merges", "pending"} <= throughput.keys()
+    assert throughput["pending"] == 0
+    assert throughput["handled"] == throughput["events"]
+    latency = summary["latency"]
+    assert {"offered_per_s", "samples", "p50_ms", "p95_ms", "p99_ms", "max_ms", "ack_ms"} <= latency.keys()
+    assert latency["samples"] > 0
+    assert latency["errors"] == 0
