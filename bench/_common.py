@@ -29,8 +29,10 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from accord.config import Settings
-from accord.db.engine import Database
-from accord.log.models import LogRecord
+from accord.db import migrate
+from accord.ingest.models import QuarantinedEvent
+from accord.profiles.models import ProfileEvent
+from accord.runtime import Runtime
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 HOST = "127.0.0.1"
@@ -148,18 +150,23 @@ def scratch_store(database_url: str | None, data_dir: Path, label: str) -> Itera
         admin.dispose()
 
 
-def open_database(url: str, sqlite_synchronous: str) -> Database:
-    return Database(url, sqlite_synchronous=sqlite_synchronous)
+def open_runtime(url: str, sqlite_synchronous: str) -> Runtime:
+    """Accord's database and event log for a store URL (on SQLite the log is a file beside it), migrated."""
+    rt = Runtime.create(Settings(database_url=url, sqlite_synchronous=sqlite_synchronous))
+    migrate.upgrade(rt.db)
+    return rt
 
 
 def stored_events(url: str, sqlite_synchronous: str) -> int:
-    """Events held in the event log, processed or not."""
-    db = open_database(url, sqlite_synchronous)
+    """Events Accord holds: still in the event log, in the timeline, or in quarantine."""
+    rt = open_runtime(url, sqlite_synchronous)
     try:
-        with db.read() as session:
-            return int(session.scalar(select(func.coalesce(func.sum(LogRecord.event_count), 0))) or 0)
+        with rt.db.read() as session:
+            kept = session.scalar(select(func.count()).select_from(ProfileEvent)) or 0
+            kept += session.scalar(select(func.count()).select_from(QuarantinedEvent)) or 0
+        return int(kept) + rt.log.pending()
     finally:
-        db.dispose()
+        rt.close()
 
 
 # -- an Accord subprocess ------------------------------------------------------------------------

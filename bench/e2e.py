@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
 from accord.config import Settings
-from accord.db import migrate
 from accord.db.engine import Database
 from accord.identity.models import Identity, Merge
 from accord.ingest.models import QuarantinedEvent
@@ -45,6 +44,7 @@ from accord.log.port import NewRecord
 from accord.log.sql import SqlEventLog
 from accord.pipeline.worker import Worker
 from accord.profiles.models import Profile, ProfileEvent
+from accord.runtime import Runtime
 from accord.sources.service import create_source
 
 TARGET_EVENTS_PER_S = 10_000
@@ -106,8 +106,8 @@ def write_backlog(log: SqlEventLog, source_id: str, calls: list[dict[str, Any]])
         future.result(timeout=60)
 
 
-def store_counts(db: Database) -> dict[str, int]:
-    with db.read() as session:
+def store_counts(rt: Runtime) -> dict[str, int]:
+    with rt.db.read() as session:
 
         def count(query: Any) -> int:
             return int(session.scalar(query) or 0)
@@ -121,7 +121,7 @@ def store_counts(db: Database) -> dict[str, int]:
             "merges": count(select(func.count()).select_from(Merge)),
             "events_stored": count(select(func.count()).select_from(ProfileEvent)),
             "quarantined": count(select(func.count()).select_from(QuarantinedEvent)),
-            "pending": SqlEventLog(db).pending(session),
+            "pending": rt.log.pending(),
         }
 
 
@@ -132,9 +132,8 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         common.temp_dir("accord-bench-e2e-", args.tmp) as data_dir,
         common.scratch_store(args.database_url, data_dir, "e2e") as url,
     ):
-        db = common.open_database(url, args.sqlite_synchronous)
-        migrate.upgrade(db)
-        log = SqlEventLog(db)
+        rt = common.open_runtime(url, args.sqlite_synchronous)
+        db, log = rt.db, rt.log
         try:
             with db.unit_of_work() as session:
                 source_id = create_source(session, name="bench").id
@@ -148,10 +147,9 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 handled = worker.drain(max_runs=len(calls) + 10)
                 seconds = time.monotonic() - began
                 how = f"Worker.drain() in-process, batch_size {settings.worker_batch_size}"
-            counts = store_counts(db)
+            counts = store_counts(rt)
         finally:
-            log.close()
-            db.dispose()
+            rt.close()
     return {
         "events": len(calls),
         "customers": args.customers,
@@ -180,8 +178,7 @@ def _drain_with_subprocesses(
         deadline = time.monotonic() + max(300.0, total / 100)
         pending = total
         while time.monotonic() < deadline:
-            with db.read() as session:
-                pending = log.pending(session)
+            pending = log.pending()
             now = time.monotonic()
             if first_progress is None and pending < total:
                 first_progress, left_at_first = now, pending
@@ -207,12 +204,11 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         with server:
             server.start("up")
             result = asyncio.run(_offer_load(args, server.base_url, write_key, token))
-            db = common.open_database(url, args.sqlite_synchronous)
+            rt = common.open_runtime(url, args.sqlite_synchronous)
             try:
-                with db.read() as session:
-                    result["pending_at_end"] = SqlEventLog(db).pending(session)
+                result["pending_at_end"] = rt.log.pending()
             finally:
-                db.dispose()
+                rt.close()
     return result
 
 

@@ -33,10 +33,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
-from accord.db import migrate
 from accord.ingest.spec import normalise_request
 from accord.log.port import NewRecord
-from accord.log.sql import SqlEventLog
 
 TARGET_EVENTS_PER_S = 20_000
 ROLES = ("serve", "up", "serve+worker")
@@ -153,12 +151,11 @@ def run_http(role: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pending(url: str, synchronous: str) -> int:
-    db = common.open_database(url, synchronous)
+    rt = common.open_runtime(url, synchronous)
     try:
-        with db.read() as session:
-            return SqlEventLog(db).pending(session)
+        return rt.log.pending()
     finally:
-        db.dispose()
+        rt.close()
 
 
 def _drive_clients(args: argparse.Namespace, base_url: str, write_key: str) -> dict[str, Any]:
@@ -212,9 +209,8 @@ def run_direct(args: argparse.Namespace) -> dict[str, Any]:
         common.temp_dir("accord-bench-direct-", args.tmp) as data_dir,
         common.scratch_store(args.database_url, data_dir, "direct") as url,
     ):
-        db = common.open_database(url, args.sqlite_synchronous)
-        migrate.upgrade(db)
-        log = SqlEventLog(db)
+        rt = common.open_runtime(url, args.sqlite_synchronous)
+        log = rt.log
         try:
             inflight: deque[Future[None]] = deque()
             events = 0
@@ -232,8 +228,7 @@ def run_direct(args: argparse.Namespace) -> dict[str, Any]:
                 future.result(timeout=60)
             seconds = time.monotonic() - began
         finally:
-            log.close()
-            db.dispose()
+            rt.close()
         stored = common.stored_events(url, args.sqlite_synchronous)
     return {
         "events": events,

@@ -129,8 +129,7 @@ class LiveAccord:
         return self.client(headers={"Authorization": f"Bearer {self.token}"})
 
     def pending(self) -> int:
-        with self.rt.db.read() as session:
-            return self.rt.log.pending(session)
+        return self.rt.log.pending()
 
     def wait_processed(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -179,5 +178,5 @@ def live(rt: Runtime) -> Iterator[LiveAccord]:
 def log_rows(rt: Runtime) -> int:
     from sqlalchemy import func, select
 
-    with rt.db.read() as session:
+    with rt.log.db.read() as session:
         return int(session.scalar(select(func.count()).select_from(LogRecord)) or 0)

@@ -110,8 +110,7 @@ def test_quarantine_list_and_replay(env: dict[str, str], rt: Runtime) -> None:
     code, output = run(env, "quarantine", "replay", "--json")
     assert code == 0, output
     assert json.loads(output) == {"replayed": 1}
-    with rt.db.read() as session:
-        assert rt.log.pending(session) == 1
+    assert rt.log.pending() == 1
 
 
 def test_demo_against_nothing_fails_clearly(env: dict[str, str]) -> None:

@@ -57,7 +57,7 @@ def test_every_command_option_is_documented() -> None:
         f"{' '.join(path)} {opt}"
         for path, command in commands(typer.main.get_command(cli_app))
         for param in command.params
-        if param.param_type_name == "option"
+        if param.param_type_name == "option" and not getattr(param, "hidden", False)
         for opt in param.opts
         if opt not in operations
     ]

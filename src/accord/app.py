@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,9 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from accord import __version__, errors
+from accord import metrics as counters
 from accord.config import Settings
 from accord.db import migrate
 from accord.ingest import api as ingest_api
+from accord.ingest import quarantine
 from accord.pipeline.worker import Worker
 from accord.profiles import api as profiles_api
 from accord.runtime import Runtime
@@ -39,7 +40,6 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
                 log=rt.log,
                 batch_size=settings.worker_batch_size,
                 poll_interval=settings.worker_poll_interval,
-                retention=timedelta(hours=settings.log_retention_hours),
                 wake=rt.log.appended,
             )
             thread = threading.Thread(target=worker.run, args=(stop,), name="accord-worker", daemon=True)
@@ -86,6 +86,13 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
+        def backlog() -> None:
+            # Read from the database, so they hold whichever process the workers run in.
+            counters.LOG_PENDING.set(rt.log.pending())
+            with rt.db.read() as session:
+                counters.QUARANTINE_WAITING.set(quarantine.count_waiting(session))
+
+        await run_in_threadpool(backlog)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from accord.db import migrate as migrations
 from accord.db.engine import Database
 from accord.ingest import quarantine
 from accord.logs import configure_logging
+from accord.pipeline.embedded import WorkerProcess, watch_parent
 from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
 from accord.security import service as security
@@ -87,7 +88,7 @@ def up(
     host: Annotated[str | None, typer.Option(help="Bind address [ACCORD_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [ACCORD_PORT]")] = None,
 ) -> None:
-    """Run everything on the embedded default: migrate, then the API and a worker in one process."""
+    """Run everything on the embedded default: migrate, then the API and a worker beside it."""
     _serve(host, port, with_worker=True)
 
 
@@ -106,34 +107,44 @@ def _serve(host: str | None, port: int | None, *, with_worker: bool) -> None:
     settings = _settings()
     with _db(settings):
         pass
-    application = create_app(settings, with_worker=with_worker)
-    uvicorn.run(
-        application,
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    application = create_app(settings)
+    worker_process = WorkerProcess() if with_worker else None
+    if worker_process is not None:
+        worker_process.start()
+    try:
+        uvicorn.run(
+            application,
+            host=host or settings.host,
+            port=port or settings.port,
+            log_level="warning",
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+        )
+    finally:
+        if worker_process is not None:
+            worker_process.stop()
 
 
 @app.command()
-def worker() -> None:
-    """Run a pipeline worker (scale-out role); any number may run against one database."""
+def worker(
+    parent_pid: Annotated[int | None, typer.Option(hidden=True, help="Exit when this process is gone")] = None,
+) -> None:
+    """Run a pipeline worker (scale-out role); any number may run against one PostgreSQL database."""
     settings = _settings()
     rt = Runtime.create(settings)
     migrations.upgrade(rt.db)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:
+        watch_parent(parent_pid, stop)
     try:
         Worker(
             db=rt.db,
             log=rt.log,
             batch_size=settings.worker_batch_size,
             poll_interval=settings.worker_poll_interval,
-            retention=timedelta(hours=settings.log_retention_hours),
         ).run(stop)
     finally:
         rt.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -26,16 +27,21 @@ class Settings(BaseSettings):
     )
     worker_batch_size: int = Field(default=500, description="Events a worker takes per transaction.")
     worker_poll_interval: float = Field(
-        default=0.05, description="Seconds a worker waits for new log records when idle."
-    )
-    log_retention_hours: int = Field(
-        default=168, description="Hours processed records stay in the event log before purging."
+        default=0.02, description="Seconds a worker waits for new log records when idle."
     )
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'accord.db'}"
+
+    def log_url(self) -> str:
+        """Where the sql event log lives: beside an SQLite database in a file of its own, else with it."""
+        url = make_url(self.sqlalchemy_url())
+        if url.get_backend_name() != "sqlite":
+            return self.sqlalchemy_url()
+        main = Path(url.database or "")
+        return str(url.set(database=str(main.with_name(f"{main.stem}-log{main.suffix or '.db'}"))))
 
 
 @lru_cache(maxsize=1)

@@ -24,10 +24,17 @@ class Runtime:
                 "ACCORD_NATS_URL is set, but the JetStream event log is not built yet; unset it to use the sql log"
             )
         db = Database.from_settings(settings)
-        return cls(settings=settings, db=db, log=SqlEventLog(db))
+        log_url = settings.log_url()
+        if log_url == db.url:
+            return cls(settings=settings, db=db, log=SqlEventLog(db))
+        log = SqlEventLog(Database(log_url, sqlite_synchronous=settings.sqlite_synchronous))
+        log.ensure_file_schema()
+        return cls(settings=settings, db=db, log=log)
 
     def close(self) -> None:
         self.log.close()
+        if self.log.db is not self.db:
+            self.log.db.dispose()
         self.db.dispose()
 
 

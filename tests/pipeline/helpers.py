@@ -54,7 +54,11 @@ def snapshot(rt: Runtime) -> list[tuple[Any, ...]]:
 def reset(rt: Runtime) -> None:
     """Empty every table, for tests that need a fresh database per Hypothesis example."""
     from accord.db.models import Base
+    from accord.log.models import LogRecord
 
+    with rt.log.db.unit_of_work() as session:
+        session.execute(LogRecord.__table__.delete())
     with rt.db.unit_of_work() as session:
         for table in reversed(Base.metadata.sorted_tables):
-            session.execute(table.delete())
+            if table.name != LogRecord.__tablename__:
+                session.execute(table.delete())

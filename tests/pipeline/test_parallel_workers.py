@@ -55,5 +55,4 @@ def test_parallel_workers_match_a_single_worker(rt: Runtime) -> None:
     assert not errors
     process(rt)  # whatever a worker left after giving up a conflict
     assert snapshot(rt) == expected
-    with rt.db.read() as session:
-        assert rt.log.pending(session) == 0
+    assert rt.log.pending() == 0

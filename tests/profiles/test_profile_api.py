@@ -208,6 +208,8 @@ def test_health_readiness_metrics_and_openapi(live: LiveAccord) -> None:
         metrics = client.get("/metrics").text
         schema = client.get("/openapi.json").json()
     assert "accord_events_accepted_total" in metrics
+    assert "accord_log_pending_events 0.0" in metrics
+    assert "accord_quarantine_waiting 0.0" in metrics
     assert "/v1/batch" in schema["paths"]
     assert "/api/v1/profiles/{ref}/events" in schema["paths"]
     assert "BatchCall" in schema["components"]["schemas"]

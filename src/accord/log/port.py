@@ -1,12 +1,16 @@
-"""The event-log port: gateways append accepted requests, workers claim and acknowledge them."""
+"""The event-log port: gateways append accepted requests; workers claim, process and acknowledge them.
+
+A worker commits a claim's effects to the store first and acknowledges the claim after; a crash in
+between redelivers the records, and dedupe by messageId makes that harmless. This is the shape both
+the sql log and a stream engine such as NATS JetStream have.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
-
-from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,25 +22,30 @@ class NewRecord:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A claimed log record; its effects and its acknowledgement commit together."""
+    """One log record handed to a worker."""
 
     seq: int
     source_id: str
     events: list[dict[str, Any]]
 
 
+@dataclass(slots=True)
+class Claim:
+    """Records a worker holds; call `acknowledge` once their effects have committed."""
+
+    deliveries: list[Delivery]
+    acknowledged: bool = field(default=False)
+
+    def acknowledge(self) -> None:
+        self.acknowledged = True
+
+
 class EventLog(Protocol):
     def append(self, record: NewRecord) -> None:
         """Store the record durably; returns only once it is safe to acknowledge the caller."""
 
-    def claim(self, session: Session, max_events: int) -> list[Delivery]:
-        """Claim pending records for this session's transaction; others skip them."""
+    def claim(self, max_events: int) -> AbstractContextManager[Claim]:
+        """Hold up to about `max_events` pending events; acknowledged ones leave the log on exit."""
 
-    def acknowledge(self, session: Session, deliveries: list[Delivery]) -> None:
-        """Mark records processed, in the same transaction as their effects."""
-
-    def pending(self, session: Session) -> int:
-        """Events appended and not yet processed."""
-
-    def purge(self, session: Session, *, retention: timedelta, now: datetime | None = None) -> int:
-        """Drop processed records older than the retention; returns how many went."""
+    def pending(self) -> int:
+        """Events appended and not yet acknowledged."""

@@ -1,27 +1,37 @@
-"""The sql adapter of the event log: a table in the main database, written with group commit.
+"""The sql adapter of the event log: a table, written with group commit, consumed as a queue.
 
 Appends from many requests are gathered by one writer thread and committed together, so each
-acknowledged request costs a share of one fsync rather than one of its own.
+acknowledged request costs a share of one fsync rather than one of its own. Acknowledged records are
+deleted: the lasting record of every event is the per-profile event store.
+
+On SQLite the log lives in a file of its own beside the main database, so that appends never wait
+for a worker's transaction on the main file (SQLite has one write lock per file). On PostgreSQL it is
+a table in the main database, and workers claim records with FOR UPDATE SKIP LOCKED.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
-from datetime import datetime, timedelta
+from contextlib import contextmanager
+from typing import cast
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.ingest.spec import encode_events
 from accord.log.models import LogRecord
-from accord.log.port import Delivery, NewRecord
+from accord.log.port import Claim, Delivery, NewRecord
 
 _STOP = object()
+MAX_CLAIM_RECORDS = 64
+# The log file's own schema version (PRAGMA user_version): it holds transient records only, so a
+# change is made by draining the log with the old version, not by migrating rows.
+LOG_FILE_SCHEMA = 1
 
 
 class SqlEventLog:
@@ -32,6 +42,20 @@ class SqlEventLog:
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
         self.appended = threading.Event()  # set after each commit: wakes an in-process worker
+
+    def ensure_file_schema(self) -> None:
+        """Create the log table in a log file of its own (SQLite); the main migrations cover PostgreSQL."""
+        with self.db.engine.begin() as connection:
+            version = connection.exec_driver_sql("PRAGMA user_version").scalar()
+            if version == LOG_FILE_SCHEMA:
+                return
+            if version:
+                raise RuntimeError(
+                    f"the event log file {self.db.url} has schema {version}, this Accord expects {LOG_FILE_SCHEMA}; "
+                    "drain it with the Accord that wrote it, then delete it"
+                )
+            cast(Table, LogRecord.__table__).create(connection, checkfirst=True)
+            connection.exec_driver_sql(f"PRAGMA user_version = {LOG_FILE_SCHEMA}")
 
     # -- appending -------------------------------------------------------------------------------
     def append(self, record: NewRecord) -> None:
@@ -99,14 +123,31 @@ class SqlEventLog:
         self.appended.set()
 
     # -- consuming -------------------------------------------------------------------------------
-    def claim(self, session: Session, max_events: int) -> list[Delivery]:
+    @contextmanager
+    def claim(self, max_events: int) -> Iterator[Claim]:
+        if self.db.dialect == "postgresql":
+            # The row locks hold the claim against other workers until this transaction ends.
+            with self.db.unit_of_work() as session:
+                claim = Claim(self._read(session, max_events, lock=True))
+                yield claim
+                if claim.acknowledged:
+                    self._delete(session, claim)
+            return
+        # SQLite: one worker per database; read without holding the file's write lock meanwhile.
+        with self.db.read() as session:
+            claim = Claim(self._read(session, max_events, lock=False))
+        yield claim
+        if claim.acknowledged and claim.deliveries:
+            with self.db.unit_of_work() as session:
+                self._delete(session, claim)
+
+    def _read(self, session: Session, max_events: int, *, lock: bool) -> list[Delivery]:
         query = (
             select(LogRecord.seq, LogRecord.source_id, LogRecord.event_count, LogRecord.payload)
-            .where(LogRecord.processed_at.is_(None))
             .order_by(LogRecord.seq)
-            .limit(min(max(1, max_events), 64))
+            .limit(min(max(1, max_events), MAX_CLAIM_RECORDS))
         )
-        if self.db.dialect == "postgresql":
+        if lock:
             query = query.with_for_update(skip_locked=True)
         deliveries: list[Delivery] = []
         total = 0
@@ -117,22 +158,11 @@ class SqlEventLog:
             total += count
         return deliveries
 
-    def acknowledge(self, session: Session, deliveries: list[Delivery]) -> None:
-        if deliveries:
-            session.execute(
-                update(LogRecord).where(LogRecord.seq.in_([d.seq for d in deliveries])).values(processed_at=utcnow())
-            )
+    @staticmethod
+    def _delete(session: Session, claim: Claim) -> None:
+        if claim.deliveries:
+            session.execute(delete(LogRecord).where(LogRecord.seq.in_([d.seq for d in claim.deliveries])))
 
-    def pending(self, session: Session) -> int:
-        total = session.scalar(
-            select(func.coalesce(func.sum(LogRecord.event_count), 0)).where(LogRecord.processed_at.is_(None))
-        )
-        return int(total or 0)
-
-    def purge(self, session: Session, *, retention: timedelta, now: datetime | None = None) -> int:
-        """Delete processed records older than the retention; returns how many went."""
-        cutoff = (now or utcnow()) - retention
-        result = session.execute(
-            delete(LogRecord).where(LogRecord.processed_at.is_not(None), LogRecord.processed_at < cutoff)
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    def pending(self) -> int:
+        with self.db.read() as session:
+            return int(session.scalar(select(func.coalesce(func.sum(LogRecord.event_count), 0))) or 0)

@@ -1,4 +1,8 @@
-"""The worker loop: claim log records, process their events, acknowledge, commit. Any number may run."""
+"""The worker loop: claim log records, process their events, commit, acknowledge. Any number may run.
+
+Effects commit before the claim is acknowledged; a crash in between redelivers the records, and the
+processor drops what is already stored (dedupe by messageId), so every event takes effect once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -28,20 +31,14 @@ class Worker:
     batch_size: int = 500
     poll_interval: float = 0.05
     wake: threading.Event | None = None
-    retention: timedelta = timedelta(days=7)
-    purge_every: float = 300.0
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
-        next_purge = time.monotonic()
         while not stop.is_set():
-            if time.monotonic() >= next_purge:
-                self.purge()
-                next_purge = time.monotonic() + self.purge_every
             try:
                 handled = self.run_once()
-            except Exception:
-                log.exception("worker run failed; retrying")
+            except Exception as error:  # the database went away, say: wait, then carry on
+                log.warning("worker run failed; retrying", error=type(error).__name__)
                 handled = 0
                 stop.wait(1.0)
             if handled == 0:
@@ -51,18 +48,6 @@ class Worker:
                 else:
                     stop.wait(self.poll_interval)
         log.info("worker stopped")
-
-    def purge(self) -> int:
-        """Drop processed log records past the retention; the event store keeps the events."""
-        try:
-            with self.db.unit_of_work() as session:
-                removed = self.log.purge(session, retention=self.retention)
-        except DBAPIError as error:  # another worker purging at the same time is harmless
-            log.warning("log purge failed", error=type(error).__name__)
-            return 0
-        if removed:
-            log.info("log purged", records=removed)
-        return removed
 
     def drain(self, max_runs: int = 1_000_000) -> int:
         """Process until the log is empty; returns the events handled. For tests, tools and benches."""
@@ -75,10 +60,22 @@ class Worker:
         return total
 
     def run_once(self) -> int:
-        """One transaction's worth of work; returns how many events it handled (0: log empty)."""
+        """One claim's worth of work; returns how many events it handled (0: nothing to claim)."""
+        with self.log.claim(self.batch_size) as claim:
+            if not claim.deliveries:
+                return 0
+            items = _items(claim.deliveries)
+            outcome = self._process(items)
+            claim.acknowledge()
+        _count(outcome)
+        return outcome.processed + outcome.duplicates + outcome.quarantined
+
+    def _process(self, items: list[Item]) -> Outcome:
+        lock_rows = self.db.dialect == "postgresql"
         for attempt in range(RETRIES):
             try:
-                return self._batch()
+                with self.db.unit_of_work() as session:
+                    return process_events(session, items, lock_rows=lock_rows)
             except (StaleRead, IntegrityError, DBAPIError) as error:
                 if isinstance(error, DBAPIError) and not isinstance(error, IntegrityError) and not _transient(error):
                     log.warning("batch failed", error=type(error).__name__)
@@ -89,29 +86,17 @@ class Worker:
                 log.warning("batch failed", error=type(error).__name__)
                 break
         log.warning("processing this batch's events one by one")
-        return self._one_by_one()
+        return self._one_by_one(items)
 
-    def _batch(self) -> int:
-        with self.db.unit_of_work() as session:
-            deliveries = self.log.claim(session, self.batch_size)
-            if not deliveries:
-                return 0
-            outcome = process_events(session, _items(deliveries), lock_rows=self.db.dialect == "postgresql")
-            self.log.acknowledge(session, deliveries)
-        _count(outcome)
-        return outcome.processed + outcome.duplicates + outcome.quarantined
-
-    def _one_by_one(self) -> int:
+    def _one_by_one(self, items: list[Item]) -> Outcome:
         """The slow path: each event in its own savepoint, so one poison event cannot block the rest."""
         outcome = Outcome()
+        lock_rows = self.db.dialect == "postgresql"
         with self.db.unit_of_work() as session:
-            deliveries = self.log.claim(session, self.batch_size)
-            for source_id, event in _items(deliveries):
+            for source_id, event in items:
                 try:
                     with session.begin_nested():
-                        single = process_events(
-                            session, [(source_id, event)], lock_rows=self.db.dialect == "postgresql"
-                        )
+                        single = process_events(session, [(source_id, event)], lock_rows=lock_rows)
                 except Exception as error:
                     quarantine.put(session, source_id, event, error)
                     outcome.quarantined += 1
@@ -120,9 +105,7 @@ class Worker:
                 outcome.duplicates += single.duplicates
                 outcome.quarantined += single.quarantined
                 outcome.merges += single.merges
-            self.log.acknowledge(session, deliveries)
-        _count(outcome)
-        return outcome.processed + outcome.duplicates + outcome.quarantined
+        return outcome
 
 
 def _items(deliveries: list[Delivery]) -> list[Item]:

@@ -31,31 +31,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
     )
-    op.create_table(
-        "event_log",
-        sa.Column(
-            "seq",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        sa.Column("source_id", sa.String(length=40), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("event_count", sa.Integer(), nullable=False),
-        sa.Column("payload", sa.LargeBinary(), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("seq", name=op.f("pk_event_log")),
-    )
-    with op.batch_alter_table("event_log", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_event_log_pending",
-            ["seq"],
-            unique=False,
-            sqlite_where=sa.text("processed_at IS NULL"),
-            postgresql_where=sa.text("processed_at IS NULL"),
+    # On SQLite the event log lives in a file of its own (accord.log.sql); on PostgreSQL, here.
+    if op.get_bind().dialect.name != "sqlite":
+        op.create_table(
+            "event_log",
+            sa.Column(
+                "seq",
+                sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                autoincrement=True,
+                nullable=False,
+            ),
+            sa.Column("source_id", sa.String(length=40), nullable=False),
+            sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("event_count", sa.Integer(), nullable=False),
+            sa.Column("payload", sa.LargeBinary(), nullable=False),
+            sa.PrimaryKeyConstraint("seq", name=op.f("pk_event_log")),
         )
-        batch_op.create_index("ix_event_log_processed_at", ["processed_at"], unique=False)
-
     op.create_table(
         "merges",
         sa.Column(
@@ -204,13 +195,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_merges_absorbed_id"))
 
     op.drop_table("merges")
-    with op.batch_alter_table("event_log", schema=None) as batch_op:
-        batch_op.drop_index("ix_event_log_processed_at")
-        batch_op.drop_index(
-            "ix_event_log_pending",
-            sqlite_where=sa.text("processed_at IS NULL"),
-            postgresql_where=sa.text("processed_at IS NULL"),
-        )
-
-    op.drop_table("event_log")
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_table("event_log")
     op.drop_table("api_tokens")
