@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select
@@ -60,6 +61,28 @@ def accord_up(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]
             process.stderr.close()
 
 
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
 def test_kill_9_loses_no_acknowledged_event(rt: Runtime, settings: Settings) -> None:
     with rt.db.unit_of_work() as session:
         write_key = create_source(session, name="crash").write_key
@@ -90,11 +113,17 @@ def test_kill_9_loses_no_acknowledged_event(rt: Runtime, settings: Settings) -> 
         deadline = time.monotonic() + 30
         while len(acked) < 40 and time.monotonic() < deadline:
             time.sleep(0.01)
+        workers = children(server.pid)
+        assert workers, "accord up runs its worker as a child process"
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         stop.set()
         sender.join(timeout=30)
     assert len(acked) >= 40, "the stream did not get going before the kill"
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers):  # the orphaned worker notices and stops
+        assert time.monotonic() < deadline, "the worker outlived its killed parent"
+        time.sleep(0.1)
 
     with accord_up(settings, port):
         # A client that did not hear the answer resends: that must not double anything.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -23,11 +23,17 @@ from accord.ingest import quarantine
 from accord.pipeline.worker import Worker
 from accord.profiles import api as profiles_api
 from accord.runtime import Runtime
+from accord.security.auth import Principal, require_role
+from accord.security.service import ROLES
+
+AnyRole = Annotated[Principal, Depends(require_role(*ROLES))]
 
 
 def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, with_worker: bool = False) -> FastAPI:
-    """The app. `with_worker` runs one pipeline worker in a thread (the embedded `accord up`)."""
+    """The app. `with_worker` runs a pipeline worker in a thread of this process (the tests' live
+    server); `accord up` runs its worker as a process of its own instead (pipeline/embedded.py)."""
     settings = settings or (rt.settings if rt else Settings())
+    owns_runtime = rt is None
     rt = rt or Runtime.create(settings)
     stop = threading.Event()
 
@@ -49,13 +55,20 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
         rt.log.appended.set()
         if thread is not None:
             thread.join(timeout=10)
-        rt.log.close()
+        if owns_runtime:
+            rt.close()
+        else:
+            rt.log.close()
 
     app = FastAPI(
         title="Accord",
         version=__version__,
         description="Open, self-hosted customer data platform. Tracking API (Segment-compatible) and REST API.",
         lifespan=lifespan,
+        # Served below behind a token; the interactive pages would load scripts from a CDN, so none.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = rt
     app.state.write_keys = ingest_api.WriteKeys()
@@ -84,8 +97,8 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
             return errors.error_response(503, "not_ready", problem)
         return errors.JSON({"status": "ready"})
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (any role)", response_class=Response)
+    async def metrics(_: AnyRole) -> Response:
         def backlog() -> None:
             # Read from the database, so they hold whichever process the workers run in.
             counters.LOG_PENDING.set(rt.log.pending())
@@ -109,4 +122,9 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", tags=["operations"], summary="This API's OpenAPI schema (any role)")
+    async def openapi_schema(_: AnyRole) -> dict[str, Any]:
+        return app.openapi()
+
     return app

@@ -205,6 +205,11 @@ def test_health_readiness_metrics_and_openapi(live: LiveAccord) -> None:
     with live.client() as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").json() == {"status": "ready"}
+        for path in ("/metrics", "/openapi.json", "/docs", "/redoc"):
+            assert client.get(path).status_code in {401, 404}, path
+    with live.rt.db.unit_of_work() as session:
+        auditor = create_token(session, role="auditor")
+    with live.client(headers={"Authorization": f"Bearer {auditor.token}"}) as client:
         metrics = client.get("/metrics").text
         schema = client.get("/openapi.json").json()
     assert "accord_events_accepted_total" in metrics
