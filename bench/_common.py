@@ -198,6 +198,9 @@ class Accord:
             ACCORD_HOST=HOST,
             ACCORD_SQLITE_SYNCHRONOUS=self.sqlite_synchronous,
             ACCORD_LOG_LEVEL="warning",
+            # The benchmarks measure throughput: no rate limit may cut it short.
+            ACCORD_RATE_LIMIT_TRACKING="0",
+            ACCORD_RATE_LIMIT_API="0",
         )
         if self.database_url:
             env["ACCORD_DATABASE_URL"] = self.database_url

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,13 +160,14 @@ class ServerThread:
         self.thread.join(timeout=15)
 
 
-@pytest.fixture
-def live(rt: Runtime) -> Iterator[LiveAccord]:
+@contextmanager
+def running_accord(rt: Runtime) -> Iterator[LiveAccord]:
+    """A live server with an in-process worker on `rt`, a source and an admin token."""
     with rt.db.unit_of_work() as session:
-        source = create_source(session, name="test-source")
+        source = create_source(session, name=f"test-source-{uuid.uuid4().hex[:6]}")
         token = create_token(session, role="admin")
     port = free_port()
-    with ServerThread(create_app(rt=rt, with_worker=True), port):
+    with ServerThread(create_app(rt=rt, worker="thread"), port):
         yield LiveAccord(
             rt=rt,
             base_url=f"http://127.0.0.1:{port}",
@@ -173,6 +175,12 @@ def live(rt: Runtime) -> Iterator[LiveAccord]:
             source_id=source.id,
             token=token.token,
         )
+
+
+@pytest.fixture
+def live(rt: Runtime) -> Iterator[LiveAccord]:
+    with running_accord(rt) as accord:
+        yield accord
 
 
 def log_rows(rt: Runtime) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -20,18 +20,23 @@ from accord.config import Settings
 from accord.db import migrate
 from accord.ingest import api as ingest_api
 from accord.ingest import quarantine
+from accord.pipeline.embedded import WorkerProcess
 from accord.pipeline.worker import Worker
 from accord.profiles import api as profiles_api
 from accord.runtime import Runtime
 from accord.security.auth import Principal, require_role
+from accord.security.headers import BodyLimit, SecurityHeaders, TrackingCors
 from accord.security.service import ROLES
 
+MAX_API_BODY_BYTES = 1024 * 1024
 AnyRole = Annotated[Principal, Depends(require_role(*ROLES))]
 
 
-def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, with_worker: bool = False) -> FastAPI:
-    """The app. `with_worker` runs a pipeline worker in a thread of this process (the tests' live
-    server); `accord up` runs its worker as a process of its own instead (pipeline/embedded.py)."""
+def create_app(
+    settings: Settings | None = None, *, rt: Runtime | None = None, worker: Literal["thread", "process"] | None = None
+) -> FastAPI:
+    """The app. `worker` runs a pipeline worker beside the API while the app runs: in a thread of this
+    process (the tests' live server) or as a child process (`accord up`: each gets a core)."""
     settings = settings or (rt.settings if rt else Settings())
     owns_runtime = rt is None
     rt = rt or Runtime.create(settings)
@@ -40,17 +45,23 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         thread = None
-        if with_worker:
-            worker = Worker(
+        child = WorkerProcess() if worker == "process" else None
+        if child is not None:
+            child.start()
+        if worker == "thread":
+            in_process = Worker(
                 db=rt.db,
                 log=rt.log,
                 batch_size=settings.worker_batch_size,
                 poll_interval=settings.worker_poll_interval,
                 wake=rt.log.appended,
             )
-            thread = threading.Thread(target=worker.run, args=(stop,), name="accord-worker", daemon=True)
+            thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
         yield
+        # Shutdown runs here, before uvicorn re-raises the signal that stopped it.
+        if child is not None:
+            child.stop()
         stop.set()
         rt.log.appended.set()
         if thread is not None:
@@ -71,6 +82,9 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None, w
         redoc_url=None,
     )
     app.state.runtime = rt
+    app.add_middleware(BodyLimit, max_bytes=MAX_API_BODY_BYTES)
+    app.add_middleware(TrackingCors, origins=settings.cors_origins)
+    app.add_middleware(SecurityHeaders)
     app.state.write_keys = ingest_api.WriteKeys()
     errors.install(app)
     app.include_router(ingest_api.router)

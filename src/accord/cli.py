@@ -22,7 +22,7 @@ from accord.db import migrate as migrations
 from accord.db.engine import Database
 from accord.ingest import quarantine
 from accord.logs import configure_logging
-from accord.pipeline.embedded import WorkerProcess, watch_parent
+from accord.pipeline.embedded import watch_parent
 from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
 from accord.security import service as security
@@ -105,25 +105,22 @@ def _serve(host: str | None, port: int | None, *, with_worker: bool) -> None:
     from accord.app import create_app
 
     settings = _settings()
+    if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
+        _fail("set both ACCORD_TLS_CERTFILE and ACCORD_TLS_KEYFILE to serve HTTPS, or neither")
     with _db(settings):
         pass
-    application = create_app(settings)
-    worker_process = WorkerProcess() if with_worker else None
-    if worker_process is not None:
-        worker_process.start()
-    try:
-        uvicorn.run(
-            application,
-            host=host or settings.host,
-            port=port or settings.port,
-            log_level="warning",
-            access_log=False,
-            loop="uvloop",
-            http="httptools",
-        )
-    finally:
-        if worker_process is not None:
-            worker_process.stop()
+    application = create_app(settings, worker="process" if with_worker else None)
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
+    )
 
 
 @app.command()

@@ -21,6 +21,20 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(default=8600, description="Port the HTTP server listens on.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate: serve HTTPS (with the key).")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key for the certificate.")
+    cors_origins: list[str] = Field(
+        default=["*"], description="Origins browsers may send tracking calls from (JSON list); [] for none."
+    )
+    rate_limit_tracking: str = Field(
+        default="2000/second", description="Tracking requests allowed per write key; empty or 0: no limit."
+    )
+    rate_limit_api: str = Field(
+        default="200/second", description="REST API requests allowed per token; empty or 0: no limit."
+    )
+    rate_limit_storage: str = Field(
+        default="memory://", description="Where rate-limit counters live: memory:// (per process) or redis://..."
+    )
     sqlite_synchronous: str = Field(
         default="FULL",
         description="SQLite synchronous pragma: FULL survives power loss, NORMAL only process crashes.",

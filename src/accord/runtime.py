@@ -9,6 +9,7 @@ from fastapi import Request
 from accord.config import Settings
 from accord.db.engine import Database
 from accord.log.sql import SqlEventLog
+from accord.security.limits import RateLimits
 
 
 @dataclass(slots=True)
@@ -16,6 +17,7 @@ class Runtime:
     settings: Settings
     db: Database
     log: SqlEventLog
+    limits: RateLimits
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -23,13 +25,16 @@ class Runtime:
             raise NotImplementedError(
                 "ACCORD_NATS_URL is set, but the JetStream event log is not built yet; unset it to use the sql log"
             )
+        limits = RateLimits(
+            tracking=settings.rate_limit_tracking, api=settings.rate_limit_api, storage_url=settings.rate_limit_storage
+        )
         db = Database.from_settings(settings)
         log_url = settings.log_url()
         if log_url == db.url:
-            return cls(settings=settings, db=db, log=SqlEventLog(db))
+            return cls(settings=settings, db=db, log=SqlEventLog(db), limits=limits)
         log = SqlEventLog(Database(log_url, sqlite_synchronous=settings.sqlite_synchronous))
         log.ensure_file_schema()
-        return cls(settings=settings, db=db, log=log)
+        return cls(settings=settings, db=db, log=log, limits=limits)
 
     def close(self) -> None:
         self.log.close()

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from accord import metrics
 from accord.db.base import utcnow
-from accord.errors import error_response
+from accord.errors import ApiError, error_response
 from accord.ingest.schemas import REQUEST_MODELS, Accepted, Error
 from accord.ingest.spec import MAX_REQUEST_BYTES, SpecError, contains_nul, normalise_request
 from accord.log.port import NewRecord
@@ -129,12 +129,16 @@ async def ingest(request: Request, endpoint: str) -> Any:
             if not isinstance(body_key, str) or not body_key:
                 raise SpecError("unauthorized", "send the write key as HTTP Basic user name or as writeKey", 401)
             source_id = await request.app.state.write_keys.source_for(rt, body_key)
+        rt.limits.check("tracking", source_id)
         client_ip = request.client.host if request.client else None
         events = normalise_request(body, endpoint=endpoint, received_at=received_at, client_ip=client_ip)
     except SpecError as error:
         metrics.REQUESTS_REJECTED.labels(code=error.code).inc()
         headers = {"WWW-Authenticate": 'Basic realm="accord"'} if error.status == 401 else None
         return error_response(error.status, error.code, error.message, headers)
+    except ApiError as error:  # the write key's rate limit
+        metrics.REQUESTS_REJECTED.labels(code=error.code).inc()
+        return error_response(error.status, error.code, error.message, error.headers)
     try:
         await asyncio.wrap_future(rt.log.submit(NewRecord(source_id=source_id, received_at=received_at, events=events)))
     except Exception:
@@ -160,7 +164,7 @@ def _route(endpoint: str) -> None:
         methods=["POST"],
         summary=f"Segment {endpoint} call",
         response_model=Accepted,
-        responses={code: {"model": Error} for code in (400, 401, 413, 415, 503)},
+        responses={code: {"model": Error} for code in (400, 401, 413, 415, 429, 503)},
         openapi_extra={
             "requestBody": {
                 "required": True,

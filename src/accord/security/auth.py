@@ -50,6 +50,7 @@ def require_role(*roles: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
             raise ApiError(
                 401, "unauthorized", "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"}
             )
+        rt.limits.check("api", principal.token_id)
         if principal.role not in allowed:
             raise ApiError(403, "forbidden", f"the {principal.role} role may not do this")
         request.state.principal = principal
