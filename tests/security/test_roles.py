@@ -1,0 +1,65 @@
+"""Every route in the OpenAPI schema, with every credential, answers as docs/security.md says."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from accord.security.service import ROLES, create_token
+from conftest import LiveAccord
+from pipeline.helpers import process, send
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+CREDENTIALS = ("none", "write key", *ROLES)
+
+
+def matrix() -> dict[tuple[str, str], dict[str, bool]]:
+    rows: dict[tuple[str, str], dict[str, bool]] = {}
+    for line in DOC.read_text().splitlines():
+        found = re.match(r"\| `(GET|POST|PUT|PATCH|DELETE) (\S+)` \|(.*)\|$", line)
+        if found:
+            cells = [cell.strip() for cell in found.group(3).split("|")]
+            assert len(cells) == len(CREDENTIALS), line
+            rows[(found.group(1), found.group(2))] = {
+                c: cell == "yes" for c, cell in zip(CREDENTIALS, cells, strict=True)
+            }
+    return rows
+
+
+def test_the_matrix_covers_every_route_of_the_schema(live: LiveAccord) -> None:
+    with live.api() as api:
+        schema = api.get("/openapi.json").json()
+    routes = {(method.upper(), path) for path, item in schema["paths"].items() for method in item}
+    assert routes == set(matrix())
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
+def test_every_route_answers_each_credential_as_documented(live: LiveAccord, credential: str) -> None:
+    send(live.rt, [{"type": "identify", "userId": "42", "traits": {"plan": "gold"}}])
+    process(live.rt)
+    headers: dict[str, str] = {}
+    auth = None
+    if credential == "write key":
+        auth = (live.write_key, "")
+    elif credential != "none":
+        with live.rt.db.unit_of_work() as session:
+            headers["Authorization"] = f"Bearer {create_token(session, role=credential).token}"
+    with live.client(headers=headers, auth=auth) as client:
+        for (method, path), allowed in matrix().items():
+            url = path.replace("{ref}", "user_id:42")
+            body = {
+                "userId": "42",
+                "event": "E",
+                "previousId": "p",
+                "groupId": "g",
+                "batch": [{"type": "track", "userId": "42", "event": "E"}],
+            }
+            answer = client.request(method, url, json=body if method == "POST" else None)
+            if allowed[credential]:
+                assert answer.status_code < 400, (method, path, credential, answer.text)
+            else:
+                expected = 403 if credential in ROLES and not path.startswith("/v1/") else 401
+                assert answer.status_code == expected, (method, path, credential, answer.text)
+                assert answer.json()["code"] in {"unauthorized", "forbidden"}
