@@ -123,3 +123,41 @@ def test_help_lists_every_command() -> None:
     output = CliRunner().invoke(app, ["--help"]).output
     for command in ("up", "serve", "worker", "migrate", "source", "token", "quarantine", "demo"):
         assert command in output
+
+
+@pytest.mark.parametrize("name", ["Robert'); DROP TABLE sources;--", "商店 🛒", "  padded  "])
+def test_hostile_source_names_are_stored_verbatim(env: dict[str, str], name: str) -> None:
+    code, output = run(env, "source", "create", name, "--json")
+    assert code == 0, output
+    assert json.loads(output)["name"] == name.strip()
+    listed = json.loads(run(env, "source", "list", "--json")[1])
+    assert [s["name"] for s in listed] == [name.strip()]
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_empty_source_names_are_refused(env: dict[str, str], name: str) -> None:
+    code, output = run(env, "source", "create", name)
+    assert code == 1
+    assert "1 to 200" in output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("token", "create", "--role", "admin", "--expires-days", "soon"),
+        ("quarantine", "list", "--limit", "0"),
+        ("demo", "--customers", "0"),
+        ("quarantine", "replay", "not-a-number"),
+    ],
+)
+def test_malformed_options_are_refused_with_usage(env: dict[str, str], args: tuple[str, ...]) -> None:
+    code, output = run(env, *args)
+    assert code == 2, output
+    assert "Invalid value" in output or "Usage" in output
+
+
+def test_replaying_unknown_quarantine_ids_replays_nothing(env: dict[str, str], rt: Runtime) -> None:
+    code, output = run(env, "quarantine", "replay", "999999", "--json")
+    assert code == 0, output
+    assert json.loads(output) == {"replayed": 0}
+    assert rt.log.pending() == 0
