@@ -94,7 +94,12 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="The database answers and its schema is current")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="The database answers and its schema is current",
+        responses=errors.documented(503),
+    )
     async def readyz() -> Response:
         def check() -> str | None:
             try:
@@ -111,7 +116,13 @@ def create_app(
             return errors.error_response(503, "not_ready", problem)
         return errors.JSON({"status": "ready"})
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (any role)", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics (any role)",
+        response_class=Response,
+        responses=errors.documented(401, 429),
+    )
     async def metrics(_: AnyRole) -> Response:
         def backlog() -> None:
             # Read from the database, so they hold whichever process the workers run in.
@@ -137,7 +148,12 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/openapi.json", tags=["operations"], summary="This API's OpenAPI schema (any role)")
+    @app.get(
+        "/openapi.json",
+        tags=["operations"],
+        summary="This API's OpenAPI schema (any role)",
+        responses=errors.documented(401, 429),
+    )
     async def openapi_schema(_: AnyRole) -> dict[str, Any]:
         return app.openapi()
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -14,6 +18,18 @@ class JSON(JSONResponse):
 
     def render(self, content: object) -> bytes:
         return orjson.dumps(content)
+
+
+class ErrorBody(BaseModel):
+    """What every error answer holds."""
+
+    code: str
+    message: str
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the error statuses a route answers."""
+    return {status: {"model": ErrorBody} for status in statuses}
 
 
 class ApiError(Exception):
@@ -42,6 +58,12 @@ def install(app: FastAPI) -> None:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSON:
+        # The type only: a message could quote personal data from the request.
+        structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__)
+        return error_response(500, "internal_error", "Accord failed on this request; it has been logged")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSON:

@@ -16,8 +16,8 @@ from fastapi.responses import Response
 
 from accord import metrics
 from accord.db.base import utcnow
-from accord.errors import ApiError, error_response
-from accord.ingest.schemas import REQUEST_MODELS, Accepted, Error
+from accord.errors import ApiError, documented, error_response
+from accord.ingest.schemas import REQUEST_MODELS, Accepted
 from accord.ingest.spec import MAX_REQUEST_BYTES, SpecError, contains_nul, normalise_request
 from accord.log.port import NewRecord
 from accord.runtime import Runtime
@@ -164,7 +164,7 @@ def _route(endpoint: str) -> None:
         methods=["POST"],
         summary=f"Segment {endpoint} call",
         response_model=Accepted,
-        responses={code: {"model": Error} for code in (400, 401, 413, 415, 429, 503)},
+        responses=documented(400, 401, 413, 415, 429, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -67,11 +67,6 @@ class Accepted(BaseModel):
     success: bool = True
 
 
-class Error(BaseModel):
-    code: str
-    message: str
-
-
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "track": TrackCall,
     "identify": IdentifyCall,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from accord.errors import ApiError
+from accord.errors import ApiError, documented
 from accord.identity.models import Identity
 from accord.profiles import service
 from accord.profiles.models import Profile, ProfileEvent
@@ -40,6 +40,26 @@ def _profile(session: Session, ref: str) -> Profile:
     return profile
 
 
+def TimeQuery(description: str) -> Any:  # noqa: N802 - stands in for fastapi.Query
+    return Query(max_length=64, description=description, json_schema_extra={"format": "date-time"})
+
+
+def _moment(name: str, text: str | None) -> datetime | None:
+    """An ISO-8601 time with a zone, in UTC; anything else is a 400 naming the parameter."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "invalid_filter", f"{name} is not an ISO-8601 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise ApiError(400, "invalid_filter", f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(400, "invalid_filter", f"{name} is out of range in UTC: {text[:40]!r}") from None
+
+
 def _identity(row: Identity) -> IdentityRead:
     return IdentityRead(type=row.type, value=row.value, first_seen=row.first_seen)
 
@@ -60,7 +80,12 @@ def _event(row: ProfileEvent) -> EventRead:
     )
 
 
-@router.get("/{ref}", response_model=ProfileRead, summary="One profile with its traits and identities")
+@router.get(
+    "/{ref}",
+    response_model=ProfileRead,
+    responses=documented(400, 401, 403, 404, 422, 429),
+    summary="One profile with its traits and identities",
+)
 def get_profile(ref: str, rt: Rt, _: Reader) -> ProfileRead:
     with rt.db.read() as session:
         profile = _profile(session, ref)
@@ -77,14 +102,24 @@ def get_profile(ref: str, rt: Rt, _: Reader) -> ProfileRead:
         )
 
 
-@router.get("/{ref}/traits", response_model=TraitsRead, summary="A profile's traits")
+@router.get(
+    "/{ref}/traits",
+    response_model=TraitsRead,
+    responses=documented(400, 401, 403, 404, 422, 429),
+    summary="A profile's traits",
+)
 def get_traits(ref: str, rt: Rt, _: Reader) -> TraitsRead:
     with rt.db.read() as session:
         profile = _profile(session, ref)
         return TraitsRead(profile_id=profile.id, traits=profile.traits)
 
 
-@router.get("/{ref}/identities", response_model=IdentitiesRead, summary="A profile's identifiers")
+@router.get(
+    "/{ref}/identities",
+    response_model=IdentitiesRead,
+    responses=documented(400, 401, 403, 404, 422, 429),
+    summary="A profile's identifiers",
+)
 def get_identities(ref: str, rt: Rt, _: Reader) -> IdentitiesRead:
     with rt.db.read() as session:
         profile = _profile(session, ref)
@@ -93,7 +128,12 @@ def get_identities(ref: str, rt: Rt, _: Reader) -> IdentitiesRead:
         )
 
 
-@router.get("/{ref}/events", response_model=EventPageRead, summary="The timeline, newest first")
+@router.get(
+    "/{ref}/events",
+    response_model=EventPageRead,
+    responses=documented(400, 401, 403, 404, 422, 429),
+    summary="The timeline, newest first",
+)
 def get_events(
     ref: str,
     rt: Rt,
@@ -102,15 +142,13 @@ def get_events(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     type: Annotated[list[str] | None, Query(description="Call types to include")] = None,
     event: Annotated[str | None, Query(max_length=200, description="Track event name")] = None,
-    since: Annotated[datetime | None, Query(description="Events at or after (ISO-8601)")] = None,
-    until: Annotated[datetime | None, Query(description="Events before (ISO-8601)")] = None,
+    since: Annotated[str | None, TimeQuery(description="Events at or after this ISO-8601 time, with zone")] = None,
+    until: Annotated[str | None, TimeQuery(description="Events before this ISO-8601 time, with zone")] = None,
 ) -> EventPageRead:
     for kind in type or ():
         if kind not in CALL_TYPES:
             raise ApiError(400, "invalid_filter", f"type must be one of {', '.join(CALL_TYPES)}, not {kind[:40]!r}")
-    for name, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise ApiError(400, "invalid_filter", f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
+    after, before = _moment("since", since), _moment("until", until)
     with rt.db.read() as session:
         profile = _profile(session, ref)
         try:
@@ -121,8 +159,8 @@ def get_events(
                 cursor=cursor,
                 types=type or (),
                 event=event,
-                since=since,
-                until=until,
+                since=after,
+                until=before,
             )
         except service.BadCursor as error:
             raise ApiError(400, "invalid_cursor", str(error)) from None

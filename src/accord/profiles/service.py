@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import and_, or_, select
@@ -75,8 +75,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         moment, event_id = orjson.loads(raw)
-        return datetime.fromisoformat(moment), int(event_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        parsed = datetime.fromisoformat(moment)
+        if parsed.tzinfo is None or not isinstance(event_id, int) or not 0 < event_id < 2**63:
+            raise ValueError("not a cursor")
+        return parsed.astimezone(UTC), event_id
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise BadCursor("cursor is not one this API gave out") from None
 
 
