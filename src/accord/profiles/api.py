@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy.orm import Session
 
 from accord.errors import ApiError, documented
@@ -27,7 +27,13 @@ router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require_role("analyst", "agent"))]
 Rt = Annotated[Runtime, Depends(runtime)]
 CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
-REF_DOC = "A profile id, or type:value (user_id:42, email:ann@example.com, anonymous_id:..., phone:+44...)"
+ERRORS = documented(400, 401, 403, 404, 422, 429)
+Ref = Annotated[
+    str,
+    Path(
+        max_length=500, description="A profile id, or type:value (user_id:42, email:ann@example.com, anonymous_id:...)"
+    ),
+]
 
 
 def _profile(session: Session, ref: str) -> Profile:
@@ -83,10 +89,10 @@ def _event(row: ProfileEvent) -> EventRead:
 @router.get(
     "/{ref}",
     response_model=ProfileRead,
-    responses=documented(400, 401, 403, 404, 422, 429),
+    responses=ERRORS,
     summary="One profile with its traits and identities",
 )
-def get_profile(ref: str, rt: Rt, _: Reader) -> ProfileRead:
+def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
     with rt.db.read() as session:
         profile = _profile(session, ref)
         return ProfileRead(
@@ -105,10 +111,10 @@ def get_profile(ref: str, rt: Rt, _: Reader) -> ProfileRead:
 @router.get(
     "/{ref}/traits",
     response_model=TraitsRead,
-    responses=documented(400, 401, 403, 404, 422, 429),
+    responses=ERRORS,
     summary="A profile's traits",
 )
-def get_traits(ref: str, rt: Rt, _: Reader) -> TraitsRead:
+def get_traits(ref: Ref, rt: Rt, _: Reader) -> TraitsRead:
     with rt.db.read() as session:
         profile = _profile(session, ref)
         return TraitsRead(profile_id=profile.id, traits=profile.traits)
@@ -117,10 +123,10 @@ def get_traits(ref: str, rt: Rt, _: Reader) -> TraitsRead:
 @router.get(
     "/{ref}/identities",
     response_model=IdentitiesRead,
-    responses=documented(400, 401, 403, 404, 422, 429),
+    responses=ERRORS,
     summary="A profile's identifiers",
 )
-def get_identities(ref: str, rt: Rt, _: Reader) -> IdentitiesRead:
+def get_identities(ref: Ref, rt: Rt, _: Reader) -> IdentitiesRead:
     with rt.db.read() as session:
         profile = _profile(session, ref)
         return IdentitiesRead(
@@ -131,11 +137,11 @@ def get_identities(ref: str, rt: Rt, _: Reader) -> IdentitiesRead:
 @router.get(
     "/{ref}/events",
     response_model=EventPageRead,
-    responses=documented(400, 401, 403, 404, 422, 429),
+    responses=ERRORS,
     summary="The timeline, newest first",
 )
 def get_events(
-    ref: str,
+    ref: Ref,
     rt: Rt,
     _: Reader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
