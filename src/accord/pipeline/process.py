@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+import orjson
+from psycopg.types.json import Jsonb
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -283,6 +285,21 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     if run.events:
         for event in run.events:
             event["profile_id"] = run.live(event["profile_id"]).id
-        session.execute(EVENTS.insert(), run.events)
+        _insert_events(session, run.events)
     if run.merges:
         session.execute(MERGES.insert(), run.merges)
+
+
+_EVENT_COLUMNS = ("profile_id", "source_id", "message_id", "type", "event", "timestamp", "received_at", "payload")
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """The timeline rows: COPY on PostgreSQL (a fraction of the round trips and parsing of INSERT)."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(EVENTS.insert(), rows)
+        return
+    connection = session.connection().connection.driver_connection
+    statement = f"COPY {EVENTS.name} ({', '.join(_EVENT_COLUMNS)}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            copy.write_row([Jsonb(row[c], dumps=orjson.dumps) if c == "payload" else row[c] for c in _EVENT_COLUMNS])
