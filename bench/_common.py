@@ -105,6 +105,24 @@ def _accord_revision() -> str | None:
     return rev if clean else f"{rev}+dirty"
 
 
+def header(title: str, args: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Print the benchmark's title, the machine and its settings; return the machine's description."""
+    with temp_dir("accord-bench-probe-", args.tmp) as probe_dir:
+        info = machine(
+            database_url=args.database_url or f"sqlite:///{probe_dir / 'probe.db'}",
+            sqlite_synchronous=args.sqlite_synchronous,
+            data_dir=probe_dir,
+        )
+    settings["database"] = "postgresql" if is_postgres(args.database_url) else "sqlite"
+    settings["smoke"] = args.smoke
+    print(title)
+    print_machine(info)
+    print("settings")
+    for key, value in settings.items():
+        print(f"  {key:<20} {value}")
+    return info
+
+
 def machine(*, database_url: str, sqlite_synchronous: str, data_dir: Path) -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     sqlite = make_url(database_url).get_backend_name() == "sqlite"

@@ -336,12 +336,6 @@ async def _warm_up(
 # -- report --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with common.temp_dir("accord-bench-probe-", args.tmp) as probe_dir:
-        info = common.machine(
-            database_url=args.database_url or f"sqlite:///{probe_dir / 'probe.db'}",
-            sqlite_synchronous=args.sqlite_synchronous,
-            data_dir=probe_dir,
-        )
     settings = {
         "events": args.events,
         "customers": args.customers,
@@ -350,14 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "batch": args.batch,
         "probes_per_s": args.probes_per_s,
-        "database": "postgresql" if common.is_postgres(args.database_url) else "sqlite",
-        "smoke": args.smoke,
     }
-    print("Accord end-to-end benchmark: processing throughput and acknowledgement-to-visible latency")
-    common.print_machine(info)
-    print("settings")
-    for key, value in settings.items():
-        print(f"  {key:<20} {value}")
+    info = common.header(
+        "Accord end-to-end benchmark: processing throughput and acknowledgement-to-visible latency", args, settings
+    )
 
     payload: dict[str, Any] = {"benchmark": "e2e", "machine": info, "settings": settings}
     ok = True

@@ -247,25 +247,15 @@ def average_event_bytes(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with common.temp_dir("accord-bench-probe-", args.tmp) as probe_dir:
-        info = common.machine(
-            database_url=args.database_url or f"sqlite:///{probe_dir / 'probe.db'}",
-            sqlite_synchronous=args.sqlite_synchronous,
-            data_dir=probe_dir,
-        )
     settings = {
         "events": args.events,
         "clients": args.clients,
         "batch_size": args.batch_size,
         "event_bytes_avg": average_event_bytes(args),
-        "database": "postgresql" if common.is_postgres(args.database_url) else "sqlite",
-        "smoke": args.smoke,
     }
-    print("Accord ingest benchmark: POST /v1/batch, acknowledged (durable) events per second")
-    common.print_machine(info)
-    print("settings")
-    for key, value in settings.items():
-        print(f"  {key:<20} {value}")
+    info = common.header(
+        "Accord ingest benchmark: POST /v1/batch, acknowledged (durable) events per second", args, settings
+    )
 
     direct = run_direct(args)
     print(
