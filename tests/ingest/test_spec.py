@@ -18,6 +18,7 @@ from accord.ingest.spec import (
     SpecError,
     encode_events,
     iso,
+    normalise_and_encode,
     normalise_event,
     normalise_request,
     parse_time,
@@ -419,3 +420,16 @@ def test_one_bad_event_refuses_the_batch_naming_its_index(size: int, data: st.Da
     error = request_refusal({"batch": batch})
     assert error.status == 400
     assert error.message.startswith(f"batch[{index}]")
+
+
+def test_the_log_payload_is_the_normalised_events_encoded_once() -> None:
+    body = {
+        "batch": [
+            {"type": "track", "userId": "u-1", "event": "X", "messageId": "m-1"},
+            {"type": "page", "anonymousId": "a-1", "messageId": "m-2"},
+        ]
+    }
+    events, payload = normalise_and_encode(body, endpoint="batch", received_at=RECEIVED, client_ip="198.51.100.4")
+    assert orjson.loads(payload) == events
+    assert payload == encode_events(events)
+    assert events == normalise_request(body, endpoint="batch", received_at=RECEIVED, client_ip="198.51.100.4")

@@ -18,7 +18,7 @@ from accord import metrics
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented, error_response
 from accord.ingest.schemas import REQUEST_MODELS, Accepted
-from accord.ingest.spec import MAX_REQUEST_BYTES, SpecError, contains_nul, normalise_request
+from accord.ingest.spec import MAX_REQUEST_BYTES, SpecError, contains_nul, normalise_and_encode
 from accord.log.port import NewRecord
 from accord.runtime import Runtime
 from accord.sources import service as sources
@@ -131,7 +131,7 @@ async def ingest(request: Request, endpoint: str) -> Any:
             source_id = await request.app.state.write_keys.source_for(rt, body_key)
         rt.limits.check("tracking", source_id)
         client_ip = request.client.host if request.client else None
-        events = normalise_request(body, endpoint=endpoint, received_at=received_at, client_ip=client_ip)
+        events, payload = normalise_and_encode(body, endpoint=endpoint, received_at=received_at, client_ip=client_ip)
     except SpecError as error:
         metrics.REQUESTS_REJECTED.labels(code=error.code).inc()
         headers = {"WWW-Authenticate": 'Basic realm="accord"'} if error.status == 401 else None
@@ -140,7 +140,9 @@ async def ingest(request: Request, endpoint: str) -> Any:
         metrics.REQUESTS_REJECTED.labels(code=error.code).inc()
         return error_response(error.status, error.code, error.message, error.headers)
     try:
-        await asyncio.wrap_future(rt.log.submit(NewRecord(source_id=source_id, received_at=received_at, events=events)))
+        await asyncio.wrap_future(
+            rt.log.submit(NewRecord(source_id=source_id, received_at=received_at, events=events, payload=payload))
+        )
     except Exception:
         metrics.REQUESTS_REJECTED.labels(code="log_unavailable").inc()
         return error_response(

@@ -6,6 +6,7 @@ A call that breaks the spec raises `SpecError`, which names the field and become
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +65,7 @@ def _identifier(event: dict[str, Any], key: str, where: str) -> str | None:
     return text
 
 
-def normalise_event(
+def _normalise_event(  # the checked event and its JSON encoding
     raw: Any,
     *,
     call_type: str | None,
@@ -74,7 +75,7 @@ def normalise_event(
     batch_context: dict[str, Any] | None = None,
     batch_integrations: dict[str, Any] | None = None,
     client_ip: str | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bytes]:
     """Check one call against the spec and return it normalised for the log.
 
     `call_type` is the endpoint's type (None for batch items, which carry their own).
@@ -151,17 +152,45 @@ def normalise_event(
     event["timestamp"] = iso(timestamp)
 
     try:
-        size = len(orjson.dumps(event))
+        encoded = orjson.dumps(event)
     except orjson.JSONEncodeError:  # orjson's own bound on nesting depth, about 250 levels
         raise SpecError("too_deep", f"{where} is nested too deeply; keep objects under 250 levels") from None
+    size = len(encoded)
     if size > MAX_EVENT_BYTES:
         raise SpecError("event_too_large", f"{where} is {size} bytes; an event may be at most {MAX_EVENT_BYTES}", 413)
-    return event
+    return event, encoded
+
+
+def normalise_event(
+    raw: Any,
+    *,
+    call_type: str | None,
+    where: str,
+    received_at: datetime,
+    batch_sent_at: datetime | None = None,
+    batch_context: dict[str, Any] | None = None,
+    batch_integrations: dict[str, Any] | None = None,
+    client_ip: str | None = None,
+) -> dict[str, Any]:
+    """Check one call against the spec and return it normalised for the log.
+
+    `call_type` is the endpoint's type (None for batch items, which carry their own).
+    """
+    return _normalise_event(
+        raw,
+        call_type=call_type,
+        where=where,
+        received_at=received_at,
+        batch_sent_at=batch_sent_at,
+        batch_context=batch_context,
+        batch_integrations=batch_integrations,
+        client_ip=client_ip,
+    )[0]
 
 
 def encode_events(events: list[dict[str, Any]]) -> bytes:
     """The log payload: a JSON array of the events, each encoded alone so no event gets deeper."""
-    return b"[" + b",".join(orjson.dumps(event) for event in events) + b"]"
+    return _json_array(orjson.dumps(event) for event in events)
 
 
 def contains_nul(value: Any) -> bool:
@@ -184,10 +213,20 @@ def normalise_request(
     body: Any, *, endpoint: str, received_at: datetime, client_ip: str | None
 ) -> list[dict[str, Any]]:
     """Turn the parsed body of `/v1/{endpoint}` into a list of normalised events."""
+    return normalise_and_encode(body, endpoint=endpoint, received_at=received_at, client_ip=client_ip)[0]
+
+
+def normalise_and_encode(
+    body: Any, *, endpoint: str, received_at: datetime, client_ip: str | None
+) -> tuple[list[dict[str, Any]], bytes]:
+    """The normalised events and their log payload, each event encoded once (for its size check too)."""
     if not isinstance(body, dict):
         raise SpecError("invalid_body", "the request body must be a JSON object")
     if endpoint not in ("batch", "import"):
-        return [normalise_event(body, call_type=endpoint, where=endpoint, received_at=received_at, client_ip=client_ip)]
+        pairs = [
+            _normalise_event(body, call_type=endpoint, where=endpoint, received_at=received_at, client_ip=client_ip)
+        ]
+        return [pairs[0][0]], _payload(pairs)
     items = body.get("batch")
     if not isinstance(items, list):
         raise SpecError("missing_field", "batch must be a JSON array of events")
@@ -204,8 +243,8 @@ def normalise_request(
     for field, value in (("context", context), ("integrations", integrations)):
         if value is not None and not isinstance(value, dict):
             raise SpecError("invalid_field", f"{field} must be a JSON object")
-    return [
-        normalise_event(
+    pairs = [
+        _normalise_event(
             item,
             call_type=None,
             where=f"batch[{index}]",
@@ -217,3 +256,12 @@ def normalise_request(
         )
         for index, item in enumerate(items)
     ]
+    return [event for event, _ in pairs], _payload(pairs)
+
+
+def _payload(pairs: list[tuple[dict[str, Any], bytes]]) -> bytes:
+    return _json_array(encoded for _, encoded in pairs)
+
+
+def _json_array(encoded: Iterable[bytes]) -> bytes:
+    return b"[" + b",".join(encoded) + b"]"

@@ -18,6 +18,7 @@ class NewRecord:
     source_id: str
     received_at: datetime
     events: list[dict[str, Any]]
+    payload: bytes | None = None  # the events as a JSON array, when the caller has encoded them already
 
 
 @dataclass(frozen=True, slots=True)

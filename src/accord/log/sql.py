@@ -108,7 +108,7 @@ class SqlEventLog:
                     "source_id": record.source_id,
                     "received_at": record.received_at,
                     "event_count": len(record.events),
-                    "payload": encode_events(record.events),
+                    "payload": record.payload or encode_events(record.events),
                 }
                 for record, _ in group
             ]
