@@ -66,13 +66,25 @@ class _Run:
 Item = tuple[str, dict[str, Any]]  # (source_id, normalised event)
 
 
+@dataclass(slots=True)
+class _Parsed:
+    """An event that passed its own checks, with what the run needs from it, worked out once."""
+
+    source_id: str
+    event: dict[str, Any]
+    timestamp: datetime
+    received_at: datetime
+    identifiers: list[Key]
+    keys: list[Key]  # identifiers plus the alias links to look up
+
+
 def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> Outcome:
     """Apply `items` in order. The caller owns the transaction and commits."""
     outcome = Outcome()
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
         return outcome
-    parsed: list[tuple[str, dict[str, Any], datetime, datetime, list[Key]]] = []
+    parsed: list[_Parsed] = []
     for source_id, event in fresh:
         try:
             timestamp = parse_time(event["timestamp"], "timestamp")
@@ -84,23 +96,24 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
             quarantine.put(session, source_id, event, error)
             outcome.quarantined += 1
             continue
-        parsed.append((source_id, event, timestamp, received_at, identifiers))
+        keys = lookup_keys(event, identifiers)
+        parsed.append(_Parsed(source_id, event, timestamp, received_at, identifiers, keys))
     run = _Run()
-    _load(session, run, [key for _, event, _, _, ids in parsed for key in lookup_keys(event, ids)], lock_rows=lock_rows)
+    _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = utcnow()
-    for source_id, event, timestamp, received_at, identifiers in parsed:
-        state = _resolve(run, source_id, event, identifiers, timestamp, now, outcome)
-        apply_event(state, event, timestamp)
+    for item in parsed:
+        state = _resolve(run, item, now, outcome)
+        apply_event(state, item.event, item.timestamp)
         run.events.append(
             {
                 "profile_id": state.id,
-                "source_id": source_id,
-                "message_id": event["messageId"],
-                "type": event["type"],
-                "event": _event_name(event),
-                "timestamp": timestamp,
-                "received_at": received_at,
-                "payload": event,
+                "source_id": item.source_id,
+                "message_id": item.event["messageId"],
+                "type": item.event["type"],
+                "event": _event_name(item.event),
+                "timestamp": item.timestamp,
+                "received_at": item.received_at,
+                "payload": item.event,
             }
         )
         outcome.processed += 1
@@ -184,18 +197,11 @@ def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
     return [values[start : start + size] for start in range(0, len(values), size)]
 
 
-def _resolve(
-    run: _Run,
-    source_id: str,
-    event: dict[str, Any],
-    identifiers: list[Key],
-    timestamp: datetime,
-    now: datetime,
-    outcome: Outcome,
-) -> ProfileState:
+def _resolve(run: _Run, item: _Parsed, now: datetime, outcome: Outcome) -> ProfileState:
     """The profile this event belongs to: found, created, or several merged into one."""
+    source_id, event, timestamp = item.source_id, item.event, item.timestamp
     matched: dict[str, Key] = {}
-    for key in lookup_keys(event, identifiers):
+    for key in item.keys:
         profile_id = run.identities.get(key)
         if profile_id is not None:
             matched.setdefault(run.live(profile_id).id, key)
@@ -224,7 +230,7 @@ def _resolve(
             if not other.is_new:
                 run.absorbed_existing.append(other.id)
             outcome.merges += 1
-    for key in identifiers:
+    for key in item.identifiers:
         if key not in run.identities:
             run.identities[key] = state.id
             run.new_identities.append(
