@@ -145,3 +145,26 @@ def test_kill_9_loses_no_acknowledged_event(rt: Runtime, settings: Settings) -> 
     assert sorted(stored) == sorted(wanted)  # each acknowledged event exactly once
     assert total is not None
     assert total >= len(wanted)
+
+
+def test_accord_up_restarts_a_worker_that_dies(rt: Runtime, settings: Settings) -> None:
+    with rt.db.unit_of_work() as session:
+        write_key = create_source(session, name="restart").write_key
+    port = free_port()
+    with accord_up(settings, port) as server:
+        deadline = time.monotonic() + 30
+        while not (first := children(server.pid)):
+            assert time.monotonic() < deadline, "no worker child started"
+            time.sleep(0.1)
+        os.kill(first[0], signal.SIGKILL)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=10) as client:
+            answer = client.post("/v1/track", json={"userId": "u1", "event": "After", "messageId": "after-1"})
+        assert answer.status_code == 200  # the API stays up while the worker is down
+        deadline = time.monotonic() + 60
+        while rt.log.pending() > 0:
+            assert time.monotonic() < deadline, "no new worker processed the event"
+            time.sleep(0.1)
+        assert [pid for pid in children(server.pid) if alive(pid)] != first
+    with rt.db.read() as session:
+        stored = session.scalars(select(ProfileEvent.message_id)).all()
+    assert stored == ["after-1"]
