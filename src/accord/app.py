@@ -17,6 +17,9 @@ from sqlalchemy import text
 from accord import __version__, errors
 from accord import metrics as counters
 from accord.config import Settings
+from accord.consent import api as consent_api
+from accord.consent import preferences
+from accord.consent.capture import Capture
 from accord.db import migrate
 from accord.ingest import api as ingest_api
 from accord.ingest import quarantine
@@ -55,6 +58,7 @@ def create_app(
                 batch_size=settings.worker_batch_size,
                 poll_interval=settings.worker_poll_interval,
                 wake=rt.log.appended,
+                consent=Capture(key=rt.signing, settings=settings),
             )
             thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
@@ -89,6 +93,10 @@ def create_app(
     errors.install(app)
     app.include_router(ingest_api.router)
     app.include_router(profiles_api.router)
+    app.include_router(consent_api.profiles)
+    app.include_router(consent_api.router)
+    app.include_router(consent_api.jwks)
+    app.include_router(preferences.router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> dict[str, str]:

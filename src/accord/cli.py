@@ -18,6 +18,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from accord.config import Settings
+from accord.consent.capture import Capture
 from accord.db import migrate as migrations
 from accord.db.engine import Database
 from accord.ingest import quarantine
@@ -142,6 +143,7 @@ def worker(
             log=rt.log,
             batch_size=settings.worker_batch_size,
             poll_interval=settings.worker_poll_interval,
+            consent=Capture(key=rt.signing, settings=settings),
         ).run(stop)
     finally:
         rt.close()

@@ -43,11 +43,39 @@ class Settings(BaseSettings):
     worker_poll_interval: float = Field(
         default=0.02, description="Seconds a worker waits for new log records when idle."
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The URL customers reach Accord at (preference-centre links); default: http://host:port.",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that signs consent receipts, checkpoints and links; "
+        "default: keys/consent-signing.pem in the data dir, created on first start.",
+    )
+    controller_name: str = Field(default="", description="The data controller named in consent receipts.")
+    controller_contact: str = Field(
+        default="", description="The controller's contact (e.g. a DPO address) in receipts."
+    )
+    jurisdiction: str = Field(default="", description="The jurisdiction named in consent receipts, e.g. EU or US-CA.")
+    consent_checkpoint_records: int = Field(
+        default=1000, ge=1, description="Sign a ledger checkpoint after at most this many new consent records."
+    )
+    consent_checkpoint_seconds: float = Field(
+        default=60.0, gt=0, description="... or when the last checkpoint is older than this and records were added."
+    )
+    preference_link_days: int = Field(default=30, ge=1, le=366, description="How long a preference-centre link works.")
+    double_opt_in_days: int = Field(default=7, ge=1, le=90, description="How long a double opt-in link works.")
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'accord.db'}"
+
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "keys" / "consent-signing.pem"
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     def log_url(self) -> str:
         """Where the sql event log lives: beside an SQLite database in a file of its own, else with it."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from accord.config import Settings
+from accord.consent.keys import SigningKey
 from accord.db.engine import Database
 from accord.log.sql import SqlEventLog
 from accord.security.limits import RateLimits
@@ -18,6 +19,7 @@ class Runtime:
     db: Database
     log: SqlEventLog
     limits: RateLimits
+    signing: SigningKey
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -28,13 +30,14 @@ class Runtime:
         limits = RateLimits(
             tracking=settings.rate_limit_tracking, api=settings.rate_limit_api, storage_url=settings.rate_limit_storage
         )
+        signing = SigningKey.load_or_create(settings.signing_key_path())
         db = Database.from_settings(settings)
         log_url = settings.log_url()
         if log_url == db.url:
-            return cls(settings=settings, db=db, log=SqlEventLog(db), limits=limits)
+            return cls(settings=settings, db=db, log=SqlEventLog(db), limits=limits, signing=signing)
         log = SqlEventLog(Database(log_url, sqlite_synchronous=settings.sqlite_synchronous))
         log.ensure_file_schema()
-        return cls(settings=settings, db=db, log=log, limits=limits)
+        return cls(settings=settings, db=db, log=log, limits=limits, signing=signing)
 
     def close(self) -> None:
         self.log.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from accord.consent.capture import Capture
 from accord.identity.models import Identity
 from accord.ingest.spec import normalise_request
 from accord.log.port import NewRecord
@@ -24,7 +25,9 @@ def send(rt: Runtime, events: list[dict[str, Any]], *, source_id: str = "src_tes
 
 
 def process(rt: Runtime, *, batch_size: int = 500) -> int:
-    return Worker(db=rt.db, log=rt.log, batch_size=batch_size).drain()
+    return Worker(
+        db=rt.db, log=rt.log, batch_size=batch_size, consent=Capture(key=rt.signing, settings=rt.settings)
+    ).drain()
 
 
 def snapshot(rt: Runtime) -> list[tuple[Any, ...]]:

@@ -1,5 +1,16 @@
 """Imports every feature's tables so that the metadata (and Alembic) sees all of them."""
 
+from accord.consent.models import (
+    ChainHead,
+    Channel,
+    Checkpoint,
+    ConsentState,
+    Evidence,
+    LedgerRecord,
+    Notice,
+    Purpose,
+    Receipt,
+)
 from accord.db.base import Base
 from accord.identity.models import Identity, Merge
 from accord.ingest.models import QuarantinedEvent
@@ -11,11 +22,20 @@ from accord.sources.models import Source
 __all__ = [
     "ApiToken",
     "Base",
+    "ChainHead",
+    "Channel",
+    "Checkpoint",
+    "ConsentState",
+    "Evidence",
     "Identity",
+    "LedgerRecord",
     "LogRecord",
     "Merge",
+    "Notice",
     "Profile",
     "ProfileEvent",
+    "Purpose",
     "QuarantinedEvent",
+    "Receipt",
     "Source",
 ]

@@ -131,7 +131,10 @@ async def ingest(request: Request, endpoint: str) -> Any:
             source_id = await request.app.state.write_keys.source_for(rt, body_key)
         rt.limits.check("tracking", source_id)
         client_ip = request.client.host if request.client else None
-        events, payload = normalise_and_encode(body, endpoint=endpoint, received_at=received_at, client_ip=client_ip)
+        gpc = request.headers.get("sec-gpc", "").strip() == "1"
+        events, payload = normalise_and_encode(
+            body, endpoint=endpoint, received_at=received_at, client_ip=client_ip, gpc=gpc
+        )
     except SpecError as error:
         metrics.REQUESTS_REJECTED.labels(code=error.code).inc()
         headers = {"WWW-Authenticate": 'Basic realm="accord"'} if error.status == 401 else None

@@ -75,6 +75,7 @@ def _normalise_event(  # the checked event and its JSON encoding
     batch_context: dict[str, Any] | None = None,
     batch_integrations: dict[str, Any] | None = None,
     client_ip: str | None = None,
+    gpc: bool = False,
 ) -> tuple[dict[str, Any], bytes]:
     """Check one call against the spec and return it normalised for the log.
 
@@ -129,6 +130,9 @@ def _normalise_event(  # the checked event and its JSON encoding
         context = event["context"] = {}
     if client_ip and not context.get("ip"):
         context["ip"] = client_ip
+    if gpc:
+        # The request carried Sec-GPC: 1; the pipeline records it as an opt-out of sale and sharing.
+        context["gpc"] = True
 
     # Clock skew: the device's clock may be off, but the gap between its timestamp and its sentAt is not.
     original = event.get("originalTimestamp", event.get("timestamp"))
@@ -217,14 +221,16 @@ def normalise_request(
 
 
 def normalise_and_encode(
-    body: Any, *, endpoint: str, received_at: datetime, client_ip: str | None
+    body: Any, *, endpoint: str, received_at: datetime, client_ip: str | None, gpc: bool = False
 ) -> tuple[list[dict[str, Any]], bytes]:
     """The normalised events and their log payload, each event encoded once (for its size check too)."""
     if not isinstance(body, dict):
         raise SpecError("invalid_body", "the request body must be a JSON object")
     if endpoint not in ("batch", "import"):
         pairs = [
-            _normalise_event(body, call_type=endpoint, where=endpoint, received_at=received_at, client_ip=client_ip)
+            _normalise_event(
+                body, call_type=endpoint, where=endpoint, received_at=received_at, client_ip=client_ip, gpc=gpc
+            )
         ]
         return [pairs[0][0]], _payload(pairs)
     items = body.get("batch")
@@ -253,6 +259,7 @@ def normalise_and_encode(
             batch_context=context,
             batch_integrations=integrations,
             client_ip=client_ip,
+            gpc=gpc,
         )
         for index, item in enumerate(items)
     ]

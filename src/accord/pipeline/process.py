@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from accord.consent.capture import Capture, is_consent_event
 from accord.db.base import utcnow
 from accord.identity.models import Identity, Merge
 from accord.identity.service import Key, event_identifiers, lookup_keys
@@ -78,8 +79,9 @@ class _Parsed:
     keys: list[Key]  # identifiers plus the alias links to look up
 
 
-def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> Outcome:
-    """Apply `items` in order. The caller owns the transaction and commits."""
+def process_events(session: Session, items: list[Item], *, lock_rows: bool, consent: Capture | None = None) -> Outcome:
+    """Apply `items` in order. The caller owns the transaction and commits. With `consent`, consent
+    statements in the events (a `Consent Updated` event, a GPC signal) go into the consent ledger."""
     outcome = Outcome()
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
@@ -101,9 +103,12 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
     run = _Run()
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = utcnow()
+    statements: list[tuple[str, str, dict[str, Any], datetime]] = []
     for item in parsed:
         state = _resolve(run, item, now, outcome)
         apply_event(state, item.event, item.timestamp)
+        if consent is not None and is_consent_event(item.event):
+            statements.append((state.id, item.source_id, item.event, item.timestamp))
         run.events.append(
             {
                 "profile_id": state.id,
@@ -118,6 +123,9 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool) -> O
         )
         outcome.processed += 1
     _write(session, run, now)
+    if statements and consent is not None:
+        # After the profiles exist; a bad statement fails the batch, and the one-by-one retry quarantines it.
+        consent.record(session, statements, now)
     return outcome
 
 

@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from accord import metrics
+from accord.consent.capture import Capture
 from accord.db.engine import Database
 from accord.ingest import quarantine
 from accord.log.port import Delivery, EventLog
@@ -31,6 +32,7 @@ class Worker:
     batch_size: int = 500
     poll_interval: float = 0.05
     wake: threading.Event | None = None
+    consent: Capture | None = None
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
@@ -75,7 +77,7 @@ class Worker:
         for attempt in range(RETRIES):
             try:
                 with self.db.unit_of_work() as session:
-                    return process_events(session, items, lock_rows=lock_rows)
+                    return process_events(session, items, lock_rows=lock_rows, consent=self.consent)
             except (StaleRead, IntegrityError, DBAPIError) as error:
                 if isinstance(error, DBAPIError) and not isinstance(error, IntegrityError) and not _transient(error):
                     log.warning("batch failed", error=type(error).__name__)
@@ -96,7 +98,9 @@ class Worker:
             for source_id, event in items:
                 try:
                     with session.begin_nested():
-                        single = process_events(session, [(source_id, event)], lock_rows=lock_rows)
+                        single = process_events(
+                            session, [(source_id, event)], lock_rows=lock_rows, consent=self.consent
+                        )
                 except Exception as error:
                     quarantine.put(session, source_id, event, error)
                     outcome.quarantined += 1

@@ -36,7 +36,7 @@ Ref = Annotated[
 ]
 
 
-def _profile(session: Session, ref: str) -> Profile:
+def resolve_or_404(session: Session, ref: str) -> Profile:
     try:
         profile = service.resolve(session, ref)
     except service.BadReference as error:
@@ -94,7 +94,7 @@ def _event(row: ProfileEvent) -> EventRead:
 )
 def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
     with rt.db.read() as session:
-        profile = _profile(session, ref)
+        profile = resolve_or_404(session, ref)
         return ProfileRead(
             id=profile.id,
             traits=profile.traits,
@@ -116,7 +116,7 @@ def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
 )
 def get_traits(ref: Ref, rt: Rt, _: Reader) -> TraitsRead:
     with rt.db.read() as session:
-        profile = _profile(session, ref)
+        profile = resolve_or_404(session, ref)
         return TraitsRead(profile_id=profile.id, traits=profile.traits)
 
 
@@ -128,7 +128,7 @@ def get_traits(ref: Ref, rt: Rt, _: Reader) -> TraitsRead:
 )
 def get_identities(ref: Ref, rt: Rt, _: Reader) -> IdentitiesRead:
     with rt.db.read() as session:
-        profile = _profile(session, ref)
+        profile = resolve_or_404(session, ref)
         return IdentitiesRead(
             profile_id=profile.id, identities=[_identity(i) for i in service.identities(session, profile.id)]
         )
@@ -156,7 +156,7 @@ def get_events(
             raise ApiError(400, "invalid_filter", f"type must be one of {', '.join(CALL_TYPES)}, not {kind[:40]!r}")
     after, before = _moment("since", since), _moment("until", until)
     with rt.db.read() as session:
-        profile = _profile(session, ref)
+        profile = resolve_or_404(session, ref)
         try:
             page = service.timeline(
                 session,
