@@ -18,8 +18,12 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from accord.config import Settings
+from accord.consent import ledger as consent_ledger
+from accord.consent import service as consent_service
 from accord.consent.capture import Capture
+from accord.consent.keys import SigningKey
 from accord.db import migrate as migrations
+from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.ingest import quarantine
 from accord.logs import configure_logging
@@ -36,6 +40,8 @@ quarantine_app = typer.Typer(help="Events that failed processing.", no_args_is_h
 app.add_typer(source_app, name="source")
 app.add_typer(token_app, name="token")
 app.add_typer(quarantine_app, name="quarantine")
+consent_app = typer.Typer(help="The consent ledger: verify, checkpoint, expire.", no_args_is_help=True)
+app.add_typer(consent_app, name="consent")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -305,3 +311,48 @@ def demo(
 
 def main() -> None:
     app()
+
+
+@contextmanager
+def _consent_runtime() -> Iterator[tuple[Database, SigningKey, Settings]]:
+    settings = _settings()
+    key = SigningKey.load_or_create(settings.signing_key_path())
+    with _db(settings) as db:
+        yield db, key, settings
+
+
+@consent_app.command("verify")
+def consent_verify(as_json: JsonFlag = False) -> None:
+    """Walk the whole consent ledger; exit 1 and name the first bad record if anything was tampered with."""
+    with _consent_runtime() as (db, key, _):
+        report = consent_ledger.verify(db.engine, key=key)
+    bad = report.first_bad
+    data = {
+        "ok": report.ok,
+        "records": report.records,
+        "checkpoints": report.checkpoints,
+        "evidence_checked": report.evidence_checked,
+        "head_seq": report.head_seq,
+        "head_hash": report.head_hash,
+        "first_bad": None if bad is None else {"seq": bad.seq, "record_id": bad.record_id, "problem": bad.problem},
+    }
+    _print(data, as_json)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@consent_app.command("checkpoint")
+def consent_checkpoint(as_json: JsonFlag = False) -> None:
+    """Sign a checkpoint of the ledger's head now (nothing when the head is signed already)."""
+    with _consent_runtime() as (db, key, _), db.unit_of_work() as session:
+        row = consent_ledger.checkpoint(session, key=key, now=utcnow())
+        data = {"signed": row is not None, "seq": row.seq if row else None, "hash": row.hash if row else None}
+    _print(data, as_json)
+
+
+@consent_app.command("expire")
+def consent_expire(as_json: JsonFlag = False) -> None:
+    """Record `expired` for every consent whose expiry has passed (the state reads expired already)."""
+    with _consent_runtime() as (db, key, settings), db.unit_of_work() as session:
+        count = consent_service.expire_lapsed(session, key=key, settings=settings, now=utcnow(), limit=1_000_000)
+    _print({"expired": count}, as_json)

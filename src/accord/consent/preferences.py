@@ -23,7 +23,8 @@ from accord.profiles.models import Profile
 from accord.profiles.service import resolve
 from accord.runtime import Runtime
 
-router = APIRouter(tags=["preference centre"])
+# Pages for people, not API routes: outside the OpenAPI schema (docs/consent.md describes them).
+router = APIRouter(tags=["preference centre"], include_in_schema=False)
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
 )
