@@ -168,9 +168,16 @@ def scratch_store(database_url: str | None, data_dir: Path, label: str) -> Itera
         admin.dispose()
 
 
-def open_runtime(url: str, sqlite_synchronous: str) -> Runtime:
-    """Accord's database and event log for a store URL (on SQLite the log is a file beside it), migrated."""
-    rt = Runtime.create(Settings(database_url=url, sqlite_synchronous=sqlite_synchronous))
+def open_runtime(url: str, sqlite_synchronous: str, data_dir: Path | None = None) -> Runtime:
+    """Accord's database and event log for a store URL (on SQLite the log is a file beside it), migrated.
+
+    The consent signing key lives in `data_dir`; by default beside an SQLite database, else in
+    Accord's default data dir (./.accord), so callers on PostgreSQL should name a scratch one.
+    """
+    if data_dir is None and not is_postgres(url):
+        data_dir = Path(make_url(url).database or ".").parent
+    where = {} if data_dir is None else {"data_dir": data_dir}
+    rt = Runtime.create(Settings(database_url=url, sqlite_synchronous=sqlite_synchronous, **where))
     migrate.upgrade(rt.db)
     return rt
 

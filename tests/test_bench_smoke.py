@@ -56,3 +56,21 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     assert {"offered_per_s", "samples", "p50_ms", "p95_ms", "p99_ms", "max_ms", "ack_ms"} <= latency.keys()
     assert latency["samples"] > 0
     assert latency["errors"] == 0
+
+
+def test_consent_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("consent.py", tmp_path)
+    assert summary["benchmark"] == "consent"
+    assert {"records", "appends", "batched", "batch_size", "chunk", "database"} <= summary["settings"].keys()
+    append = summary["append"]
+    for run in (append["single"], append["batched"]):
+        assert {"seconds", "appends_per_s"} <= run.keys()
+    assert {"p50", "p99"} <= append["single"]["append_ms"].keys()
+    assert append["verify"]["ok"]
+    total = summary["settings"]["appends"] + summary["settings"]["batched"]
+    assert append["receipts"] == append["verify"]["records"] == total
+    verify = summary["verify"]
+    assert {"build", "seconds", "records_per_s", "report"} <= verify.keys()
+    assert verify["report"]["ok"]
+    assert verify["report"]["records"] == verify["report"]["evidence_checked"] == summary["settings"]["records"]
+    assert verify["report"]["checkpoints"] == verify["build"]["checkpoints"] > 0

@@ -34,7 +34,9 @@ def commands(group: Any, path: tuple[str, ...] = ("accord",)) -> Iterator[tuple[
 
 def error_codes(*files: str) -> set[str]:
     """Codes raised as SpecError("code", ...) / ApiError(status, "code", ...) / error_response(status, "code", ...)."""
-    pattern = re.compile(r'(?:SpecError\(\s*|ApiError\(\s*\d+,\s*|error_response\(\s*\d+,\s*)"([a-z_]+)"')
+    pattern = re.compile(
+        r'(?:SpecError\(\s*|CatalogueError\(\s*|(?:ApiError|ConsentError|error_response)\(\s*\d+,\s*)"([a-z_]+)"'
+    )
     found: set[str] = set()
     for name in files:
         found.update(pattern.findall((SRC / name).read_text()))
@@ -78,7 +80,18 @@ def test_the_error_code_scan_finds_codes() -> None:
 @pytest.mark.parametrize(
     "code",
     sorted(
-        error_codes("ingest/spec.py", "ingest/api.py", "profiles/api.py", "security/auth.py", "app.py", "errors.py")
+        error_codes(
+            "ingest/spec.py",
+            "ingest/api.py",
+            "profiles/api.py",
+            "security/auth.py",
+            "app.py",
+            "errors.py",
+            "consent/api.py",
+            "consent/service.py",
+            "consent/catalogue.py",
+            "consent/capture.py",
+        )
         | {"not_found", "method_not_allowed"}
     ),
 )
@@ -103,5 +116,5 @@ def test_readme_starts_with_the_two_commands() -> None:
     first_block = readme.split("```")[1]
     assert "make run" in first_block
     assert "make test" in first_block
-    for page in ("quickstart", "concepts", "api", "operations", "architecture"):
+    for page in ("quickstart", "concepts", "api", "operations", "architecture", "consent"):
         assert f"docs/{page}.md" in readme
