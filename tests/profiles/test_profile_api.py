@@ -78,6 +78,42 @@ def test_traits_and_identities_sub_resources(ann: LiveAccord) -> None:
     assert traits["traits"] == {"email": "ann@example.com", "phone": "+44 20 7946 0958", "plan": "gold"}
     assert len(identities["identities"]) == 4
     assert identities["profile_id"] == traits["profile_id"]
+    assert traits["sources"]["plan"] == {
+        "timestamp": "2026-05-01T09:00:00.000Z",
+        "message_id": "id-1",
+        "source_id": ann.source_id,
+        "run_id": None,
+    }
+    assert set(traits["sources"]) == set(traits["traits"])
+
+
+def test_a_client_cannot_claim_an_import_run(live: LiveAccord) -> None:
+    """`_accord` is the importer's reserved field: the gateway drops it from tracked events."""
+    forged = {"run": "run_forged", "pii": []}
+    track(live, [{"type": "identify", "userId": "7", "traits": {"plan": "x"}, "_accord": forged}])
+    with live.api() as api:
+        traits = api.get("/api/v1/profiles/user_id:7/traits").json()
+        events = api.get("/api/v1/profiles/user_id:7/events").json()
+    assert traits["sources"]["plan"]["run_id"] is None
+    assert traits["sources"]["plan"]["source_id"] == live.source_id
+    assert events["data"][0]["traits"] == {"plan": "x"}
+
+
+def test_traits_written_before_provenance_have_no_source(live: LiveAccord) -> None:
+    from accord.profiles.models import Profile
+
+    track(live, [{"type": "identify", "userId": "8", "traits": {"plan": "old"}, "messageId": "m-8"}])
+    with live.rt.db.unit_of_work() as session:
+        profile = next(p for p in session.query(Profile).all() if p.traits.get("plan") == "old")
+        profile.trait_versions = {"plan": ["2026-01-01T00:00:00.000Z", "m-8"]}  # the Foundation's shape
+    with live.api() as api:
+        traits = api.get("/api/v1/profiles/user_id:8/traits").json()
+    assert traits["sources"]["plan"] == {
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "message_id": "m-8",
+        "source_id": None,
+        "run_id": None,
+    }
 
 
 def test_timeline_pages_newest_first_without_gaps_or_repeats(ann: LiveAccord) -> None:

@@ -85,6 +85,7 @@ def _normalise_event(  # the checked event and its JSON encoding
         raise SpecError("invalid_event", f"{where} must be a JSON object")
     event: dict[str, Any] = dict(raw)
     event.pop("writeKey", None)
+    event.pop("_accord", None)  # reserved for Accord's importer (the import run); no client may claim it
     kind = call_type or event.get("type")
     if kind not in CALL_TYPES:
         raise SpecError("invalid_type", f"{where}.type must be one of {', '.join(CALL_TYPES)}, not {str(kind)[:40]!r}")

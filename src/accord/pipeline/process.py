@@ -106,7 +106,7 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool, cons
     statements: list[tuple[str, str, dict[str, Any], datetime]] = []
     for item in parsed:
         state = _resolve(run, item, now, outcome)
-        apply_event(state, item.event, item.timestamp)
+        apply_event(state, item.event, item.timestamp, item.source_id)
         if consent is not None and is_consent_event(item.event):
             statements.append((state.id, item.source_id, item.event, item.timestamp))
         run.events.append(

@@ -18,6 +18,7 @@ from accord.profiles.schemas import (
     IdentitiesRead,
     IdentityRead,
     ProfileRead,
+    TraitSource,
     TraitsRead,
 )
 from accord.runtime import Runtime, runtime
@@ -117,7 +118,18 @@ def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
 def get_traits(ref: Ref, rt: Rt, _: Reader) -> TraitsRead:
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
-        return TraitsRead(profile_id=profile.id, traits=profile.traits)
+        return TraitsRead(
+            profile_id=profile.id,
+            traits=profile.traits,
+            sources={name: _trait_source(profile.trait_versions.get(name)) for name in profile.traits},
+        )
+
+
+def _trait_source(version: Any) -> TraitSource:
+    """A stored version, [timestamp, messageId, source id, run id]; older ones have only the first two."""
+    parts = [p if isinstance(p, str) and p else None for p in version] if isinstance(version, list) else []
+    parts += [None] * (4 - len(parts))
+    return TraitSource(timestamp=parts[0], message_id=parts[1], source_id=parts[2], run_id=parts[3])
 
 
 @router.get(

@@ -2,7 +2,8 @@
 
 Traits are last-writer-wins by (event time, messageId); counts add up; first and last seen are the
 min and max. Each is a join of a semilattice, so any order of the same events (and any merge of
-profiles that saw them) gives the same state.
+profiles that saw them) gives the same state. A trait's version also names where the winning write
+came from (its source and, for rows imported by a job, the import run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class ProfileState:
     first_seen: datetime
     last_seen: datetime
     traits: dict[str, Any] = field(default_factory=dict)
+    # Per trait: [timestamp, messageId, source id, import run id or ""]; compared as a list, so the order
+    # is (time, messageId), and versions written before the last two were added still compare.
     trait_versions: dict[str, list[str]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     merged_into: str | None = None
@@ -46,10 +49,17 @@ def set_traits(state: ProfileState, traits: dict[str, Any], version: list[str]) 
             state.dirty = True
 
 
-def apply_event(state: ProfileState, event: dict[str, Any], timestamp: datetime) -> None:
+def import_run(event: dict[str, Any]) -> str:
+    """The import run that made an event (the importer's reserved `_accord.run`), or ""."""
+    meta = event.get("_accord")
+    run = meta.get("run") if isinstance(meta, dict) else None
+    return run if isinstance(run, str) else ""
+
+
+def apply_event(state: ProfileState, event: dict[str, Any], timestamp: datetime, source_id: str = "") -> None:
     traits = event_traits(event)
     if traits:
-        set_traits(state, traits, [event["timestamp"], event["messageId"]])
+        set_traits(state, traits, [event["timestamp"], event["messageId"], source_id, import_run(event)])
     _bump(state.counts, "types", event["type"], 1)
     if event["type"] == "track":
         _bump(state.counts, "events", event["event"], 1)

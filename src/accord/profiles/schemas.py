@@ -24,9 +24,19 @@ class ProfileRead(BaseModel):
     merged_ids: list[str] = Field(description="Ids of profiles merged into this one; they still resolve here.")
 
 
+class TraitSource(BaseModel):
+    """Where a trait's current value came from: the write that won last-writer-wins."""
+
+    timestamp: str | None = Field(description="The winning event's time (ISO-8601)")
+    message_id: str | None = Field(description="The winning event's messageId")
+    source_id: str | None = Field(description="The source that sent it; null for traits set before Accord kept it")
+    run_id: str | None = Field(description="The import run that set it, for rows imported by a job; else null")
+
+
 class TraitsRead(BaseModel):
     profile_id: str
     traits: dict[str, Any]
+    sources: dict[str, TraitSource] = Field(description="Per trait, which source (and import run) set its value")
 
 
 class IdentitiesRead(BaseModel):
