@@ -1,8 +1,8 @@
 """The consent ledger: an append-only hash chain with per-record MACs and signed checkpoints.
 
-Each record's body is canonical JSON (RFC 8785) naming its `seq` and the previous record's hash; its hash
-is SHA-256 over those bytes. Verification walks the chain in order and names the first record that does
-not fit: edited, deleted, inserted, reordered, or missing from the tail that a checkpoint signed."""
+The chain itself (canonical bodies naming `seq` and the previous hash, MACs, verification) is
+`accord.hashchain`, shared with the audit log; this module adds what consent needs: the evidence kept
+beside the chain, whose salted digest the chain holds, so that erasure can delete it."""
 
 from __future__ import annotations
 
@@ -10,37 +10,31 @@ import hashlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-import rfc8785
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
 
+from accord import hashchain
 from accord.consent.keys import SigningKey
 from accord.consent.models import ChainHead, Checkpoint, Evidence, LedgerRecord
+from accord.hashchain import GENESIS, Problem, Verification, canonical, iso
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "Problem", "Verification", "canonical", "iso"]
 CHECKPOINT_TYP = "accord-consent-checkpoint"
 # Columns that repeat a body field for queries; verification compares them.
 MIRRORED = ("id", "profile_id", "purpose", "channel", "status")
-
-
-def canonical(value: Any) -> bytes:
-    return rfc8785.dumps(value)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+MESSAGES = hashchain.MacMessages()
 
 
 def head_mac_message(seq: int, digest: str) -> str:
-    return f"head:{seq}:{digest}"
+    return MESSAGES.head(seq, digest)
 
 
 def record_mac_message(digest: str) -> str:
-    return f"record:{digest}"
+    return MESSAGES.record(digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +68,9 @@ def append(
     """Chain `entries` after the head, in order; returns each body and its hash. Holds the head's row lock until
     the caller commits, so concurrent appenders queue up rather than fork the chain."""
     head = lock_head(session)
-    bodies: list[tuple[dict[str, Any], str]] = []
-    ledger_rows: list[dict[str, Any]] = []
     evidence_rows: list[dict[str, Any]] = []
-    seq, previous = head.seq, head.hash
+    bodies: list[dict[str, Any]] = []
     for entry in entries:
-        seq += 1
         digest = None
         if entry.evidence:
             salt = secrets.token_hex(16)
@@ -88,44 +79,42 @@ def append(
             evidence_rows.append(
                 {"record_id": entry.id, "profile_id": entry.profile_id, "salt": salt, "body": evidence_body}
             )
-        body = {
-            **entry.fields,
-            "v": 1,
-            "seq": seq,
-            "prev": previous,
-            "id": entry.id,
-            "profile_id": entry.profile_id,
-            "purpose": entry.purpose,
-            "channel": entry.channel,
-            "status": entry.status,
-            "occurred_at": iso(entry.occurred_at),
-            "expires_at": iso(entry.expires_at),
-            "recorded_at": iso(now),
-            "evidence": digest,
-        }
-        raw = canonical(body)
-        previous = hashlib.sha256(raw).hexdigest()
-        ledger_rows.append(
+        bodies.append(
             {
-                "seq": seq,
+                **entry.fields,
+                "v": 1,
                 "id": entry.id,
                 "profile_id": entry.profile_id,
                 "purpose": entry.purpose,
                 "channel": entry.channel,
                 "status": entry.status,
-                "body": raw,
-                "hash": previous,
-                "mac": key.mac(record_mac_message(previous)),
+                "occurred_at": iso(entry.occurred_at),
+                "expires_at": iso(entry.expires_at),
+                "recorded_at": iso(now),
+                "evidence": digest,
             }
         )
-        bodies.append((body, previous))
-    if not ledger_rows:
-        return bodies
-    session.execute(insert(LedgerRecord), ledger_rows)
+    links = hashchain.extend(bodies, seq=head.seq, previous=head.hash)
+    if not links:
+        return []
+    session.execute(
+        insert(LedgerRecord),
+        [
+            {
+                "seq": link.seq,
+                **{name: link.body[name] for name in MIRRORED},
+                "body": link.raw,
+                "hash": link.hash,
+                "mac": key.mac(record_mac_message(link.hash)),
+            }
+            for link in links
+        ],
+    )
     if evidence_rows:
         session.execute(insert(Evidence), evidence_rows)
-    head.seq, head.hash, head.mac = seq, previous, key.mac(head_mac_message(seq, previous))
-    return bodies
+    last = links[-1]
+    head.seq, head.hash, head.mac = last.seq, last.hash, key.mac(head_mac_message(last.seq, last.hash))
+    return [(link.body, link.hash) for link in links]
 
 
 def checkpoint(session: Session, *, key: SigningKey, now: datetime) -> Checkpoint | None:
@@ -149,27 +138,6 @@ def checkpoint_due(session: Session, *, every_records: int, every: timedelta, no
     return head.checkpoint_at is None or now - head.checkpoint_at >= every
 
 
-@dataclass(slots=True)
-class Problem:
-    seq: int | None
-    record_id: str | None
-    problem: str
-
-
-@dataclass(slots=True)
-class Verification:
-    records: int = 0
-    checkpoints: int = 0
-    evidence_checked: int = 0
-    head_seq: int = 0
-    head_hash: str = GENESIS
-    first_bad: Problem | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.first_bad is None
-
-
 def _rows(engine: Engine, batch: int) -> Iterator[tuple[Any, ...]]:
     query = text(
         "SELECT l.seq, l.id, l.profile_id, l.purpose, l.channel, l.status, l.body, l.hash, l.mac, e.salt, e.body"
@@ -182,71 +150,41 @@ def _rows(engine: Engine, batch: int) -> Iterator[tuple[Any, ...]]:
 
 
 def verify(engine: Engine, *, key: SigningKey, batch: int = 20_000) -> Verification:
-    """Walk the whole chain, checkpoints and head; stop at the first problem."""
-    report = Verification()
+    """Walk the whole chain, checkpoints and head, and each record's evidence; stop at the first problem."""
     with Session(engine) as session:
-        checkpoints = {row.seq: row for row in session.scalars(select(Checkpoint).order_by(Checkpoint.seq))}
+        checkpoints = {
+            row.seq: hashchain.Signed(row.seq, row.hash, row.signed_at, _signed(key, row))
+            for row in session.scalars(select(Checkpoint).order_by(Checkpoint.seq))
+        }
         head = session.get(ChainHead, 1)
-    for row in checkpoints.values():
-        payload = key.verify(row.jws, typ=CHECKPOINT_TYP)
-        if payload is None or payload.get("seq") != row.seq or payload.get("hash") != row.hash:
-            report.first_bad = Problem(row.seq, None, "checkpoint signature does not verify with this key")
-            return report
-    expected, previous = 1, GENESIS
-    for seq, record_id, profile_id, purpose, channel, status, body, digest, mac, salt, evidence in _rows(engine, batch):
-        problem = _check(seq, expected, previous, (record_id, profile_id, purpose, channel, status), body, digest)
-        if problem is None and not key.mac_ok(record_mac_message(digest), mac):
-            problem = "the record's MAC does not verify: it was not written by Accord with this key"
-        if problem is None and (checkpoint := checkpoints.get(seq)) is not None:
-            if checkpoint.hash != digest:
-                problem = f"the chain differs from the checkpoint signed at {iso(checkpoint.signed_at)}"
-            report.checkpoints += 1
-        if problem is None and evidence is not None:
-            stated = orjson.loads(body).get("evidence")
-            if hashlib.sha256(bytes(salt.encode()) + bytes(evidence)).hexdigest() != stated:
-                problem = "the record's evidence was changed after it was recorded"
-            report.evidence_checked += 1
-        if problem is not None:
-            report.first_bad = Problem(seq, record_id, problem)
-            return report
-        report.records += 1
-        expected, previous = seq + 1, digest
-    report.head_seq, report.head_hash = expected - 1, previous
-    last_signed = max(checkpoints, default=0)
-    if last_signed > report.head_seq:
-        report.first_bad = Problem(
-            report.head_seq + 1,
-            None,
-            f"records {report.head_seq + 1}..{last_signed} are missing: a checkpoint signed them",
-        )
-    elif head is not None and (head.seq, head.hash) != (report.head_seq, report.head_hash):
-        report.first_bad = Problem(
-            report.head_seq + 1 if head.seq > report.head_seq else head.seq,
-            None,
-            f"the ledger ends at record {report.head_seq} but its head says {head.seq}: records were removed or added",
-        )
-    elif head is not None and head.seq and not key.mac_ok(head_mac_message(head.seq, head.hash), head.mac):
-        report.first_bad = Problem(head.seq, None, "the chain head's MAC does not verify")
-    return report
+        stored_head = None if head is None else hashchain.Head(head.seq, head.hash, head.mac)
+
+    def rows() -> Iterator[hashchain.Row]:
+        for seq, *mirrored, body, digest, mac, salt, proof in _rows(engine, batch):
+            columns = dict(zip(MIRRORED, mirrored, strict=True))
+            record_id = mirrored[0]
+            evidence = None if proof is None else (salt, bytes(proof))
+            yield hashchain.Row(seq, record_id, body, digest, mac, columns, evidence)
+
+    def evidence_matches(row: hashchain.Row, report: Verification) -> str | None:
+        if row.attachment is None:
+            return None
+        salt, proof = row.attachment
+        report.evidence_checked += 1
+        if hashlib.sha256(salt.encode() + proof).hexdigest() != orjson.loads(row.body).get("evidence"):
+            return "the record's evidence was changed after it was recorded"
+        return None
+
+    return hashchain.verify(
+        rows(),
+        checkpoints=checkpoints,
+        head=stored_head,
+        mac_ok=key.mac_ok,
+        messages=MESSAGES,
+        extra=evidence_matches,
+    )
 
 
-def _check(seq: int, expected: int, previous: str, columns: tuple[str, ...], body: bytes, digest: str) -> str | None:
-    body = bytes(body)
-    if seq < expected:
-        return f"record {seq} is out of order"
-    if seq > expected:
-        return f"records {expected}..{seq - 1} are missing" if seq - 1 > expected else f"record {expected} is missing"
-    if hashlib.sha256(body).hexdigest() != digest:
-        return "the record's body does not match its hash: it was edited"
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return "the record's body is not JSON"
-    if parsed.get("seq") != seq:
-        return f"the record says it is number {parsed.get('seq')}: records were reordered or inserted"
-    if parsed.get("prev") != previous:
-        return "the record does not follow the one before it: records were reordered, inserted or deleted"
-    for name, value in zip(MIRRORED, columns, strict=True):
-        if parsed.get(name) != value:
-            return f"the record's {name} column differs from its hashed body: it was edited"
-    return None
+def _signed(key: SigningKey, row: Checkpoint) -> bool:
+    payload = key.verify(row.jws, typ=CHECKPOINT_TYP)
+    return payload is not None and payload.get("seq") == row.seq and payload.get("hash") == row.hash
