@@ -21,6 +21,7 @@ from accord.consent import api as consent_api
 from accord.consent import preferences
 from accord.consent.capture import Capture
 from accord.db import migrate
+from accord.identity import api as identity_api
 from accord.ingest import api as ingest_api
 from accord.ingest import quarantine
 from accord.pipeline.embedded import WorkerProcess
@@ -93,6 +94,8 @@ def create_app(
     errors.install(app)
     app.include_router(ingest_api.router)
     app.include_router(profiles_api.router)
+    app.include_router(identity_api.profiles)
+    app.include_router(identity_api.router)
     app.include_router(consent_api.profiles)
     app.include_router(consent_api.router)
     app.include_router(consent_api.jwks)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from itertools import count
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +27,8 @@ from accord.consent.keys import SigningKey
 from accord.db import migrate as migrations
 from accord.db.base import utcnow
 from accord.db.engine import Database
+from accord.identity import history as identity_history_service
+from accord.identity import service as identity_service
 from accord.ingest import quarantine
 from accord.logs import configure_logging
 from accord.pipeline.embedded import watch_parent
@@ -42,6 +46,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(quarantine_app, name="quarantine")
 consent_app = typer.Typer(help="The consent ledger: verify, checkpoint, expire.", no_args_is_help=True)
 app.add_typer(consent_app, name="consent")
+identity_app = typer.Typer(help="Identity rules, merge history, unmerge.", no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -356,3 +362,97 @@ def consent_expire(as_json: JsonFlag = False) -> None:
     with _consent_runtime() as (db, key, settings), db.unit_of_work() as session:
         count = consent_service.expire_lapsed(session, key=key, settings=settings, now=utcnow(), limit=1_000_000)
     _print({"expired": count}, as_json)
+
+
+@identity_app.command("rules")
+def identity_rules(as_json: JsonFlag = False) -> None:
+    """Print the identity rules in force and their version."""
+    with _session(write=False) as session:
+        rows = identity_service.rules_history(session, limit=1)
+        data = {"version": rows[0].version if rows else 0, "rules": identity_service.current_rules(session).document()}
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        console.print_json(json.dumps(data))
+
+
+@identity_app.command("set-rules")
+def identity_set_rules(
+    path: Annotated[str, typer.Argument(help="A JSON file with the rules document, or - for standard input")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Put new identity rules in force (a new version; running workers use it from their next batch)."""
+    try:
+        text = sys.stdin.read(65_536) if path == "-" else Path(path).read_text()[:65_536]
+        document = json.loads(text)
+    except (OSError, ValueError) as error:
+        _fail(f"cannot read a JSON document from {path[:200]!r}: {type(error).__name__}")
+    try:
+        with _session() as session:
+            rules = identity_service.set_rules(session, document, actor="cli", now=utcnow())
+    except identity_service.RulesError as error:
+        _fail(str(error))
+    _print({"version": rules.version}, as_json)
+
+
+def _profile_or_fail(session: Session, ref: str) -> Any:
+    from accord.profiles import service as profile_service
+
+    try:
+        profile = profile_service.resolve(session, ref[:500])
+    except profile_service.BadReference as error:
+        _fail(str(error))
+    if profile is None:
+        _fail("no profile matches this reference")
+    return profile
+
+
+@identity_app.command("history")
+def identity_history(
+    ref: Annotated[str, typer.Argument(help="A profile id or type:value")],
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """A person's merges, unmerges and re-derivations, newest first."""
+    with _session(write=False) as session:
+        profile = _profile_or_fail(session, ref)
+        rows = [
+            {
+                "id": m.id,
+                "kind": m.kind,
+                "survivor_id": m.survivor_id,
+                "absorbed_id": m.absorbed_id,
+                "identity_type": m.identity_type,
+                "at": m.merged_at.isoformat(),
+                "undone_by": m.undone_by,
+            }
+            for m in identity_history_service.history(session, profile, limit=limit)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("id", "kind", "survivor", "absorbed", "through", "at", "undone by")
+    for row in rows:
+        keys = ("id", "kind", "survivor_id", "absorbed_id", "identity_type", "at", "undone_by")
+        table.add_row(*(str(row[k]) for k in keys))
+    console.print(table)
+
+
+@identity_app.command("unmerge")
+def identity_unmerge(
+    ref: Annotated[str, typer.Argument(help="A profile id or type:value")],
+    merge_id: Annotated[int, typer.Option("--merge", min=1, help="The merge to undo (from accord identity history)")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Split a merge back into profiles with their own identifiers, traits and events."""
+    settings = _settings()
+    with _db(settings) as db, db.unit_of_work() as session:
+        profile = _profile_or_fail(session, ref)
+        try:
+            done = identity_history_service.unmerge(
+                session, profile, merge_id=merge_id, actor="cli", now=utcnow(), lock_rows=db.dialect == "postgresql"
+            )
+        except identity_history_service.UnmergeError as error:
+            _fail(str(error))
+        data = {"unmerge_id": done.unmerge_id, "profiles": done.profiles, "moved_events": done.moved_events}
+    _print(data, as_json)

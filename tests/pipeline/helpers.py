@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from accord.consent.capture import Capture
 from accord.identity.models import Identity
+from accord.identity.service import set_rules
 from accord.ingest.spec import normalise_request
 from accord.log.port import NewRecord
 from accord.pipeline.worker import Worker
@@ -52,6 +53,12 @@ def snapshot(rt: Runtime) -> list[tuple[Any, ...]]:
                 )
             )
     return sorted(rows)
+
+
+def use_rules(rt: Runtime, document: dict[str, Any]) -> None:
+    """Put identity rules in force, as `PUT /api/v1/identity/rules` does."""
+    with rt.db.unit_of_work() as session:
+        set_rules(session, document, actor="test", now=datetime.now(UTC))
 
 
 def reset(rt: Runtime) -> None:

@@ -13,7 +13,7 @@ from accord.log.port import NewRecord
 from accord.profiles import service as profiles
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime
-from pipeline.helpers import RECEIVED, process, send, snapshot
+from pipeline.helpers import RECEIVED, process, reset, send, snapshot, use_rules
 
 
 def profile(rt: Runtime, ref: str) -> Any:
@@ -74,6 +74,8 @@ def test_event_linking_two_profiles_merges_them_and_old_id_resolves(rt: Runtime)
 
 
 def test_alias_links_previous_id_in_either_order(rt: Runtime) -> None:
+    # Aliasing one user id to another joins two user ids: the default limit of 1 refuses that.
+    use_rules(rt, {"identifiers": [{"type": "user_id", "limit": 2}, {"type": "anonymous_id"}, {"type": "alias"}]})
     send(rt, [{"type": "alias", "previousId": "old-user", "userId": "new-user", "timestamp": "2026-05-01T10:00:00Z"}])
     process(rt)
     send(rt, [{"type": "track", "userId": "old-user", "event": "Late", "timestamp": "2026-05-01T11:00:00Z"}])
@@ -192,10 +194,14 @@ def test_one_by_one_processing_stitches_a_chain(rt: Runtime) -> None:
     send(rt, events)
     process(rt, batch_size=1)
     one_by_one = snapshot(rt)
-    assert len(one_by_one) >= 1
-    # All 7 users and 11 devices chain together: i links u(i%7) with a(i%11), a connected graph.
-    assert len(one_by_one) == 1
-    assert len(one_by_one[0][0]) == 18
+    reset(rt)
+    send(rt, events)
+    process(rt)
+    assert snapshot(rt) == one_by_one
+    # i links u(i%7) with a(i%11): a connected graph, but a profile holds one user id, so 7 profiles
+    # share the 18 identifiers, each device with the user who used it first.
+    assert len(one_by_one) == 7
+    assert sum(len(p[0]) for p in one_by_one) == 18
 
 
 def test_group_traits_describe_the_company_not_the_person(rt: Runtime) -> None:
@@ -212,3 +218,19 @@ def test_group_traits_describe_the_company_not_the_person(rt: Runtime) -> None:
     assert first.id != second.id
     assert first_ids == {("user_id", "u1")}
     assert first.traits == {}
+
+
+def test_alias_of_an_anonymous_id_links_it_under_the_default_rules(rt: Runtime) -> None:
+    send(rt, [{"type": "track", "anonymousId": "anon-9", "event": "Early", "timestamp": "2026-04-01T11:00:00Z"}])
+    send(rt, [{"type": "alias", "previousId": "anon-9", "userId": "u1", "timestamp": "2026-05-01T12:00:00Z"}])
+    process(rt)
+    found, ids = profile(rt, "user_id:u1")
+    assert ("anonymous_id", "anon-9") in ids
+    assert found.counts["events"] == {"Early": 1}
+
+
+def test_alias_of_another_user_id_is_refused_by_the_default_limit(rt: Runtime) -> None:
+    send(rt, [{"type": "track", "userId": "old-user", "event": "Old", "timestamp": "2026-04-01T11:00:00Z"}])
+    send(rt, [{"type": "alias", "previousId": "old-user", "userId": "new-user", "timestamp": "2026-05-01T12:00:00Z"}])
+    process(rt)
+    assert profile(rt, "user_id:old-user")[0].id != profile(rt, "user_id:new-user")[0].id

@@ -12,7 +12,7 @@ from accord.consent.models import (
     Receipt,
 )
 from accord.db.base import Base
-from accord.identity.models import Identity, Merge
+from accord.identity.models import Identity, IdentityRules, Merge, SeparationRow
 from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
@@ -28,6 +28,7 @@ __all__ = [
     "ConsentState",
     "Evidence",
     "Identity",
+    "IdentityRules",
     "LedgerRecord",
     "LogRecord",
     "Merge",
@@ -37,5 +38,6 @@ __all__ = [
     "Purpose",
     "QuarantinedEvent",
     "Receipt",
+    "SeparationRow",
     "Source",
 ]

@@ -20,8 +20,11 @@ from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
 from accord.db.base import utcnow
-from accord.identity.models import Identity, Merge
-from accord.identity.service import Key, event_identifiers, lookup_keys
+from accord.identity.graph import Separation, Separations, Tag, place
+from accord.identity.models import Identity, Merge, SeparationRow
+from accord.identity.rederive import rederive
+from accord.identity.rules import Key, Rules
+from accord.identity.service import current_rules
 from accord.ingest import quarantine
 from accord.ingest.spec import parse_time
 from accord.profiles.models import Profile, ProfileEvent
@@ -32,6 +35,7 @@ PROFILES = cast(Table, Profile.__table__)
 EVENTS = cast(Table, ProfileEvent.__table__)
 IDENTITIES = cast(Table, Identity.__table__)
 MERGES = cast(Table, Merge.__table__)
+SEPARATIONS = cast(Table, SeparationRow.__table__)
 
 
 class StaleRead(Exception):
@@ -44,24 +48,47 @@ class Outcome:
     duplicates: int = 0
     quarantined: int = 0
     merges: int = 0
+    rederived: int = 0
 
 
 @dataclass(slots=True)
 class _Run:
-    """The in-memory state of one run: profiles touched, identities known, and what to write."""
+    """The in-memory state of one run: profiles touched, identities known, and what to write. It is also
+    the graph that `place` reads (owner, counts and tags of live profiles)."""
 
+    rules: Rules
     profiles: dict[str, ProfileState] = field(default_factory=dict)
-    identities: dict[Key, str] = field(default_factory=dict)
-    new_identities: list[dict[str, Any]] = field(default_factory=list)
+    identities: dict[Key, str] = field(default_factory=dict)  # attached keys -> profile (maybe absorbed since)
+    homes: dict[Key, str] = field(default_factory=dict)
+    dropped: dict[Key, str] = field(default_factory=dict)  # keys a limit left out -> their cluster
+    dropped_stored: set[Key] = field(default_factory=set)  # of the dropped keys, those with a row already
+    separations: Separations = field(default_factory=Separations)
+    new_identities: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    attached_dropped: dict[Key, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     merges: list[dict[str, Any]] = field(default_factory=list)
     absorbed_existing: list[str] = field(default_factory=list)
+    cluster_renames: list[tuple[str, str]] = field(default_factory=list)
+    dirty_clusters: set[str] = field(default_factory=set)
 
     def live(self, profile_id: str) -> ProfileState:
         state = self.profiles[profile_id]
         while state.merged_into is not None:
             state = self.profiles[state.merged_into]
         return state
+
+    def owner(self, key: Key) -> str | None:
+        profile_id = self.identities.get(key)
+        return None if profile_id is None else self.live(profile_id).id
+
+    def counts(self, profile: str) -> dict[str, int]:
+        return self.profiles[profile].identity_counts
+
+    def tags(self, profile: str) -> set[Tag]:
+        return self.profiles[profile].tags
+
+    def key_tags(self, key: Key) -> set[Tag]:
+        return self.separations.tags(self.homes.get(key))
 
 
 Item = tuple[str, dict[str, Any]]  # (source_id, normalised event)
@@ -75,40 +102,45 @@ class _Parsed:
     event: dict[str, Any]
     timestamp: datetime
     received_at: datetime
-    identifiers: list[Key]
-    keys: list[Key]  # identifiers plus the alias links to look up
+    identifiers: list[Key]  # highest priority first
+    lookups: list[Key]  # alias links to look up, never attached
+    keys: list[Key]  # both
 
 
 def process_events(session: Session, items: list[Item], *, lock_rows: bool, consent: Capture | None = None) -> Outcome:
-    """Apply `items` in order. The caller owns the transaction and commits. With `consent`, consent
-    statements in the events (a `Consent Updated` event, a GPC signal) go into the consent ledger."""
+    """Apply `items`. The caller owns the transaction and commits. With `consent`, consent statements in the
+    events (a `Consent Updated` event, a GPC signal) go into the consent ledger."""
     outcome = Outcome()
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
         return outcome
+    rules = current_rules(session)
     parsed: list[_Parsed] = []
     for source_id, event in fresh:
         try:
             timestamp = parse_time(event["timestamp"], "timestamp")
             received_at = parse_time(event["receivedAt"], "receivedAt")
-            identifiers = event_identifiers(event)
+            identifiers = rules.identifiers(event)
             if not identifiers:
-                raise ValueError("the event carries no usable identifier (all were empty or placeholders)")
+                raise ValueError("the event carries no usable identifier (all were empty, blocked or placeholders)")
         except Exception as error:  # the event's own data is bad: quarantine it, go on
             quarantine.put(session, source_id, event, error)
             outcome.quarantined += 1
             continue
-        keys = lookup_keys(event, identifiers)
-        parsed.append(_Parsed(source_id, event, timestamp, received_at, identifiers, keys))
-    run = _Run()
+        lookups = rules.lookups(identifiers)
+        parsed.append(_Parsed(source_id, event, timestamp, received_at, identifiers, lookups, identifiers + lookups))
+    # In the canonical order, so that a run needs no re-derivation for events that are only out of order
+    # among themselves (see docs/concepts.md, "Limits and order").
+    parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))
+    run = _Run(rules=rules)
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = utcnow()
-    statements: list[tuple[str, str, dict[str, Any], datetime]] = []
+    consent_events: list[tuple[_Parsed, str]] = []
     for item in parsed:
         state = _resolve(run, item, now, outcome)
         apply_event(state, item.event, item.timestamp, item.source_id)
         if consent is not None and is_consent_event(item.event):
-            statements.append((state.id, item.source_id, item.event, item.timestamp))
+            consent_events.append((item, state.id))
         run.events.append(
             {
                 "profile_id": state.id,
@@ -123,10 +155,31 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool, cons
         )
         outcome.processed += 1
     _write(session, run, now)
-    if statements and consent is not None:
+    for cluster_id in sorted(run.dirty_clusters):
+        rederive(session, cluster_id, rules=rules, now=now, cause=None)
+        outcome.rederived += 1
+    if consent_events and consent is not None:
+        if run.dirty_clusters:
+            consent_events = _current_profiles(session, consent_events)
+        statements = [(profile_id, item.source_id, item.event, item.timestamp) for item, profile_id in consent_events]
         # After the profiles exist; a bad statement fails the batch, and the one-by-one retry quarantines it.
         consent.record(session, statements, now)
     return outcome
+
+
+def _current_profiles(session: Session, found: list[tuple[_Parsed, str]]) -> list[tuple[_Parsed, str]]:
+    """Where each event is after the run's re-derivations."""
+    events = EVENTS.c
+    where: dict[tuple[str, str], str] = {}
+    for item, _ in found:
+        row = session.execute(
+            select(events.profile_id).where(
+                events.source_id == item.source_id, events.message_id == item.event["messageId"]
+            )
+        ).first()
+        if row is not None:
+            where[(item.source_id, item.event["messageId"])] = row[0]
+    return [(item, where.get((item.source_id, item.event["messageId"]), pid)) for item, pid in found]
 
 
 def _event_name(event: dict[str, Any]) -> str | None:
@@ -164,27 +217,51 @@ def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> l
     return [(s, e) for s, e in unique if (s, e["messageId"]) not in stored]
 
 
-def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> None:
-    """Read the identities these keys name and lock (on PostgreSQL) the profiles they point at."""
+def _read_identities(session: Session, keys: set[Key]) -> dict[Key, tuple[str | None, str | None, str | None]]:
+    """(profile, home, cluster) of each stored key among `keys`."""
     by_type: dict[str, list[str]] = {}
-    for kind, value in set(keys):
+    for kind, value in keys:
         by_type.setdefault(kind, []).append(value)
     identities = IDENTITIES.c
+    found: dict[Key, tuple[str | None, str | None, str | None]] = {}
     for kind, values in by_type.items():
         for chunk in _chunks(values):
-            for value, profile_id in session.execute(
-                select(identities.value, identities.profile_id).where(
+            for value, profile_id, home_id, cluster_id in session.execute(
+                select(identities.value, identities.profile_id, identities.home_id, identities.cluster_id).where(
                     identities.type == kind, identities.value.in_(chunk)
                 )
             ):
-                run.identities[(kind, value)] = profile_id
+                found[(kind, value)] = (profile_id, home_id, cluster_id)
+    return found
+
+
+def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> None:
+    """Read the identities these keys name, and read and lock (on PostgreSQL) the profiles they point at,
+    with every live profile of their conflicted clusters. All in one statement, in id order, so concurrent
+    workers lock in one order and cannot deadlock."""
+    wanted = set(keys)
+    found = _read_identities(session, wanted)
+    for key, (profile_id, home_id, cluster_id) in found.items():
+        if home_id is not None:
+            run.homes[key] = home_id
+        if profile_id is not None:
+            run.identities[key] = profile_id
+        else:
+            run.dropped[key] = cluster_id or ""
+            run.dropped_stored.add(key)
     profile_ids = sorted(set(run.identities.values()))
-    if not profile_ids:
+    cluster_ids = sorted({c for c in run.dropped.values() if c})
+    if not profile_ids and not cluster_ids:
         return
-    # Sorted, so concurrent workers lock in one order and cannot deadlock on profiles.
-    query = select(PROFILES).where(PROFILES.c.id.in_(profile_ids)).order_by(PROFILES.c.id)
+    p = PROFILES.c
+    in_clusters = select(p.cluster_id).where(p.id.in_(profile_ids), p.cluster_id.is_not(None)).scalar_subquery()
+    condition = p.id.in_(profile_ids) | (
+        p.merged_into.is_(None) & (p.cluster_id.in_(in_clusters) | p.cluster_id.in_(cluster_ids))
+    )
+    query = select(PROFILES).where(condition).order_by(p.id)
     if lock_rows:
         query = query.with_for_update()
+    requested = set(profile_ids)
     for row in session.execute(query).mappings():
         if row["merged_into"] is not None:
             raise StaleRead(f"profile {row['id']} was merged while this run read it")
@@ -196,9 +273,46 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
             traits=dict(row["traits"]),
             trait_versions=dict(row["trait_versions"]),
             counts={group: dict(names) for group, names in row["counts"].items()},
+            identity_counts=dict(row["identity_counts"] or {}),
+            cluster_id=row["cluster_id"],
         )
-    if len(run.profiles) != len(profile_ids):
+    if not requested <= run.profiles.keys():
         raise StaleRead("an identity points at a profile that is gone")
+    clusters = {s.cluster_id for s in run.profiles.values() if s.cluster_id is not None}
+    if clusters:
+        _load_clusters(session, run, clusters, wanted, found, lock_rows=lock_rows)
+
+
+def _load_clusters(
+    session: Session,
+    run: _Run,
+    clusters: set[str],
+    wanted: set[Key],
+    found: dict[Key, tuple[str | None, str | None, str | None]],
+    *,
+    lock_rows: bool,
+) -> None:
+    """The slow path, for conflicted clusters: check that every member is locked and that no identity moved
+    (a re-derivation may move identities between live profiles), then read their separations."""
+    p = PROFILES.c
+    members = set(session.scalars(select(p.id).where(p.cluster_id.in_(sorted(clusters)), p.merged_into.is_(None))))
+    if not members <= run.profiles.keys():
+        raise StaleRead("a conflicted cluster grew while this run read it")
+    if lock_rows and _read_identities(session, wanted) != found:
+        raise StaleRead("identities moved while this run read them")
+    rows = session.execute(
+        select(SEPARATIONS.c.id, SEPARATIONS.c.left, SEPARATIONS.c.right).where(
+            SEPARATIONS.c.cluster_id.in_(sorted(clusters))
+        )
+    ).all()
+    if not rows:
+        return
+    run.separations = Separations(Separation(i, frozenset(left), frozenset(right)) for i, left, right in rows)
+    identities = IDENTITIES.c
+    for profile_id, home_id in session.execute(
+        select(identities.profile_id, identities.home_id).where(identities.profile_id.in_(sorted(members)))
+    ):
+        run.profiles[profile_id].tags |= run.separations.tags(home_id)
 
 
 def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
@@ -206,27 +320,37 @@ def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
 
 
 def _resolve(run: _Run, item: _Parsed, now: datetime, outcome: Outcome) -> ProfileState:
-    """The profile this event belongs to: found, created, or several merged into one."""
+    """The profile this event belongs to: found, created, or several merged into one, within the limits.
+
+    Applied in arrival order, this gives the canonical result whenever the event is later than every event
+    of the profiles it touches, or whenever nothing conflicts. Otherwise its cluster is re-derived after the
+    run's writes (see `accord.identity.rederive`)."""
     source_id, event, timestamp = item.source_id, item.event, item.timestamp
-    matched: dict[str, Key] = {}
-    for key in item.keys:
-        profile_id = run.identities.get(key)
-        if profile_id is not None:
-            matched.setdefault(run.live(profile_id).id, key)
-    if not matched:
+    touched = {run.live(pid).id for key in item.keys if (pid := run.identities.get(key)) is not None}
+    plan = place(item.identifiers, item.lookups, run.rules, run)
+    clusters = {c for pid in touched if (c := run.profiles[pid].cluster_id) is not None}
+    clusters |= {c for key in item.identifiers if (c := run.dropped.get(key))}
+    in_order = all(timestamp > run.profiles[pid].last_seen for pid in touched)
+    if plan.profile is None:
         state = ProfileState(
             id=str(uuid.uuid4()), created_at=now, first_seen=timestamp, last_seen=timestamp, is_new=True
         )
         run.profiles[state.id] = state
     else:
-        candidates = sorted((run.profiles[pid] for pid in matched), key=lambda p: (p.created_at, p.id))
-        state = candidates[0]
+        state = run.profiles[plan.profile]
+    anchor_home = run.homes.get(plan.anchor, state.id)
+    if plan.merges:
+        found = {plan.profile: plan.anchor} if plan.profile else {}
+        found.update(dict(plan.merges))
+        candidates = sorted([state, *(run.profiles[pid] for pid, _ in plan.merges)], key=lambda s: (s.created_at, s.id))
+        survivor = candidates[0]
         for other in candidates[1:]:
-            absorb(state, other)
-            kind, value = matched[other.id]
+            absorb(survivor, other)
+            kind, value = found.get(other.id, plan.anchor)
             run.merges.append(
                 {
-                    "survivor_id": state.id,
+                    "kind": "merge",
+                    "survivor_id": survivor.id,
                     "absorbed_id": other.id,
                     "identity_type": kind,
                     "identity_value": value,
@@ -238,19 +362,70 @@ def _resolve(run: _Run, item: _Parsed, now: datetime, outcome: Outcome) -> Profi
             if not other.is_new:
                 run.absorbed_existing.append(other.id)
             outcome.merges += 1
-    for key in item.identifiers:
-        if key not in run.identities:
-            run.identities[key] = state.id
-            run.new_identities.append(
-                {
+        state = survivor
+    for key in plan.attach:
+        row = {
+            "type": key[0],
+            "value": key[1],
+            "profile_id": state.id,
+            "home_id": anchor_home,
+            "cluster_id": None,
+            "first_seen": timestamp,
+            "message_id": event["messageId"],
+        }
+        run.identities[key] = state.id
+        run.homes[key] = anchor_home
+        state.identity_counts[key[0]] = state.identity_counts.get(key[0], 0) + 1
+        state.tags |= run.key_tags(key)
+        state.dirty = True
+        if run.dropped.pop(key, None) is not None and key in run.dropped_stored:
+            run.attached_dropped[key] = row
+        else:
+            run.new_identities[key] = row
+    if plan.conflict or clusters:
+        cluster = _join_clusters(run, clusters, {state.id, *touched, *(pid for pid, _ in plan.skipped)})
+        for key in plan.dropped:
+            run.dropped[key] = cluster
+            if key not in run.dropped_stored:
+                run.new_identities[key] = {
                     "type": key[0],
                     "value": key[1],
-                    "profile_id": state.id,
+                    "profile_id": None,
+                    "home_id": None,
+                    "cluster_id": cluster,
                     "first_seen": timestamp,
                     "message_id": event["messageId"],
                 }
-            )
+        if not in_order:
+            run.dirty_clusters.add(cluster)
     return state
+
+
+def _join_clusters(run: _Run, clusters: set[str], profile_ids: set[str]) -> str:
+    """Put these profiles, and every member of these clusters, into one conflicted cluster."""
+    target = min(clusters) if clusters else str(uuid.uuid4())
+    others = clusters - {target}
+    if others:
+        run.cluster_renames.extend((old, target) for old in sorted(others))
+        for state in run.profiles.values():
+            if state.cluster_id in others:
+                state.cluster_id = target
+                state.dirty = True
+        for key, cluster in run.dropped.items():
+            if cluster in others:
+                run.dropped[key] = target
+        for row in run.new_identities.values():
+            if row["cluster_id"] in others:
+                row["cluster_id"] = target
+        if run.dirty_clusters & others:
+            run.dirty_clusters -= others
+            run.dirty_clusters.add(target)
+    for profile_id in profile_ids:
+        state = run.live(profile_id)
+        if state.cluster_id != target:
+            state.cluster_id = target
+            state.dirty = True
+    return target
 
 
 def _write(session: Session, run: _Run, now: datetime) -> None:
@@ -263,6 +438,8 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "counts": state.counts,
             "first_seen": state.first_seen,
             "last_seen": state.last_seen,
+            "identity_counts": state.identity_counts,
+            "cluster_id": state.cluster_id,
             "updated_at": now,
         }
 
@@ -292,13 +469,34 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             PROFILES.update().where(PROFILES.c.merged_into == bindparam("old")).values(merged_into=bindparam("new")),
             moves,
         )
+    for old, new in run.cluster_renames:
+        session.execute(PROFILES.update().where(PROFILES.c.cluster_id == old).values(cluster_id=new))
+        session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
+    # Inserts in key order: two workers inserting the same keys wait for each other in one order.
     if run.new_identities:
-        for identity in run.new_identities:
+        rows = [run.new_identities[key] for key in sorted(run.new_identities)]
+        for identity in rows:
+            if identity["profile_id"] is not None:
+                identity["profile_id"] = run.live(identity["profile_id"]).id
+        session.execute(IDENTITIES.insert(), rows)
+    if run.attached_dropped:
+        rows = [run.attached_dropped[key] for key in sorted(run.attached_dropped)]
+        for identity in rows:
             identity["profile_id"] = run.live(identity["profile_id"]).id
-        session.execute(IDENTITIES.insert(), run.new_identities)
+        i = IDENTITIES.c
+        session.execute(
+            IDENTITIES.update()
+            .where(i.type == bindparam("key_type"), i.value == bindparam("key_value"))
+            .values(profile_id=bindparam("profile_id"), home_id=bindparam("home_id"), cluster_id=None),
+            [
+                {"key_type": r["type"], "key_value": r["value"], "profile_id": r["profile_id"], "home_id": r["home_id"]}
+                for r in rows
+            ],
+        )
     if run.events:
         for event in run.events:
             event["profile_id"] = run.live(event["profile_id"]).id
+        run.events.sort(key=lambda e: (e["source_id"], e["message_id"]))
         _insert_events(session, run.events)
     if run.merges:
         session.execute(MERGES.insert(), run.merges)

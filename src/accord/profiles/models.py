@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, JSONDoc, UTCDateTime
@@ -21,10 +21,24 @@ class Profile(Base):
     trait_versions: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     # {"events": {track event name: n}, "types": {call type: n}}
     counts: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    # {identifier type: how many this profile holds}, for the limits; kept with the identities.
+    identity_counts: Mapped[dict[str, int]] = mapped_column(JSONDoc, default=dict)
+    # Set when the profile is one of several that limits or an unmerge keep apart although events link
+    # them (a conflicted cluster): such profiles are locked, replayed and re-derived together.
+    cluster_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index(
+            "ix_profiles_cluster_id",
+            "cluster_id",
+            postgresql_where=text("cluster_id IS NOT NULL"),
+            sqlite_where=text("cluster_id IS NOT NULL"),
+        ),
+    )
 
 
 class ProfileEvent(Base):

@@ -27,6 +27,11 @@ class ProfileState:
     merged_into: str | None = None
     is_new: bool = False
     dirty: bool = False
+    # Identity bookkeeping (kept by the pipeline, not by events): how many identifiers of each type the
+    # profile holds, its conflicted cluster if any, and the separation sides its identifiers are on.
+    identity_counts: dict[str, int] = field(default_factory=dict)
+    cluster_id: str | None = None
+    tags: set[tuple[int, int]] = field(default_factory=set)
 
 
 def event_traits(event: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +89,9 @@ def absorb(survivor: ProfileState, absorbed: ProfileState) -> None:
     survivor.first_seen = min(survivor.first_seen, absorbed.first_seen)
     survivor.last_seen = max(survivor.last_seen, absorbed.last_seen)
     survivor.created_at = min(survivor.created_at, absorbed.created_at)
+    for kind, n in absorbed.identity_counts.items():
+        survivor.identity_counts[kind] = survivor.identity_counts.get(kind, 0) + n
+    survivor.tags |= absorbed.tags
     absorbed.merged_into = survivor.id
     survivor.dirty = absorbed.dirty = True
 

@@ -12,7 +12,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from accord.identity.models import Identity
-from accord.identity.service import IDENTIFIER_TYPES, parse_ref
+from accord.identity.service import current_rules
 from accord.profiles.models import Profile, ProfileEvent
 
 MAX_MERGE_HOPS = 32
@@ -30,13 +30,16 @@ def resolve(session: Session, ref: str) -> Profile | None:
     """The live profile that `ref` names: a profile id (absorbed ids follow their merge) or `type:value`."""
     kind, sep, _ = ref.partition(":")
     if sep:
-        if kind not in IDENTIFIER_TYPES:
-            raise BadReference(f"unknown identifier type {kind[:40]!r}; use one of {', '.join(IDENTIFIER_TYPES)}")
-        key = parse_ref(ref)
+        rules = current_rules(session)
+        if kind not in rules.limits:
+            raise BadReference(f"unknown identifier type {kind[:40]!r}; use one of {', '.join(rules.limits)}")
+        key = rules.parse_ref(ref)
         if key is None:
             return None
         profile_id = session.scalar(
-            select(Identity.profile_id).where(Identity.type == key[0], Identity.value == key[1])
+            select(Identity.profile_id).where(
+                Identity.type == key[0], Identity.value == key[1], Identity.profile_id.is_not(None)
+            )
         )
         if profile_id is None:
             return None

@@ -1,0 +1,137 @@
+"""The identity API: rules, a person's merge history and unmerge."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+
+from accord.db.base import utcnow
+from accord.errors import ApiError, documented
+from accord.identity import history as merges
+from accord.identity import service
+from accord.identity.models import IdentityRules, Merge
+from accord.identity.rules import DEFAULT_RULES, RulesError
+from accord.identity.schemas import (
+    HistoryEntry,
+    HistoryRead,
+    RulesRead,
+    UnmergedProfile,
+    UnmergeRead,
+    UnmergeRequest,
+)
+from accord.profiles.api import Ref, resolve_or_404
+from accord.runtime import Runtime, runtime
+from accord.security.auth import Principal, require_role
+
+router = APIRouter(prefix="/api/v1/identity", tags=["identity"])
+profiles = APIRouter(prefix="/api/v1/profiles", tags=["identity"])
+Rt = Annotated[Runtime, Depends(runtime)]
+Admin = Annotated[Principal, Depends(require_role("admin"))]
+RuleReader = Annotated[Principal, Depends(require_role("analyst", "auditor"))]
+HistoryReader = Annotated[Principal, Depends(require_role("analyst", "agent", "auditor"))]
+Steward = Annotated[Principal, Depends(require_role("analyst"))]
+ERRORS = documented(400, 401, 403, 404, 422, 429)
+WRITE_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
+MAX_RULES_BYTES = 64 * 1024
+
+
+def _rules_read(row: IdentityRules | None) -> RulesRead:
+    if row is None:
+        return RulesRead.model_validate({"version": 0, "rules": DEFAULT_RULES.document()})
+    return RulesRead.model_validate(
+        {"version": row.version, "rules": row.document, "created_at": row.created_at, "actor": row.actor}
+    )
+
+
+@router.get("/rules", response_model=RulesRead, responses=ERRORS, summary="The identity rules in force")
+def get_rules(rt: Rt, _: RuleReader) -> RulesRead:
+    with rt.db.read() as session:
+        rows = service.rules_history(session, limit=1)
+        return _rules_read(rows[0] if rows else None)
+
+
+@router.put(
+    "/rules",
+    response_model=RulesRead,
+    responses=ERRORS,
+    summary="Put new identity rules in force (a new version; workers use it from their next batch)",
+)
+def put_rules(rt: Rt, principal: Admin, document: Annotated[dict[str, Any], Body()]) -> RulesRead:
+    try:
+        with rt.db.unit_of_work() as session:
+            service.set_rules(session, document, actor=f"token:{principal.token_id}", now=utcnow())
+            row = service.rules_history(session, limit=1)[0]
+            return _rules_read(row)
+    except RulesError as error:
+        raise ApiError(422, "invalid_rules", str(error)) from None
+
+
+def _entry(row: Merge) -> HistoryEntry:
+    return HistoryEntry(
+        id=row.id,
+        kind=row.kind,
+        survivor_id=row.survivor_id,
+        absorbed_id=row.absorbed_id,
+        identity_type=row.identity_type,
+        identity_value=row.identity_value,
+        source_id=row.source_id,
+        message_id=row.message_id,
+        at=row.merged_at,
+        actor=row.actor,
+        undone_by=row.undone_by,
+        details=row.details,
+    )
+
+
+@profiles.get(
+    "/{ref}/merges",
+    response_model=HistoryRead,
+    responses=ERRORS,
+    summary="The person's merges, unmerges and re-derivations, newest first",
+)
+def get_merges(
+    ref: Ref,
+    rt: Rt,
+    _: HistoryReader,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=2**62, description="Entries with a smaller id (paging)")] = None,
+) -> HistoryRead:
+    with rt.db.read() as session:
+        profile = resolve_or_404(session, ref)
+        rows = merges.history(session, profile, limit=limit, before=before)
+        return HistoryRead(profile_id=profile.id, data=[_entry(r) for r in rows])
+
+
+@profiles.post(
+    "/{ref}/unmerge",
+    response_model=UnmergeRead,
+    responses=WRITE_ERRORS,
+    summary="Split a merge back into profiles with their own identifiers, traits and events",
+)
+async def post_unmerge(ref: Ref, rt: Rt, principal: Steward, body: UnmergeRequest) -> UnmergeRead:
+    def work() -> UnmergeRead:
+        with rt.db.unit_of_work() as session:
+            profile = resolve_or_404(session, ref)
+            try:
+                done = merges.unmerge(
+                    session,
+                    profile,
+                    merge_id=body.merge_id,
+                    actor=f"token:{principal.token_id}",
+                    now=utcnow(),
+                    lock_rows=rt.db.dialect == "postgresql",
+                )
+            except merges.UnmergeError as error:
+                raise ApiError(error.status, error.code, str(error)) from None
+            return UnmergeRead(
+                merge_id=done.merge_id,
+                unmerge_id=done.unmerge_id,
+                profiles=[
+                    UnmergedProfile(id=pid, identities=merges.identity_rows(session, pid)) for pid in done.profiles
+                ],
+                moved_events=done.moved_events,
+            )
+
+    return await run_in_threadpool(work)
