@@ -96,7 +96,8 @@ def test_merge_history_and_unmerge_over_http(live: LiveAccord) -> None:
         assert bob["traits"] == {}
         assert ann["traits"] == {"email": "shared@example.com", "plan": "gold", "city": "Oslo"}
         kinds = [h["kind"] for h in api.get(f"/api/v1/profiles/{ann['id']}/merges").json()["data"]]
-        assert kinds[0] == "unmerge" and "rederive" in kinds
+        assert kinds[0] == "unmerge"
+        assert "rederive" in kinds
         again = api.post("/api/v1/profiles/user_id:ann/unmerge", json={"merge_id": merge["id"]})
         assert again.status_code == 409
         assert again.json()["code"] == "already_unmerged"

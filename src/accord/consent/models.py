@@ -145,3 +145,15 @@ class ConsentState(Base):
     record_id: Mapped[str] = mapped_column(String(40))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+
+
+class Subject(Base):
+    """Whom a record is about now, when that changed after it was recorded: an unmerge or a re-derivation
+    moved the event that made it to another profile. No row: the record's own `profile_id`. The chain is
+    never rewritten; this says which person the record counts for."""
+
+    __tablename__ = "consent_subjects"
+
+    record_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(40), index=True)
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime)

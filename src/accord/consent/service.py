@@ -12,13 +12,13 @@ from typing import Any
 
 import orjson
 from iab_tcf import decode as decode_tcf  # type: ignore[import-untyped]
-from sqlalchemy import select, tuple_
+from sqlalchemy import ColumnElement, delete, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from accord.config import Settings
 from accord.consent import catalogue, ledger, receipts
 from accord.consent.keys import SigningKey
-from accord.consent.models import ConsentState, Evidence, LedgerRecord, Receipt
+from accord.consent.models import ConsentState, Evidence, LedgerRecord, Receipt, Subject
 from accord.profiles.service import merged_ids
 
 STATUSES = ("given", "refused", "withdrawn", "expired", "renewed", "pending")
@@ -280,6 +280,15 @@ def current(session: Session, profile_ids: Sequence[str]) -> dict[tuple[str, str
     )
 
 
+def about(record_id: Any, named: Any, profile_ids: Sequence[str]) -> ColumnElement[bool]:
+    """Records about these profiles now: named by them and not moved since, or moved to them."""
+    moved = select(Subject.record_id)
+    return or_(
+        named.in_(profile_ids) & record_id.not_in(moved),
+        record_id.in_(moved.where(Subject.profile_id.in_(profile_ids))),
+    )
+
+
 def history(
     session: Session, profile_ids: Sequence[str], *, after: int = 0, limit: int = 100
 ) -> list[tuple[dict[str, Any], str, dict[str, Any] | None]]:
@@ -287,7 +296,7 @@ def history(
     rows = session.execute(
         select(LedgerRecord.body, LedgerRecord.hash, Evidence.body)
         .outerjoin(Evidence, Evidence.record_id == LedgerRecord.id)
-        .where(LedgerRecord.profile_id.in_(profile_ids), LedgerRecord.seq > after)
+        .where(about(LedgerRecord.id, LedgerRecord.profile_id, profile_ids), LedgerRecord.seq > after)
         .order_by(LedgerRecord.seq)
         .limit(limit)
     ).all()
@@ -298,7 +307,10 @@ def history(
 
 def receipts_of(session: Session, profile_ids: Sequence[str], *, limit: int = 100) -> Sequence[Receipt]:
     return session.scalars(
-        select(Receipt).where(Receipt.profile_id.in_(profile_ids)).order_by(Receipt.created_at.desc()).limit(limit)
+        select(Receipt)
+        .where(about(Receipt.record_id, Receipt.profile_id, profile_ids))
+        .order_by(Receipt.created_at.desc())
+        .limit(limit)
     ).all()
 
 
@@ -444,3 +456,62 @@ def confirm_double_opt_in(
         session, [(profile_id, statement)], actor={"type": "customer", "id": None}, key=key, settings=settings, now=now
     )
     return "confirmed"
+
+
+def reattribute(session: Session, moves: Sequence[tuple[str, str, str, str]], now: datetime) -> int:
+    """Identity moved these events (source, messageId, from profile, to profile): the consent records they
+    made now count for the profile the event is on. Re-projects the state of both profiles; returns how
+    many records moved."""
+    by_from: dict[str, dict[tuple[str, str], str]] = {}
+    for source_id, message_id, old, new in moves:
+        by_from.setdefault(old, {})[(source_id, message_id)] = new
+    if not by_from:
+        return 0
+    rows = session.execute(
+        select(LedgerRecord.id, LedgerRecord.profile_id, LedgerRecord.body, Evidence.body, Subject.profile_id)
+        .join(Evidence, Evidence.record_id == LedgerRecord.id)
+        .outerjoin(Subject, Subject.record_id == LedgerRecord.id)
+        .where(about(LedgerRecord.id, LedgerRecord.profile_id, sorted(by_from)))
+    ).all()
+    moved: dict[str, str] = {}
+    touched: set[str] = set()
+    for record_id, named, body, evidence, subject in rows:
+        current = subject or named
+        made_by = (orjson.loads(body).get("source"), orjson.loads(evidence).get("message_id"))
+        target = by_from.get(current, {}).get(made_by)
+        if target is not None and target != current:
+            moved[record_id] = target
+            touched.update((current, target))
+    for record_id, target in moved.items():
+        row = session.get(Subject, record_id)
+        if row is None:
+            session.add(Subject(record_id=record_id, profile_id=target, moved_at=now))
+        else:
+            row.profile_id, row.moved_at = target, now
+    session.flush()
+    for profile_id in sorted(touched):
+        _reproject(session, profile_id)
+    return len(moved)
+
+
+def _reproject(session: Session, profile_id: str) -> None:
+    """Rebuild one profile's consent state from the records about it."""
+    session.execute(delete(ConsentState).where(ConsentState.profile_id == profile_id))
+    rows = session.execute(
+        select(LedgerRecord.body).where(about(LedgerRecord.id, LedgerRecord.profile_id, [profile_id]))
+    ).scalars()
+    latest = fold(state_of(orjson.loads(body)) for body in rows)
+    for state in latest.values():
+        session.add(
+            ConsentState(
+                profile_id=profile_id,
+                purpose=state.purpose,
+                channel=state.channel,
+                status=state.status,
+                seq=state.seq,
+                record_id=state.record_id,
+                occurred_at=state.occurred_at,
+                expires_at=state.expires_at,
+            )
+        )
+    session.flush()

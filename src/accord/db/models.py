@@ -10,6 +10,7 @@ from accord.consent.models import (
     Notice,
     Purpose,
     Receipt,
+    Subject,
 )
 from accord.db.base import Base
 from accord.identity.models import Identity, IdentityRules, Merge, SeparationRow
@@ -40,4 +41,5 @@ __all__ = [
     "Receipt",
     "SeparationRow",
     "Source",
+    "Subject",
 ]

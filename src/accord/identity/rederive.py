@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from accord.consent.service import reattribute
 from accord.identity.graph import Evidence, Partition, Separation, Separations, partition
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
@@ -219,7 +220,7 @@ def _write(
         if target not in seen:
             state.first_seen = state.last_seen = event.timestamp
             seen.add(target)
-        apply_event(state, event.payload, event.timestamp)
+        apply_event(state, event.payload, event.timestamp, event.source_id)
         if target != event.profile_id:
             moves.append({"event_id": event.id, "profile_id": target})
             done.moved_events.append((event.source_id, event.message_id, event.profile_id, target))
@@ -296,6 +297,8 @@ def _write(
             EVENTS.update().where(EVENTS.c.id == bindparam("event_id")).values(profile_id=bindparam("profile_id")),
             moves,
         )
+    if done.moved_events:
+        reattribute(session, done.moved_events, now)
     history = session.execute(
         MERGES.insert()
         .returning(MERGES.c.id)

@@ -33,6 +33,7 @@ class Worker:
     poll_interval: float = 0.05
     wake: threading.Event | None = None
     consent: Capture | None = None
+    deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
@@ -79,6 +80,8 @@ class Worker:
                 with self.db.unit_of_work() as session:
                     return process_events(session, items, lock_rows=lock_rows, consent=self.consent)
             except (StaleRead, IntegrityError, DBAPIError) as error:
+                if isinstance(error, DBAPIError) and "deadlock" in str(error.orig).lower():
+                    self.deadlocks += 1
                 if isinstance(error, DBAPIError) and not isinstance(error, IntegrityError) and not _transient(error):
                     log.warning("batch failed", error=type(error).__name__)
                     break

@@ -39,6 +39,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_identity_separations")),
     )
     op.create_index(op.f("ix_identity_separations_cluster_id"), "identity_separations", ["cluster_id"], unique=False)
+    op.create_table(
+        "consent_subjects",
+        sa.Column("record_id", sa.String(length=40), nullable=False),
+        sa.Column("profile_id", sa.String(length=40), nullable=False),
+        sa.Column("moved_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("record_id", name=op.f("pk_consent_subjects")),
+    )
+    op.create_index(op.f("ix_consent_subjects_profile_id"), "consent_subjects", ["profile_id"], unique=False)
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.alter_column("profile_id", existing_type=sa.String(length=40), nullable=True)
         batch_op.add_column(sa.Column("home_id", sa.String(length=40), nullable=True))
@@ -103,6 +111,8 @@ def downgrade() -> None:
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.drop_column("cluster_id")
         batch_op.drop_column("home_id")
+    op.drop_index(op.f("ix_consent_subjects_profile_id"), table_name="consent_subjects")
+    op.drop_table("consent_subjects")
     op.drop_index(op.f("ix_identity_separations_cluster_id"), table_name="identity_separations")
     op.drop_table("identity_separations")
     op.drop_table("identity_rules")
