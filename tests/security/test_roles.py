@@ -55,6 +55,8 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
         "/api/v1/profiles/user_id:42/consents",
         {"purpose": "marketing", "channel": "email", "status": "refused", "method": "api"},
     ),
+    ("PUT", "/api/v1/identity/rules"): ("/api/v1/identity/rules", {"blocked": ["^$", "^null$"]}),
+    ("POST", "/api/v1/profiles/{ref}/unmerge"): ("/api/v1/profiles/user_id:42/unmerge", {"merge_id": 1}),
     ("GET", "/api/v1/profiles/{ref}/contactable"): (
         "/api/v1/profiles/user_id:42/contactable?purpose=marketing&channel=email",
         None,
@@ -81,7 +83,10 @@ def _catalogue(rt: Runtime) -> None:
 
 @pytest.mark.parametrize("credential", CREDENTIALS)
 def test_every_route_answers_each_credential_as_documented(live: LiveAccord, credential: str) -> None:
-    send(live.rt, [{"type": "identify", "userId": "42", "traits": {"plan": "gold"}}])
+    # Profile 42 absorbs a device's profile: merge 1, which the unmerge route may undo.
+    send(live.rt, [{"type": "track", "anonymousId": "a42", "event": "E", "timestamp": "2026-05-01T10:00:00Z"}])
+    process(live.rt)
+    send(live.rt, [{"type": "identify", "userId": "42", "anonymousId": "a42", "traits": {"plan": "gold"}}])
     process(live.rt)
     _catalogue(live.rt)
     headers: dict[str, str] = {}
