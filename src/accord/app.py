@@ -28,7 +28,7 @@ from accord.pipeline.embedded import WorkerProcess
 from accord.pipeline.worker import Worker
 from accord.profiles import api as profiles_api
 from accord.runtime import Runtime
-from accord.security.auth import Principal, require_role
+from accord.security.auth import BearerAuthentication, Principal, require_role
 from accord.security.headers import BodyLimit, SecurityHeaders, TrackingCors
 from accord.security.service import ROLES
 
@@ -87,6 +87,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.runtime = rt
+    app.add_middleware(BearerAuthentication, rt=rt)
     app.add_middleware(BodyLimit, max_bytes=MAX_API_BODY_BYTES)
     app.add_middleware(TrackingCors, origins=settings.cors_origins)
     app.add_middleware(SecurityHeaders)

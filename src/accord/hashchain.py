@@ -165,7 +165,10 @@ def verify(
         if problem is None and extra is not None:
             problem = extra(row, report)
         if problem is not None:
-            report.first_bad = Problem(row.seq, row.record_id, problem)
+            if row.seq > expected:  # a gap: name the first missing record, which has no id left to name
+                report.first_bad = Problem(expected, None, problem)
+            else:
+                report.first_bad = Problem(row.seq, row.record_id, problem)
             return report
         report.records += 1
         expected, previous = row.seq + 1, row.hash
@@ -176,6 +179,12 @@ def verify(
             report.head_seq + 1,
             None,
             f"records {report.head_seq + 1}..{last_signed} are missing: a checkpoint signed them",
+        )
+    elif head is None and report.records:
+        report.first_bad = Problem(
+            report.head_seq + 1,
+            None,
+            f"the chain head is missing while the chain holds {report.records} records: records may have been removed",
         )
     elif head is not None and (head.seq, head.hash) != (report.head_seq, report.head_hash):
         report.first_bad = Problem(

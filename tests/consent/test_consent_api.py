@@ -204,7 +204,8 @@ def test_only_admins_change_the_catalogue(world: ConsentWorld) -> None:
             assert client.post("/api/v1/consent/channels", json={"key": "fax", "name": "Fax"}).status_code == 403
             notice = {"key": "n", "title": "t", "text": "x", "purposes": ["marketing"]}
             assert client.post("/api/v1/consent/notices", json=notice).status_code == 403
-    assert world.live.client().get("/api/v1/consent/purposes").status_code == 401
+    with world.live.client() as anonymous:
+        assert anonymous.get("/api/v1/consent/purposes").status_code == 401
 
 
 # Recording: what is refused
@@ -565,7 +566,7 @@ def test_renewing_after_expiry_grants_again(world: ConsentWorld) -> None:
     assert renewed.status_code == 201, renewed.text
     assert renewed.json()["record"]["expires_at"] is not None
     assert contactable(world, "offers", "email")["allowed"] is True
-    assert world.api.get("/api/v1/consent/renewals").json()["renewals"] == []
+    assert world.api.get("/api/v1/consent/renewals", params={"days": 10}).json()["renewals"] == []
 
 
 # Decisions

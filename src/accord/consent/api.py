@@ -25,6 +25,7 @@ from accord.consent.schemas import (
     ContactableRead,
     HistoryRead,
     LinkRead,
+    Name,
     NoticeList,
     NoticeRead,
     NoticeWrite,
@@ -59,7 +60,7 @@ Checker = Annotated[Principal, Depends(require_role("analyst", "agent"))]
 Auditor = Annotated[Principal, Depends(require_role("auditor"))]
 ERRORS = documented(400, 401, 403, 404, 422, 429)
 WRITE_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
-Key = Annotated[str, Query(max_length=120)]
+Key = Annotated[Name, Query(max_length=120)]
 
 
 def _purpose(view: catalogue.PurposeView) -> PurposeRead:
@@ -378,7 +379,7 @@ def get_receipts(ref: Ref, rt: Rt, _: Reader, limit: Annotated[int, Query(ge=1, 
     summary="May we use this person's data for a purpose on a channel? Deny unless a valid basis exists",
 )
 def get_contactable(
-    ref: Ref, purpose: Key, channel: Annotated[str, Query(max_length=60)], rt: Rt, _: Checker
+    ref: Ref, purpose: Key, channel: Annotated[Name, Query(max_length=60)], rt: Rt, _: Checker
 ) -> ContactableRead:
     now = utcnow()
     with rt.db.read() as session:

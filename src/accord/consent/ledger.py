@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -138,13 +139,17 @@ def checkpoint_due(session: Session, *, every_records: int, every: timedelta, no
     return head.checkpoint_at is None or now - head.checkpoint_at >= every
 
 
-def _rows(engine: Engine, batch: int) -> Iterator[tuple[Any, ...]]:
+def _rows(engine: Engine, batch: int) -> Generator[tuple[Any, ...]]:
     query = text(
         "SELECT l.seq, l.id, l.profile_id, l.purpose, l.channel, l.status, l.body, l.hash, l.mac, e.salt, e.body"
         " FROM consent_ledger l LEFT JOIN consent_evidence e ON e.record_id = l.id ORDER BY l.seq"
     )
-    with engine.connect() as connection:
-        result = connection.execution_options(stream_results=True, yield_per=batch).execute(query)
+    # Closed explicitly: verification stops at the first problem, and PostgreSQL's server-side cursor
+    # must not outlive it.
+    with (
+        engine.connect() as connection,
+        connection.execution_options(stream_results=True, yield_per=batch).execute(query) as result,
+    ):
         for chunk in result.partitions(batch):
             yield from chunk
 
@@ -159,8 +164,8 @@ def verify(engine: Engine, *, key: SigningKey, batch: int = 20_000) -> Verificat
         head = session.get(ChainHead, 1)
         stored_head = None if head is None else hashchain.Head(head.seq, head.hash, head.mac)
 
-    def rows() -> Iterator[hashchain.Row]:
-        for seq, *mirrored, body, digest, mac, salt, proof in _rows(engine, batch):
+    def rows(stored: Iterator[tuple[Any, ...]]) -> Iterator[hashchain.Row]:
+        for seq, *mirrored, body, digest, mac, salt, proof in stored:
             columns = dict(zip(MIRRORED, mirrored, strict=True))
             record_id = mirrored[0]
             evidence = None if proof is None else (salt, bytes(proof))
@@ -175,14 +180,15 @@ def verify(engine: Engine, *, key: SigningKey, batch: int = 20_000) -> Verificat
             return "the record's evidence was changed after it was recorded"
         return None
 
-    return hashchain.verify(
-        rows(),
-        checkpoints=checkpoints,
-        head=stored_head,
-        mac_ok=key.mac_ok,
-        messages=MESSAGES,
-        extra=evidence_matches,
-    )
+    with closing(_rows(engine, batch)) as stored:
+        return hashchain.verify(
+            rows(stored),
+            checkpoints=checkpoints,
+            head=stored_head,
+            mac_ok=key.mac_ok,
+            messages=MESSAGES,
+            extra=evidence_matches,
+        )
 
 
 def _signed(key: SigningKey, row: Checkpoint) -> bool:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Text = Field(max_length=1000)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+# Keys, names and texts of the catalogue and of a statement: no NUL (PostgreSQL stores none in text).
+# Evidence is kept verbatim instead, NULs included.
+Name = Annotated[str, AfterValidator(_no_nul)]
 
 
 class Strict(BaseModel):
@@ -15,13 +26,13 @@ class Strict(BaseModel):
 
 
 class PurposeWrite(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=5000)
+    name: Name = Field(min_length=1, max_length=200)
+    description: Name = Field(default="", max_length=5000)
     legal_basis: Literal[
         "consent", "contract", "legal_obligation", "vital_interest", "public_task", "legitimate_interest"
     ]
     expires_after_days: int | None = Field(default=None, ge=1, le=36500)
-    channels: list[str] = Field(default_factory=list, max_length=50, description="Offered in the preference centre")
+    channels: list[Name] = Field(default_factory=list, max_length=50, description="Offered in the preference centre")
 
 
 class PurposeRead(BaseModel):
@@ -43,8 +54,8 @@ class PurposeList(BaseModel):
 
 
 class ChannelWrite(Strict):
-    key: str = Field(min_length=1, max_length=60)
-    name: str = Field(min_length=1, max_length=200)
+    key: Name = Field(min_length=1, max_length=60)
+    name: Name = Field(min_length=1, max_length=200)
 
 
 class ChannelRead(BaseModel):
@@ -58,12 +69,12 @@ class ChannelList(BaseModel):
 
 
 class NoticeWrite(Strict):
-    key: str = Field(min_length=1, max_length=120)
-    language: str = Field(default="en", min_length=2, max_length=20)
-    title: str = Field(min_length=1, max_length=300)
-    text: str = Field(min_length=1, max_length=200_000)
-    purposes: list[str] = Field(min_length=1, max_length=100)
-    url: str | None = Field(default=None, max_length=1000)
+    key: Name = Field(min_length=1, max_length=120)
+    language: Name = Field(default="en", min_length=2, max_length=20)
+    title: Name = Field(min_length=1, max_length=300)
+    text: Name = Field(min_length=1, max_length=200_000)
+    purposes: list[Name] = Field(min_length=1, max_length=100)
+    url: Name | None = Field(default=None, max_length=1000)
 
 
 class NoticeRead(BaseModel):
@@ -83,9 +94,9 @@ class NoticeList(BaseModel):
 
 
 class NoticeRefWrite(Strict):
-    key: str = Field(max_length=120)
+    key: Name = Field(max_length=120)
     version: int = Field(ge=1, le=1_000_000)
-    language: str = Field(default="en", max_length=20)
+    language: Name = Field(default="en", max_length=20)
 
 
 class EvidenceWrite(Strict):
@@ -96,15 +107,15 @@ class EvidenceWrite(Strict):
 
 
 class ConsentWrite(Strict):
-    purpose: str = Field(max_length=120)
-    channel: str = Field(max_length=60)
+    purpose: Name = Field(max_length=120)
+    channel: Name = Field(max_length=60)
     status: Literal["given", "refused", "withdrawn", "renewed"]
     method: Literal["banner", "form", "double_opt_in", "verbal", "paper_form", "api"]
     notice: NoticeRefWrite | None = None
     occurred_at: datetime | None = Field(default=None, description="When the person said it; default now")
     expires_at: datetime | None = None
     evidence: EvidenceWrite = Field(default_factory=EvidenceWrite)
-    tcf: str | None = Field(default=None, max_length=4000, description="An IAB TCF v2 TC string, kept verbatim")
+    tcf: Name | None = Field(default=None, max_length=4000, description="An IAB TCF v2 TC string, kept verbatim")
 
 
 class RecordRead(BaseModel):

@@ -88,7 +88,7 @@ class Rules:
         if how is None or value is None or isinstance(value, bool | dict | list | float):
             return None
         text = str(value).strip()
-        if len(text) > MAX_VALUE_LENGTH:
+        if len(text) > MAX_VALUE_LENGTH or "\x00" in text:  # PostgreSQL stores no NUL in text
             return None
         if how == "lower" or how == "email":
             text = text.lower()

@@ -45,6 +45,8 @@ def resolve(session: Session, ref: str) -> Profile | None:
             return None
     else:
         profile_id = ref
+        if len(profile_id) > 40 or "\x00" in profile_id:
+            return None  # no profile id looks like that
     profile = session.get(Profile, profile_id)
     for _ in range(MAX_MERGE_HOPS):
         if profile is None or profile.merged_into is None:
