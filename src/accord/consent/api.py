@@ -121,6 +121,7 @@ def record_read(body: dict[str, Any], digest: str, evidence: dict[str, Any] | No
         evidence=evidence,
         tcf=body.get("tcf"),
         tcf_decoded=decoded,
+        confirms=body.get("confirms"),
     )
 
 

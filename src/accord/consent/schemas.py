@@ -141,6 +141,7 @@ class RecordRead(BaseModel):
     evidence: dict[str, Any] | None
     tcf: str | None
     tcf_decoded: dict[str, Any] | None = None
+    confirms: str | None = Field(default=None, description="Double opt-in: the pending record this confirms")
 
 
 class ConsentCreated(BaseModel):

@@ -118,14 +118,19 @@ def tcf_summary(tc_string: str) -> dict[str, Any]:
         "last_updated": decoded.last_updated.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z"),
         "cmp_id": decoded.cmp_id,
         "cmp_version": decoded.cmp_version,
-        "consent_language": decoded.consent_language,
+        "consent_language": _letters(decoded.consent_language),
         "vendor_list_version": decoded.vendor_list_version,
         "policy_version": decoded.tcf_policy_version,
-        "publisher_cc": decoded.publisher_cc,
+        "publisher_cc": _letters(decoded.publisher_cc),
         "purposes_consent": sorted(int(k) for k, v in purposes.items() if v),
         "purposes_legitimate_interest": sorted(int(k) for k, v in interests.items() if v),
         "vendors_consent": sorted(int(k) for k, v in vendors.items() if v) if isinstance(vendors, dict) else None,
     }
+
+
+def _letters(value: Any) -> str | None:
+    """The decoder gives two-letter codes as bytes; JSON wants text."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
 
 def _entry(

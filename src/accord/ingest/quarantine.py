@@ -19,7 +19,9 @@ MAX_ERROR_LENGTH = 2000
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]
+    code = getattr(error, "code", None)
+    kind = f"{type(error).__name__} {code}" if isinstance(code, str) else type(error).__name__
+    return f"{kind}: {error}"[:MAX_ERROR_LENGTH]
 
 
 def put(session: Session, source_id: str, event: dict[str, Any], error: BaseException | str) -> None:
