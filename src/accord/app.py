@@ -87,8 +87,10 @@ def create_app(
         redoc_url=None,
     )
     app.state.runtime = rt
-    app.add_middleware(BearerAuthentication, rt=rt)
+    # Starlette runs the last added first: headers, CORS, then the token check, then the body limit, so a
+    # caller without a token gets 401 whatever the size of what it sent.
     app.add_middleware(BodyLimit, max_bytes=MAX_API_BODY_BYTES)
+    app.add_middleware(BearerAuthentication, rt=rt)
     app.add_middleware(TrackingCors, origins=settings.cors_origins)
     app.add_middleware(SecurityHeaders)
     app.state.write_keys = ingest_api.WriteKeys()

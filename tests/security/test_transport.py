@@ -127,11 +127,18 @@ def test_a_token_over_its_rate_gets_429(limited: LiveAccord) -> None:
 
 
 def test_request_bodies_are_bounded_on_every_route(live: LiveAccord) -> None:
-    with live.client() as client:
+    with live.api() as client:
         answer = client.post("/api/v1/profiles/user_id:u1", content=b"x" * (1024 * 1024 + 1))
     assert answer.status_code == 413
     assert answer.json()["code"] == "request_too_large"
     assert log_rows(live.rt) == 0
+
+
+def test_a_caller_without_a_token_gets_401_before_any_size_check(live: LiveAccord) -> None:
+    oversized = b"x" * (1024 * 1024 + 1)
+    answer = httpx.post(f"{live.base_url}/api/v1/consent/notices", content=oversized)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == "Bearer"
 
 
 def test_rate_limit_settings_are_checked() -> None:
