@@ -456,3 +456,81 @@ def identity_unmerge(
             _fail(str(error))
         data = {"unmerge_id": done.unmerge_id, "profiles": done.profiles, "moved_events": done.moved_events}
     _print(data, as_json)
+
+
+# -- imports ---------------------------------------------------------------------------------------------
+imports_app = typer.Typer(help="Import runs: list, show, rejected rows, replay.", no_args_is_help=True)
+app.add_typer(imports_app, name="imports")
+
+
+@app.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(help="A CSV, Parquet or JSON lines file")],
+    mapping: Annotated[Path, typer.Option("--mapping", help="The mapping (YAML or JSON)")],
+    source: Annotated[str | None, typer.Option(help="Source name or id (default: the mapping's, or its name)")] = None,
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="csv, parquet or jsonl (default: from the extension)")
+    ] = None,
+    preview: Annotated[bool, typer.Option("--preview", help="Show the first rows mapped; write nothing")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Rows to preview")] = 20,
+    resume: Annotated[
+        str | None, typer.Option(help="Resume this run (default: an interrupted run of the same file)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a file through a mapping into the event log (a job: resumable, idempotent)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.import_file(
+        file,
+        mapping,
+        source=source,
+        file_format=file_format,
+        preview=preview,
+        limit=limit,
+        resume=resume,
+        as_json=as_json,
+        console=console,
+    )
+
+
+@imports_app.command("list")
+def imports_list(
+    source: Annotated[str | None, typer.Option(help="Only this source's runs")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import runs, newest first, with their counts."""
+    from accord.sources import cli as import_cli
+
+    import_cli.list_runs(source=source, limit=limit, as_json=as_json, console=console)
+
+
+@imports_app.command("show")
+def imports_show(run_id: str, as_json: JsonFlag = False) -> None:
+    """One run's status and counts (read = imported + rejected)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.show_run(run_id, as_json=as_json, console=console)
+
+
+@imports_app.command("rejects")
+def imports_rejects(
+    run_id: str, limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100, as_json: JsonFlag = False
+) -> None:
+    """The rows a run rejected, with the reason for each."""
+    from accord.sources import cli as import_cli
+
+    import_cli.show_rejects(run_id, limit=limit, as_json=as_json, console=console)
+
+
+@imports_app.command("replay")
+def imports_replay(
+    run_id: str,
+    mapping: Annotated[Path | None, typer.Option("--mapping", help="A fixed mapping (default: the run's own)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a run's rejected rows again, through a fixed mapping or the same one (a new run)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.replay(run_id, mapping, as_json=as_json, console=console)

@@ -18,7 +18,7 @@ from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.security.models import ApiToken
-from accord.sources.models import Source
+from accord.sources.models import ImportReject, ImportRun, Source
 
 __all__ = [
     "ApiToken",
@@ -30,6 +30,8 @@ __all__ = [
     "Evidence",
     "Identity",
     "IdentityRules",
+    "ImportReject",
+    "ImportRun",
     "LedgerRecord",
     "LogRecord",
     "Merge",

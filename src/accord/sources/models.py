@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, String
+from sqlalchemy import BigInteger, Boolean, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from accord.db.base import Base, UTCDateTime, utcnow
+from accord.db.base import Base, JSONDoc, UTCDateTime, utcnow
 
 
 class Source(Base):
@@ -19,3 +20,53 @@ class Source(Base):
     write_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ImportRun(Base):
+    """One run of an import job: a file or table read through a mapping into the event log.
+
+    `checkpoint` is how many rows of the input have been dealt with; a run killed part way resumes from it,
+    and the counts stored with it always reconcile: read = imported + rejected."""
+
+    __tablename__ = "import_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # file, upload, postgresql, mysql, sqlite, replay
+    status: Mapped[str] = mapped_column(String(20))  # queued, running, done, failed
+    location: Mapped[str] = mapped_column(Text)  # path, upload name or table/query; never credentials
+    format: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # input and mapping, to find a run to resume
+    mapping: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    mapping_name: Mapped[str] = mapped_column(String(100))
+    mapping_version: Mapped[int] = mapped_column(Integer)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)  # connector settings, cursor
+    parent_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # a replay's run
+    read: Mapped[int] = mapped_column(BigInteger, default=0)
+    imported: Mapped[int] = mapped_column(BigInteger, default=0)
+    appended: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint: Mapped[int] = mapped_column(BigInteger, default=0)
+    cursor: Mapped[str | None] = mapped_column(Text, nullable=True)  # incremental imports: last cursor value
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ImportReject(Base):
+    """A row an import run could not use, with the reason and the row as read, until it is replayed."""
+
+    __tablename__ = "import_rejects"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40))
+    origin: Mapped[str] = mapped_column(String(10))  # row: a row of the input; line: a line the reader refused
+    position: Mapped[int] = mapped_column(BigInteger)
+    row: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)  # the line as read, when the reader refused it
+    reason: Mapped[str] = mapped_column(Text)
+    replayed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+    __table_args__ = (UniqueConstraint("run_id", "origin", "position"),)

@@ -1,0 +1,545 @@
+"""Import jobs: read an input through a mapping into the event log, like tracked events.
+
+A run streams its input from DuckDB in chunks. For each chunk it appends the new events to the log
+(durable first), then commits the rows it rejected, its counts and its checkpoint together. A run killed
+at any point resumes from its last checkpoint: a chunk it had appended but not checkpointed is appended
+again, and the processor's dedupe by messageId (deterministic per source and row) makes that harmless.
+So does importing the same rows twice: the second run appends nothing the store holds already.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import duckdb
+import orjson
+import structlog
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from accord.db.base import utcnow
+from accord.db.engine import Database
+from accord.identity.rules import Rules
+from accord.identity.service import current_rules
+from accord.ingest.spec import iso
+from accord.log.port import EventLog, NewRecord
+from accord.profiles.models import ProfileEvent
+from accord.sources.connectors import FileInput, Input, InputError, RowsInput
+from accord.sources.mapping import Mapping, MappingError, parse_mapping
+from accord.sources.models import ImportReject, ImportRun, Source
+from accord.sources.transform import Query, Rejected, RowMapper, check_query, compile_query
+
+log = structlog.get_logger(__name__)
+FETCH_ROWS = 5000  # rows per chunk: one checkpoint each
+RECORD_EVENTS = 500  # events per log record, so that a worker's claim stays its usual size
+STALE_AFTER = timedelta(seconds=60)  # a running run not heard of for this long was interrupted
+MAX_ERROR = 2000
+REJECTS = cast(Table, ImportReject.__table__)
+EVENTS = cast(Table, ProfileEvent.__table__)
+
+
+class ImportFailed(Exception):
+    """An import that cannot start or go on; `code` is stable for the API."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    read: int
+    imported: int
+    rejected: int
+
+
+def new_run_id() -> str:
+    return "imp_" + uuid.uuid4().hex[:16]
+
+
+def fingerprint(source_id: str, mapping: Mapping, input_print: str) -> str:
+    document = orjson.dumps(mapping.document(), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(b"\x00".join([source_id.encode(), document, input_print.encode()])).hexdigest()
+
+
+def find_source(session: Session, key: str) -> Source | None:
+    """A source by id or by name."""
+    return session.get(Source, key) or session.scalar(select(Source).where(Source.name == key))
+
+
+def create_run(
+    session: Session,
+    *,
+    source_id: str,
+    mapping: Mapping,
+    kind: str,
+    location: str,
+    fmt: str | None,
+    print_: str,
+    options: dict[str, Any] | None = None,
+    parent_id: str | None = None,
+    run_id: str | None = None,
+) -> ImportRun:
+    run = ImportRun(
+        id=run_id or new_run_id(),
+        source_id=source_id,
+        kind=kind,
+        status="queued",
+        location=location[:2000],
+        format=fmt,
+        fingerprint=fingerprint(source_id, mapping, print_),
+        mapping=mapping.document(),
+        mapping_name=mapping.name,
+        mapping_version=mapping.version,
+        options=options or {},
+        parent_id=parent_id,
+        read=0,
+        imported=0,
+        appended=0,
+        rejected=0,
+        checkpoint=0,
+        created_at=utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def interrupted_run(
+    session: Session, *, source_id: str, print_: str, mapping: Mapping, now: datetime
+) -> ImportRun | None:
+    """An unfinished run of the same input, mapping and source that nobody is running: to resume.
+
+    Raises ImportFailed when such a run is still being worked on (heard of within STALE_AFTER)."""
+    wanted = fingerprint(source_id, mapping, print_)
+    run = session.scalar(
+        select(ImportRun)
+        .where(ImportRun.fingerprint == wanted, ImportRun.status.in_(("queued", "running", "interrupted")))
+        .order_by(ImportRun.created_at.desc())
+        .limit(1)
+    )
+    if run is None:
+        return None
+    if run.status == "running" and run.heartbeat_at is not None and now - run.heartbeat_at < STALE_AFTER:
+        raise ImportFailed("import_running", f"run {run.id} is importing this input now; wait for it to finish")
+    return run
+
+
+def get_run(session: Session, run_id: str, *, source_id: str | None = None) -> ImportRun | None:
+    run = session.get(ImportRun, run_id)
+    if run is None or (source_id is not None and run.source_id != source_id):
+        return None
+    return run
+
+
+def list_runs(session: Session, *, source_id: str | None, limit: int = 50) -> Sequence[ImportRun]:
+    query = select(ImportRun).order_by(ImportRun.created_at.desc()).limit(limit)
+    if source_id is not None:
+        query = query.where(ImportRun.source_id == source_id)
+    return session.scalars(query).all()
+
+
+def rejects(session: Session, run_id: str, *, after: int = 0, limit: int = 100) -> Sequence[ImportReject]:
+    return session.scalars(
+        select(ImportReject)
+        .where(ImportReject.run_id == run_id, ImportReject.id > after)
+        .order_by(ImportReject.id)
+        .limit(limit)
+    ).all()
+
+
+def stored_message_ids(session: Session, source_id: str, message_ids: list[str]) -> set[str]:
+    """Of these messageIds, those the event store holds for this source already."""
+    found: set[str] = set()
+    events = EVENTS.c
+    for start in range(0, len(message_ids), 500):
+        chunk = message_ids[start : start + 500]
+        found.update(
+            session.scalars(
+                select(events.message_id).where(events.source_id == source_id, events.message_id.in_(chunk))
+            )
+        )
+    return found
+
+
+def _connect(source: Input) -> duckdb.DuckDBPyConnection:
+    """A DuckDB of its own for one run, that may read the input's file and nothing else: a mapping's SQL
+    expressions are the analyst's, and must not read the server's files or write any."""
+    connection = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
+    connection.execute("SET TimeZone='UTC'")
+    path = getattr(source, "path", None)
+    if path is not None:
+        connection.execute("SET allowed_paths=?", [[str(path)]])
+    connection.execute("SET enable_external_access=false")
+    connection.execute("SET lock_configuration=true")
+    return connection
+
+
+def prepare(connection: duckdb.DuckDBPyConnection, source: Input, mapping: Mapping) -> Query:
+    """Open the input on `connection` and compile the mapping's transform over it."""
+    columns = source.open(connection)
+    query = compile_query(mapping, columns)
+    check_query(connection, mapping, query)
+    return query
+
+
+class Runner:
+    """Executes one run; any number of runs may execute at once, each in its own thread or process."""
+
+    def __init__(self, db: Database, log: EventLog, *, stop: threading.Event | None = None) -> None:
+        self.db = db
+        self.log = log
+        self.stop = stop or threading.Event()
+
+    def execute(self, run_id: str, source: Input, *, progress: Callable[[Progress], None] | None = None) -> ImportRun:
+        """Run (or resume) `run_id` over `source` to its end; returns the run as it ended."""
+        now = utcnow()
+        with self.db.unit_of_work() as session:
+            run = session.get(ImportRun, run_id)
+            if run is None:
+                raise ImportFailed("import_not_found", f"no import run {run_id}")
+            if run.status in ("done", "failed"):
+                return run
+            run.status = "running"
+            run.started_at = run.started_at or now
+            run.heartbeat_at = now
+            mapping = parse_mapping(run.mapping)
+            rules = current_rules(session)
+            checkpoint, counts = run.checkpoint, Progress(run.read, run.imported, run.rejected)
+            source_id, started = run.source_id, run.started_at
+        try:
+            self._stream(run_id, source, mapping, rules, source_id, started, checkpoint, counts, progress)
+        except (MappingError, InputError, ImportFailed, duckdb.Error) as error:
+            message = str(error) if not isinstance(error, duckdb.Error) else str(error).splitlines()[0]
+            return self._finish(run_id, "failed", message[:MAX_ERROR])
+        except Exception as error:  # the run stays resumable; the log line names the type only (rows are PII)
+            log.warning("import run failed", run=run_id, error=type(error).__name__)
+            return self._finish(run_id, "interrupted", f"{type(error).__name__}; resume the run"[:MAX_ERROR])
+        if self.stop.is_set():
+            return self._finish(run_id, "interrupted", None)
+        return self._finish(run_id, "done", None)
+
+    def _stream(
+        self,
+        run_id: str,
+        source: Input,
+        mapping: Mapping,
+        rules: Rules,
+        source_id: str,
+        started: datetime,
+        checkpoint: int,
+        counts: Progress,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
+        if isinstance(source, FileInput) and source.empty():
+            return  # nothing to read: done, with every count 0
+        connection = _connect(source)
+        try:
+            query = prepare(connection, source, mapping)
+            with self.db.unit_of_work() as session:
+                run = session.get(ImportRun, run_id)
+                if run is not None and "columns" not in run.options:
+                    run.options = {**run.options, "columns": query.input_columns}
+            mapper = RowMapper(
+                mapping=mapping,
+                query=query,
+                rules=rules,
+                source_id=source_id,
+                run_id=run_id,
+                default_time=iso(started),
+                received_at=iso(utcnow()),
+            )
+            result = connection.execute(f"{query.sql} OFFSET {int(checkpoint)}")
+            position = checkpoint
+            while not self.stop.is_set():
+                rows = result.fetchmany(FETCH_ROWS)
+                if not rows:
+                    break
+                counts = self._chunk(run_id, source_id, mapper, rows, position, counts)
+                position += len(rows)
+                if progress is not None:
+                    progress(counts)
+            if self.stop.is_set():
+                return
+            lines = source.line_rejects(connection)
+        finally:
+            connection.close()
+        if lines:
+            with self.db.unit_of_work() as session:
+                added = _put_rejects(
+                    count=True,
+                    session=session,
+                    rows=[
+                        {
+                            "run_id": run_id,
+                            "origin": "line",
+                            "position": r.line,
+                            "row": None,
+                            "text": r.text[:100_000],
+                            "reason": r.reason,
+                        }
+                        for r in lines
+                    ],
+                )
+                run = session.get(ImportRun, run_id)
+                assert run is not None
+                run.read += added
+                run.rejected += added
+            if progress is not None:
+                progress(Progress(counts.read + added, counts.imported, counts.rejected + added))
+
+    def _chunk(
+        self,
+        run_id: str,
+        source_id: str,
+        mapper: RowMapper,
+        rows: list[tuple[Any, ...]],
+        position: int,
+        counts: Progress,
+    ) -> Progress:
+        events: list[dict[str, Any]] = []
+        encoded: list[bytes] = []
+        refused: list[dict[str, Any]] = []
+        for offset, row in enumerate(rows, start=position + 1):
+            try:
+                event, data = mapper.event(row)
+            except Rejected as reason:
+                refused.append(
+                    {
+                        "run_id": run_id,
+                        "origin": "row",
+                        "position": offset,
+                        "row": mapper.raw(row),
+                        "text": None,
+                        "reason": str(reason),
+                    }
+                )
+                continue
+            events.append(event)
+            encoded.append(data)
+        if events:
+            with self.db.read() as session:
+                present = stored_message_ids(session, source_id, [e["messageId"] for e in events])
+            if present:
+                kept = [(e, d) for e, d in zip(events, encoded, strict=True) if e["messageId"] not in present]
+                events, encoded = [e for e, _ in kept], [d for _, d in kept]
+        imported = len(rows) - len(refused)
+        self._append(source_id, events, encoded)
+        with self.db.unit_of_work() as session:
+            if refused:
+                _put_rejects(session, refused)
+            session.execute(
+                update(ImportRun)
+                .where(ImportRun.id == run_id)
+                .values(
+                    read=ImportRun.read + len(rows),
+                    imported=ImportRun.imported + imported,
+                    appended=ImportRun.appended + len(events),
+                    rejected=ImportRun.rejected + len(refused),
+                    checkpoint=position + len(rows),
+                    heartbeat_at=utcnow(),
+                )
+            )
+        return Progress(counts.read + len(rows), counts.imported + imported, counts.rejected + len(refused))
+
+    def _append(self, source_id: str, events: list[dict[str, Any]], encoded: list[bytes]) -> None:
+        if not events:
+            return
+        received = utcnow()
+        futures = []
+        for start in range(0, len(events), RECORD_EVENTS):
+            payload = b"[" + b",".join(encoded[start : start + RECORD_EVENTS]) + b"]"
+            record = NewRecord(
+                source_id=source_id, received_at=received, events=events[start : start + RECORD_EVENTS], payload=payload
+            )
+            submit = getattr(self.log, "submit", None)
+            if submit is None:
+                self.log.append(record)
+            else:
+                futures.append(submit(record))
+        for future in futures:
+            future.result()
+
+    def _finish(self, run_id: str, status: str, error: str | None) -> ImportRun:
+        with self.db.unit_of_work() as session:
+            run = session.get(ImportRun, run_id)
+            assert run is not None
+            run.status = status
+            run.error = error
+            run.heartbeat_at = utcnow()
+            if status in ("done", "failed"):
+                run.finished_at = utcnow()
+            return run
+
+
+def _put_rejects(session: Session, rows: list[dict[str, Any]], *, count: bool = False) -> int:
+    """Keep rejected rows; one kept already (a line seen again by a resumed run) is left as it is.
+    With `count`, returns how many were new."""
+    dialect = session.get_bind().dialect.name
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(REJECTS).on_conflict_do_nothing(
+        index_elements=["run_id", "origin", "position"]
+    )
+
+    def kept() -> int:
+        where = (REJECTS.c.run_id == rows[0]["run_id"]) & (REJECTS.c.origin == rows[0]["origin"])
+        return int(session.scalar(select(func.count()).select_from(REJECTS).where(where)) or 0)
+
+    before = kept() if count else 0
+    session.execute(statement, rows)
+    return kept() - before if count else len(rows)
+
+
+def rows_of(connection: duckdb.DuckDBPyConnection, query: Query, limit: int) -> Iterator[tuple[Any, ...]]:
+    yield from connection.execute(f"{query.sql} LIMIT {int(limit)}").fetchall()
+
+
+# -- preview ---------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class PreviewRow:
+    position: int
+    input: dict[str, Any]
+    values: dict[str, Any]
+    event: dict[str, Any] | None
+    error: str | None
+    profiles: list[str]
+
+
+@dataclass(slots=True)
+class Preview:
+    columns: list[str]
+    rows: list[PreviewRow]
+    line_errors: list[dict[str, Any]]
+
+
+def preview(session: Session, *, source_id: str, mapping: Mapping, source: Input, limit: int) -> Preview:
+    """The first `limit` rows as they would be imported, with their errors and the profiles they would
+    join. Writes nothing."""
+    if isinstance(source, FileInput) and source.empty():
+        return Preview(columns=[], rows=[], line_errors=[])
+    rules = current_rules(session)
+    now = iso(utcnow())
+    connection = _connect(source)
+    try:
+        query = prepare(connection, source, mapping)
+        mapper = RowMapper(
+            mapping=mapping,
+            query=query,
+            rules=rules,
+            source_id=source_id,
+            run_id="preview",
+            default_time=now,
+            received_at=now,
+        )
+        rows: list[PreviewRow] = []
+        for position, row in enumerate(rows_of(connection, query, limit), start=1):
+            try:
+                event, _ = mapper.event(row)
+            except Rejected as reason:
+                rows.append(PreviewRow(position, mapper.raw(row), mapper.values(row), None, str(reason), []))
+                continue
+            rows.append(
+                PreviewRow(position, mapper.raw(row), mapper.values(row), event, None, _matches(session, rules, event))
+            )
+        lines = [{"line": r.line, "text": r.text[:1000], "reason": r.reason} for r in source.line_rejects(connection)]
+    finally:
+        connection.close()
+    return Preview(columns=query.input_columns, rows=rows, line_errors=lines[:limit])
+
+
+def _matches(session: Session, rules: Rules, event: dict[str, Any]) -> list[str]:
+    from accord.identity.models import Identity
+
+    found: list[str] = []
+    for kind, value in rules.identifiers(event):
+        profile_id = session.scalar(select(Identity.profile_id).where(Identity.type == kind, Identity.value == value))
+        if profile_id is not None and profile_id not in found:
+            found.append(profile_id)
+    return found
+
+
+# -- replay ----------------------------------------------------------------------------------------------
+def start_replay(session: Session, *, run_id: str, mapping: Mapping | None) -> tuple[ImportRun, Input]:
+    """A new run over the rows `run_id` rejected and nobody has replayed yet, through `mapping` (default:
+    the run's own, for rows rejected because of identity rules since changed, say)."""
+    parent = session.get(ImportRun, run_id)
+    if parent is None:
+        raise ImportFailed("import_not_found", f"no import run {run_id}")
+    if parent.status not in ("done", "failed"):
+        raise ImportFailed("import_running", f"run {run_id} has not finished; replay its rejects afterwards")
+    waiting = session.scalars(
+        select(ImportReject)
+        .where(ImportReject.run_id == run_id, ImportReject.replayed_by.is_(None), ImportReject.row.is_not(None))
+        .order_by(ImportReject.id)
+    ).all()
+    if not waiting:
+        raise ImportFailed("nothing_to_replay", f"run {run_id} has no rejected rows waiting to be replayed")
+    mapping = mapping or parse_mapping(parent.mapping)
+    rows = [dict(r.row or {}) for r in waiting]
+    columns = list(parent.options.get("columns") or [])
+    source = RowsInput(rows=rows, columns=columns, location=f"rejects of {run_id}")
+    run = create_run(
+        session,
+        source_id=parent.source_id,
+        mapping=mapping,
+        kind="replay",
+        location=source.location,
+        fmt=None,
+        print_=source.fingerprint(),
+        options={"columns": columns, "rejects": [r.id for r in waiting]},
+        parent_id=run_id,
+    )
+    return run, source
+
+
+def replay_input(session: Session, run: ImportRun) -> Input:
+    """The input of a replay run, to resume it: the parent's rejects it took."""
+    ids = list(run.options.get("rejects") or [])
+    rows = session.scalars(select(ImportReject).where(ImportReject.id.in_(ids)).order_by(ImportReject.id)).all()
+    return RowsInput(
+        rows=[dict(r.row or {}) for r in rows], columns=list(run.options.get("columns") or []), location=run.location
+    )
+
+
+def mark_replayed(session: Session, run: ImportRun) -> None:
+    ids = list(run.options.get("rejects") or [])
+    if ids and run.status == "done":
+        session.execute(update(ImportReject).where(ImportReject.id.in_(ids)).values(replayed_by=run.id))
+
+
+def preview_document(shown: Preview) -> dict[str, Any]:
+    return {
+        "columns": shown.columns,
+        "rows": [
+            {
+                "position": r.position,
+                "input": r.input,
+                "values": r.values,
+                "event": r.event,
+                "error": r.error,
+                "profiles": r.profiles,
+            }
+            for r in shown.rows
+        ],
+        "line_errors": shown.line_errors,
+    }
+
+
+def reject_document(reject: ImportReject) -> dict[str, Any]:
+    return {
+        "id": reject.id,
+        "origin": reject.origin,
+        "position": reject.position,
+        "row": reject.row,
+        "text": reject.text,
+        "reason": reject.reason,
+        "replayed_by": reject.replayed_by,
+    }
