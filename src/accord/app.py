@@ -31,6 +31,8 @@ from accord.runtime import Runtime
 from accord.security.auth import BearerAuthentication, Principal, require_role
 from accord.security.headers import BodyLimit, SecurityHeaders, TrackingCors
 from accord.security.service import ROLES
+from accord.sources import api as sources_api
+from accord.sources.jobs import ImportJobs
 
 MAX_API_BODY_BYTES = 1024 * 1024
 AnyRole = Annotated[Principal, Depends(require_role(*ROLES))]
@@ -65,6 +67,7 @@ def create_app(
             thread.start()
         yield
         # Shutdown runs here, before uvicorn re-raises the signal that stopped it.
+        await run_in_threadpool(app.state.import_jobs.stop)
         if child is not None:
             child.stop()
         stop.set()
@@ -89,7 +92,9 @@ def create_app(
     app.state.runtime = rt
     # Starlette runs the last added first: headers, CORS, then the token check, then the body limit, so a
     # caller without a token gets 401 whatever the size of what it sent.
-    app.add_middleware(BodyLimit, max_bytes=MAX_API_BODY_BYTES)
+    app.add_middleware(
+        BodyLimit, max_bytes=MAX_API_BODY_BYTES, larger={sources_api.UPLOADS: settings.import_max_bytes + 64 * 1024}
+    )
     app.add_middleware(BearerAuthentication, rt=rt)
     app.add_middleware(TrackingCors, origins=settings.cors_origins)
     app.add_middleware(SecurityHeaders)
@@ -103,6 +108,8 @@ def create_app(
     app.include_router(consent_api.router)
     app.include_router(consent_api.jwks)
     app.include_router(preferences.router)
+    app.include_router(sources_api.router)
+    app.state.import_jobs = ImportJobs(rt.db, rt.log)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -524,6 +524,14 @@ def imports_rejects(
     import_cli.show_rejects(run_id, limit=limit, as_json=as_json, console=console)
 
 
+@imports_app.command("resume")
+def imports_resume(run_id: str, as_json: JsonFlag = False) -> None:
+    """Carry an interrupted run on from its checkpoint (a file, an upload or a replay)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.resume(run_id, as_json=as_json, console=console)
+
+
 @imports_app.command("replay")
 def imports_replay(
     run_id: str,

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="... or when the last checkpoint is older than this and records were added."
     )
     preference_link_days: int = Field(default=30, ge=1, le=366, description="How long a preference-centre link works.")
+    import_max_bytes: int = Field(
+        default=2 * 1024**3, ge=1024, description="Largest file an import upload may send (bytes)."
+    )
     double_opt_in_days: int = Field(default=7, ge=1, le=90, description="How long a double opt-in link works.")
 
     def sqlalchemy_url(self) -> str:

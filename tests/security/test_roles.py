@@ -14,6 +14,7 @@ from accord.runtime import Runtime
 from accord.security.service import ROLES, create_token
 from conftest import LiveAccord
 from pipeline.helpers import process, send
+from sources.importing import LOYALTY, LOYALTY_CSV, seed_run
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 CREDENTIALS = ("none", "write key", *ROLES)
@@ -57,11 +58,16 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ),
     ("PUT", "/api/v1/identity/rules"): ("/api/v1/identity/rules", {"blocked": ["^$", "^null$"]}),
     ("POST", "/api/v1/profiles/{ref}/unmerge"): ("/api/v1/profiles/user_id:42/unmerge", {"merge_id": 1}),
+    ("POST", "/api/v1/sources/{key}/imports/{run_id}/replay"): ("/api/v1/sources/loyalty/imports/{run_id}/replay", {}),
     ("GET", "/api/v1/profiles/{ref}/contactable"): (
         "/api/v1/profiles/user_id:42/contactable?purpose=marketing&channel=email",
         None,
     ),
 }
+
+
+# Routes that take a file upload (multipart) rather than JSON.
+MULTIPART = {("POST", "/api/v1/sources/{key}/imports"), ("POST", "/api/v1/sources/{key}/preview")}
 
 
 def _catalogue(rt: Runtime) -> None:
@@ -82,13 +88,14 @@ def _catalogue(rt: Runtime) -> None:
 
 
 @pytest.mark.parametrize("credential", CREDENTIALS)
-def test_every_route_answers_each_credential_as_documented(live: LiveAccord, credential: str) -> None:
+def test_every_route_answers_each_credential_as_documented(live: LiveAccord, credential: str, tmp_path: Path) -> None:
     # Profile 42 absorbs a device's profile: merge 1, which the unmerge route may undo.
     send(live.rt, [{"type": "track", "anonymousId": "a42", "event": "E", "timestamp": "2026-05-01T10:00:00Z"}])
     process(live.rt)
     send(live.rt, [{"type": "identify", "userId": "42", "anonymousId": "a42", "traits": {"plan": "gold"}}])
     process(live.rt)
     _catalogue(live.rt)
+    run_id = seed_run(live.rt, tmp_path)  # an import run of source "loyalty", with one rejected row
     headers: dict[str, str] = {}
     auth = None
     if credential == "write key":
@@ -98,7 +105,7 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
             headers["Authorization"] = f"Bearer {create_token(session, role=credential).token}"
     with live.client(headers=headers, auth=auth) as client:
         for (method, path), allowed in matrix().items():
-            url = path.replace("{ref}", "user_id:42")
+            url = path.replace("{ref}", "user_id:42").replace("{key}", "loyalty").replace("{run_id}", run_id)
             body: dict[str, Any] | None = {
                 "userId": "42",
                 "event": "E",
@@ -109,7 +116,12 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
             if method != "POST":
                 body = None
             url, body = VALID_REQUESTS.get((method, path), (url, body))
-            answer = client.request(method, url, json=body)
+            url = url.replace("{run_id}", run_id)
+            if (method, path) in MULTIPART:
+                upload = {"file": ("loyalty.csv", LOYALTY_CSV.encode())}
+                answer = client.request(method, url, files=upload, data={"mapping": LOYALTY})
+            else:
+                answer = client.request(method, url, json=body)
             if allowed[credential]:
                 assert answer.status_code < 400, (method, path, credential, answer.text)
             else:

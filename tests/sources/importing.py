@@ -84,6 +84,11 @@ def run_import(
     return imports.Runner(rt.db, rt.log).execute(run_id, found)
 
 
+def seed_run(rt: Runtime, folder: Path) -> str:
+    """An import run of source "loyalty" over LOYALTY_CSV: two rows imported, one rejected."""
+    return run_import(rt, write(folder, "seed.csv", LOYALTY_CSV), LOYALTY).id
+
+
 def traits(rt: Runtime, ref: str) -> dict[str, Any]:
     with rt.db.read() as session:
         profile = profiles.resolve(session, ref)

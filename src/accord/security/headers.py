@@ -56,15 +56,21 @@ class TrackingCors:
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` on every route but the tracking API (which has its own)."""
+    """Refuse request bodies over `max_bytes` on every route but the tracking API (which has its own);
+    paths under a prefix of `larger` (file uploads) have that prefix's limit instead."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
+            return
+        limit = next((n for prefix, n in self.larger.items() if scope["path"].startswith(prefix)), self.max_bytes)
+        if limit != self.max_bytes:
+            await BodyLimit(self.app, max_bytes=limit)(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:

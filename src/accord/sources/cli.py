@@ -265,3 +265,26 @@ def replay(run_id: str, mapping_path: Path | None, *, as_json: bool, console: Co
     _print(run_summary(done), as_json, console)
     if done.status == "failed":
         raise typer.Exit(1)
+
+
+def resume(run_id: str, *, as_json: bool, console: Console) -> None:
+    with _runtime() as rt:
+        try:
+            with rt.db.read() as session:
+                run = imports.get_run(session, run_id[:60])
+                if run is None:
+                    _fail(console, f"no import run {run_id[:60]!r}")
+                assert run is not None
+                if run.status in ("done", "failed"):
+                    _fail(console, f"run {run.id} has {'finished' if run.status == 'done' else 'failed'}")
+                found = imports.input_for(session, run)
+                resumed = run.id
+        except (imports.ImportFailed, InputError) as error:
+            _fail(console, getattr(error, "message", str(error)))
+        done = imports.Runner(rt.db, rt.log).execute(resumed, found)
+        if done.kind == "replay":
+            with rt.db.unit_of_work() as session:
+                imports.mark_replayed(session, done)
+    _print(run_summary(done), as_json, console)
+    if done.status != "done":
+        raise typer.Exit(1)

@@ -543,3 +543,13 @@ def reject_document(reject: ImportReject) -> dict[str, Any]:
         "reason": reject.reason,
         "replayed_by": reject.replayed_by,
     }
+
+
+def input_for(session: Session, run: ImportRun) -> Input:
+    """The input a run reads, rebuilt from what the run stored: to resume it."""
+    if run.kind in ("file", "upload"):
+        mapping = parse_mapping(run.mapping)
+        return FileInput.at(run.location, declared=cast(Any, run.format), csv=mapping.csv, kind=run.kind)
+    if run.kind == "replay":
+        return replay_input(session, run)
+    raise ImportFailed("import_not_resumable", f"run {run.id} reads {run.kind}; import it again to carry on")

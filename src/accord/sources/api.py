@@ -1,0 +1,265 @@
+"""The import API: upload a file with a mapping, follow the run, read and replay its rejected rows, preview."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from pathlib import Path as FilePath
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from accord.errors import ApiError, documented
+from accord.runtime import Runtime, runtime
+from accord.security.auth import Principal, require_role
+from accord.sources import imports
+from accord.sources.connectors import EXTENSIONS, FileInput, InputError
+from accord.sources.mapping import MAX_MAPPING_BYTES, Format, Mapping, MappingError, load_mapping, parse_mapping
+from accord.sources.models import ImportReject, ImportRun
+from accord.sources.schemas import (
+    ImportRunRead,
+    ImportRunsRead,
+    PreviewRead,
+    RejectRead,
+    RejectsRead,
+    ReplayRequest,
+)
+
+UPLOADS = "/api/v1/sources/"
+router = APIRouter(prefix="/api/v1/sources", tags=["sources"])
+Rt = Annotated[Runtime, Depends(runtime)]
+Analyst = Annotated[Principal, Depends(require_role("analyst"))]
+Key = Annotated[
+    str, Path(max_length=200, description="The source's id (`src_...`) or name", examples=["loyalty-export"])
+]
+RunId = Annotated[str, Path(max_length=60, description="The import run's id (`imp_...`)")]
+ERRORS = documented(401, 403, 404, 422, 429)
+WRITE_ERRORS = documented(400, 401, 403, 404, 409, 413, 422, 429)
+COPY_CHUNK = 1024 * 1024
+
+
+def _source_id(rt: Runtime, key: str) -> str:
+    with rt.db.read() as session:
+        source = imports.find_source(session, key)
+        if source is None:
+            raise ApiError(404, "source_not_found", "no source has this id or name")
+        return source.id
+
+
+def _run_read(run: ImportRun) -> ImportRunRead:
+    return ImportRunRead.model_validate(run, from_attributes=True)
+
+
+def _mapping(text: str) -> Mapping:
+    if len(text.encode()) > MAX_MAPPING_BYTES:
+        raise ApiError(413, "request_too_large", f"a mapping may be at most {MAX_MAPPING_BYTES} bytes")
+    try:
+        return load_mapping(text)
+    except MappingError as error:
+        raise ApiError(422, "invalid_mapping", str(error)) from None
+
+
+def _suffix(name: str | None, declared: str | None) -> str:
+    """The stored upload's suffix: the format's own when declared, else the upload name's (checked)."""
+    if declared is not None:
+        if declared not in ("csv", "parquet", "jsonl"):
+            raise ApiError(422, "invalid_input", "format must be csv, parquet or jsonl")
+        return "." + declared
+    lower = (name or "").lower()
+    gz = lower.endswith(".gz")
+    stem = lower[:-3] if gz else lower
+    suffix = "." + stem.rsplit(".", 1)[-1] if "." in stem else ""
+    if suffix not in EXTENSIONS:
+        raise ApiError(422, "invalid_input", "name the file .csv, .parquet or .jsonl, or give format")
+    return suffix + (".gz" if gz else "")
+
+
+async def _save(upload: UploadFile, target: FilePath, limit: int) -> str:
+    """Copy the upload to `target` in chunks; returns its SHA-256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with target.open("wb") as out:
+        while chunk := await upload.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "request_too_large", f"an upload may be at most {limit} bytes")
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def _uploads(rt: Runtime) -> FilePath:
+    return rt.settings.data_dir / "imports"
+
+
+@router.post(
+    "/{key}/imports",
+    status_code=202,
+    response_model=ImportRunRead,
+    responses=WRITE_ERRORS,
+    summary="Import an uploaded file (CSV, Parquet, JSON lines) through a mapping; answers with the queued run",
+)
+async def post_import(
+    key: Key,
+    request: Request,
+    rt: Rt,
+    _: Analyst,
+    file: Annotated[UploadFile, File(description="The file; its name's extension gives the format")],
+    mapping: Annotated[str, Form(description="The mapping, YAML or JSON")],
+    file_format: Annotated[str | None, Form(alias="format", description="csv, parquet or jsonl")] = None,
+) -> JSONResponse:
+    parsed = _mapping(mapping)
+    source_id = await run_in_threadpool(_source_id, rt, key)
+    run_id = imports.new_run_id()
+    suffix = _suffix(file.filename, file_format or parsed.format)
+    target = _uploads(rt) / run_id / f"upload{suffix}"
+    try:
+        digest = await _save(file, target, rt.settings.import_max_bytes)
+        found = FileInput.at(target, declared=cast(Format | None, file_format or parsed.format), csv=parsed.csv)
+    except (ApiError, InputError) as error:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        if isinstance(error, InputError):
+            raise ApiError(422, "invalid_input", str(error)) from None
+        raise
+
+    def create() -> ImportRunRead:
+        with rt.db.unit_of_work() as session:
+            run = imports.create_run(
+                session,
+                source_id=source_id,
+                mapping=parsed,
+                kind="upload",
+                location=str(target),
+                fmt=found.format,
+                print_=digest,
+                options={"upload_name": (file.filename or "")[:200]},
+                run_id=run_id,
+            )
+            return _run_read(run)
+
+    created = await run_in_threadpool(create)
+    request.app.state.import_jobs.start(run_id, found)
+    return JSONResponse(created.model_dump(mode="json"), status_code=202)
+
+
+@router.get("/{key}/imports", response_model=ImportRunsRead, responses=ERRORS, summary="The source's import runs")
+def list_imports(key: Key, rt: Rt, _: Analyst, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> ImportRunsRead:
+    source_id = _source_id(rt, key)
+    with rt.db.read() as session:
+        return ImportRunsRead(data=[_run_read(r) for r in imports.list_runs(session, source_id=source_id, limit=limit)])
+
+
+def _run_or_404(rt: Runtime, key: str, run_id: str) -> ImportRun:
+    source_id = _source_id(rt, key)
+    with rt.db.read() as session:
+        run = imports.get_run(session, run_id, source_id=source_id)
+        if run is None:
+            raise ApiError(404, "import_not_found", "this source has no import run with this id")
+        return run
+
+
+@router.get(
+    "/{key}/imports/{run_id}",
+    response_model=ImportRunRead,
+    responses=ERRORS,
+    summary="An import run's status and counts (read = imported + rejected)",
+)
+def get_import(key: Key, run_id: RunId, rt: Rt, _: Analyst) -> ImportRunRead:
+    return _run_read(_run_or_404(rt, key, run_id))
+
+
+def _reject(row: ImportReject) -> RejectRead:
+    return RejectRead.model_validate(imports.reject_document(row))
+
+
+@router.get(
+    "/{key}/imports/{run_id}/rejects",
+    response_model=RejectsRead,
+    responses=ERRORS,
+    summary="The rows a run rejected, with their reasons",
+)
+def get_rejects(
+    key: Key,
+    run_id: RunId,
+    rt: Rt,
+    _: Analyst,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=0, le=2**62, description="Rejects after this id (paging)")] = 0,
+) -> RejectsRead:
+    run = _run_or_404(rt, key, run_id)
+    with rt.db.read() as session:
+        rows = imports.rejects(session, run.id, after=after, limit=limit)
+    return RejectsRead(
+        run_id=run.id, data=[_reject(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None
+    )
+
+
+@router.post(
+    "/{key}/imports/{run_id}/replay",
+    status_code=202,
+    response_model=ImportRunRead,
+    responses=WRITE_ERRORS,
+    summary="Import a run's rejected rows again, through a fixed mapping or the run's own (a new run)",
+)
+async def post_replay(key: Key, run_id: RunId, request: Request, rt: Rt, _: Analyst, body: ReplayRequest) -> Any:
+    run = await run_in_threadpool(_run_or_404, rt, key, run_id)
+    try:
+        mapping = parse_mapping(body.mapping) if body.mapping is not None else None
+    except MappingError as error:
+        raise ApiError(422, "invalid_mapping", str(error)) from None
+
+    def start() -> tuple[ImportRunRead, Any]:
+        try:
+            with rt.db.unit_of_work() as session:
+                replay, rows = imports.start_replay(session, run_id=run.id, mapping=mapping)
+                return _run_read(replay), rows
+        except imports.ImportFailed as error:
+            raise ApiError(409, error.code, error.message) from None
+
+    created, rows = await run_in_threadpool(start)
+    request.app.state.import_jobs.start(created.id, rows)
+    return JSONResponse(created.model_dump(mode="json"), status_code=202)
+
+
+@router.post(
+    "/{key}/preview",
+    response_model=PreviewRead,
+    responses=WRITE_ERRORS,
+    summary="The first rows of an uploaded file as they would be imported, with errors and matching profiles; "
+    "writes nothing",
+)
+async def post_preview(
+    key: Key,
+    rt: Rt,
+    _: Analyst,
+    file: Annotated[UploadFile, File(description="The file; its name's extension gives the format")],
+    mapping: Annotated[str, Form(description="The mapping, YAML or JSON")],
+    file_format: Annotated[str | None, Form(alias="format", description="csv, parquet or jsonl")] = None,
+    limit: Annotated[int, Form(ge=1, le=1000)] = 20,
+) -> PreviewRead:
+    parsed = _mapping(mapping)
+    source_id = await run_in_threadpool(_source_id, rt, key)
+    suffix = _suffix(file.filename, file_format or parsed.format)
+    folder = _uploads(rt) / f"preview-{uuid.uuid4().hex}"
+    try:
+        await _save(file, folder / f"upload{suffix}", rt.settings.import_max_bytes)
+
+        def work() -> PreviewRead:
+            found = FileInput.at(
+                folder / f"upload{suffix}", declared=cast(Format | None, file_format or parsed.format), csv=parsed.csv
+            )
+            with rt.db.read() as session:
+                shown = imports.preview(session, source_id=source_id, mapping=parsed, source=found, limit=limit)
+            return PreviewRead.model_validate(imports.preview_document(shown))
+
+        return await run_in_threadpool(work)
+    except InputError as error:
+        raise ApiError(422, "invalid_input", str(error)) from None
+    except MappingError as error:
+        raise ApiError(422, "invalid_mapping", str(error)) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
