@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from accord import __version__, errors
+from accord import __version__, console, errors
 from accord import metrics as counters
 from accord.config import Settings
 from accord.consent import api as consent_api
@@ -110,6 +110,7 @@ def create_app(
     app.include_router(preferences.router)
     app.include_router(sources_api.router)
     app.state.import_jobs = ImportJobs(rt.db, rt.log)
+    console.install(app)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> dict[str, str]:

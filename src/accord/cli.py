@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from itertools import count
@@ -35,6 +35,7 @@ from accord.pipeline.embedded import watch_parent
 from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
 from accord.security import service as security
+from accord.security import users
 from accord.sources import service as sources
 
 app = typer.Typer(help="Accord: open, self-hosted customer data platform.", no_args_is_help=True)
@@ -48,6 +49,8 @@ consent_app = typer.Typer(help="The consent ledger: verify, checkpoint, expire."
 app.add_typer(consent_app, name="consent")
 identity_app = typer.Typer(help="Identity rules, merge history, unmerge.", no_args_is_help=True)
 app.add_typer(identity_app, name="identity")
+user_app = typer.Typer(help="People who log in to the console.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -542,3 +545,88 @@ def imports_replay(
     from accord.sources import cli as import_cli
 
     import_cli.replay(run_id, mapping, as_json=as_json, console=console)
+
+
+def _read_password() -> str:
+    """From a prompt (typed twice, not echoed) on a terminal; else the first line of standard input."""
+    if sys.stdin.isatty():
+        return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline(users.MAX_PASSWORD + 2).rstrip("\r\n")
+
+
+@user_app.command("create")
+def user_create(
+    email: str,
+    role: Annotated[str, typer.Option(help="admin, analyst, agent or auditor")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a console user; the password is prompted for, or read from standard input's first line."""
+    password = _read_password()
+    try:
+        with _session() as session:
+            user = users.create_user(session, email=email, role=role, password=password, now=utcnow())
+            data = {"id": user.id, "email": user.email, "role": user.role}
+    except users.UserError as error:
+        _fail(str(error))
+    _print(data, as_json)
+
+
+@user_app.command("list")
+def user_list(as_json: JsonFlag = False) -> None:
+    """List console users (never their password hashes)."""
+    with _session(write=False) as session:
+        rows = [
+            {
+                "id": u.id,
+                "email": u.email,
+                "role": u.role,
+                "disabled": u.disabled_at is not None,
+                "locked_until": u.locked_until.isoformat() if u.locked_until else None,
+                "last_login_at": u.last_login_at.isoformat() if u.last_login_at else None,
+            }
+            for u in users.list_users(session)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("id", "email", "role", "disabled", "locked_until", "last_login_at")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in ("id", "email", "role", "disabled", "locked_until", "last_login_at")))
+    console.print(table)
+
+
+def _change_user(change: Callable[[Session], object]) -> None:
+    try:
+        with _session() as session:
+            change(session)
+    except users.UserError as error:
+        _fail(str(error))
+
+
+@user_app.command("disable")
+def user_disable(email: str) -> None:
+    """Stop a user from logging in; their open console sessions end at once."""
+    _change_user(lambda session: users.set_disabled(session, email=email, disabled=True, now=utcnow()))
+    console.print("user disabled")
+
+
+@user_app.command("enable")
+def user_enable(email: str) -> None:
+    """Let a disabled user log in again (and lift a lockout)."""
+    _change_user(lambda session: users.set_disabled(session, email=email, disabled=False, now=utcnow()))
+    console.print("user enabled")
+
+
+@user_app.command("set-password")
+def user_set_password(email: str) -> None:
+    """Give a user a new password (prompted, or standard input's first line); their sessions end."""
+    password = _read_password()
+    _change_user(lambda session: users.set_password(session, email=email, password=password))
+    console.print("password changed")
+
+
+@user_app.command("set-role")
+def user_set_role(email: str, role: Annotated[str, typer.Option(help="admin, analyst, agent or auditor")]) -> None:
+    """Change a user's role; it applies to their next request."""
+    _change_user(lambda session: users.set_role(session, email=email, role=role))
+    console.print(f"role set to {role}")

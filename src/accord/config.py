@@ -68,6 +68,15 @@ class Settings(BaseSettings):
         default=2 * 1024**3, ge=1024, description="Largest file an import upload may send (bytes)."
     )
     double_opt_in_days: int = Field(default=7, ge=1, le=90, description="How long a double opt-in link works.")
+    console_session_hours: float = Field(
+        default=12, gt=0, le=24 * 30, description="A console login ends this long after it began, whatever happens."
+    )
+    console_idle_minutes: float = Field(
+        default=30, gt=0, le=24 * 60, description="... or after this long without a request."
+    )
+    rate_limit_login: str = Field(
+        default="20/minute", description="Console login attempts allowed per client address; empty or 0: no limit."
+    )
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:

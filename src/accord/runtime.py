@@ -28,7 +28,10 @@ class Runtime:
                 "ACCORD_NATS_URL is set, but the JetStream event log is not built yet; unset it to use the sql log"
             )
         limits = RateLimits(
-            tracking=settings.rate_limit_tracking, api=settings.rate_limit_api, storage_url=settings.rate_limit_storage
+            tracking=settings.rate_limit_tracking,
+            api=settings.rate_limit_api,
+            login=settings.rate_limit_login,
+            storage_url=settings.rate_limit_storage,
         )
         signing = SigningKey.load_or_create(settings.signing_key_path())
         db = Database.from_settings(settings)

@@ -17,7 +17,7 @@ from accord.identity.models import Identity, IdentityRules, Merge, SeparationRow
 from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
-from accord.security.models import ApiToken
+from accord.security.models import ApiToken, ConsoleSession, User
 from accord.sources.models import ImportReject, ImportRun, Source
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Channel",
     "Checkpoint",
     "ConsentState",
+    "ConsoleSession",
     "Evidence",
     "Identity",
     "IdentityRules",
@@ -44,4 +45,5 @@ __all__ = [
     "SeparationRow",
     "Source",
     "Subject",
+    "User",
 ]

@@ -13,13 +13,16 @@ from limits import RateLimitItem, parse, storage, strategies
 
 from accord.errors import ApiError
 
+_WHOSE = {"tracking": "write key", "api": "token", "login": "client address"}
+
 
 class RateLimits:
-    def __init__(self, *, tracking: str, api: str, storage_url: str) -> None:
+    def __init__(self, *, tracking: str, api: str, storage_url: str, login: str = "") -> None:
         self._limiter = strategies.SlidingWindowCounterRateLimiter(storage.storage_from_string(storage_url))
         self._items: dict[str, RateLimitItem | None] = {
             "tracking": _parse(tracking, "ACCORD_RATE_LIMIT_TRACKING"),
             "api": _parse(api, "ACCORD_RATE_LIMIT_API"),
+            "login": _parse(login, "ACCORD_RATE_LIMIT_LOGIN"),
         }
 
     def check(self, kind: str, key: str) -> None:
@@ -32,7 +35,7 @@ class RateLimits:
         raise ApiError(
             429,
             "rate_limited",
-            f"more than {item} for this {'write key' if kind == 'tracking' else 'token'}; retry in {wait} s",
+            f"more than {item} for this {_WHOSE[kind]}; retry in {wait} s",
             {"Retry-After": str(wait)},
         )
 

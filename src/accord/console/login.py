@@ -1,0 +1,127 @@
+"""Logging in to and out of the console.
+
+The login form carries its own CSRF token (a random value in a short-lived SameSite=Strict cookie that
+the form must echo), so another site can neither log someone in under its own account nor try passwords
+through a visitor's browser. Attempts are rate-limited per client address, and each account locks for a
+growing time after repeated failures (accord.security.users).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+
+from accord.console import auth
+from accord.console.render import page
+from accord.db.base import utcnow
+from accord.errors import ApiError
+from accord.runtime import Runtime
+from accord.security import users
+from accord.security.users import Login
+
+router = APIRouter(include_in_schema=False)
+LOGIN_COOKIE = "accord_login"
+SECURE_LOGIN_COOKIE = "__Host-accord_login"
+_NEXT = re.compile(r"^/console(/[A-Za-z0-9_\-]+)*/?$")
+Anyone = Annotated[Login, Depends(auth.require_login("analyst", "agent", "auditor"))]
+_FAILED = "The email or password is wrong, or the account is locked for a while after repeated failures."
+
+
+def _login_cookie(request: Request) -> str:
+    return SECURE_LOGIN_COOKIE if auth.is_https(request) else LOGIN_COOKIE
+
+
+def _safe_next(target: str) -> str:
+    """Only a console path of our own: never another site, never a query string."""
+    return target if _NEXT.match(target) and len(target) <= 200 else "/console"
+
+
+def _login_page(
+    request: Request, *, status: int = 200, error: str = "", email: str = "", next_path: str = ""
+) -> Response:
+    token = secrets.token_urlsafe(32)
+    response = page(
+        "login.html",
+        status=status,
+        title="Log in",
+        csrf=token,
+        error=error,
+        email=email,
+        next_path=_safe_next(next_path),
+    )
+    secure = auth.is_https(request)
+    response.set_cookie(
+        _login_cookie(request), token, max_age=3600, path="/", secure=secure, httponly=True, samesite="strict"
+    )
+    return response
+
+
+@router.get("/console/login")
+async def login_page(request: Request, next: str = "/console") -> Response:
+    if await auth.current_login(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _login_page(request, next_path=next)
+
+
+@router.post("/console/login")
+async def login(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    values = await auth.form(request)
+    email = auth.field(values, "email", max_length=users.MAX_EMAIL)
+    password = auth.field(values, "password", max_length=users.MAX_PASSWORD)
+    next_path = auth.field(values, "next", max_length=200)
+    sent = auth.field(values, "csrf", max_length=200)
+    expected = request.cookies.get(_login_cookie(request), "")
+    if (
+        not auth.same_site(request)
+        or not sent
+        or not expected
+        or not hmac.compare_digest(sent.encode(), expected.encode())
+    ):
+        return _login_page(request, status=403, error="The form expired. Please try again.", email=email)
+    client = request.client.host if request.client else "unknown"
+    try:
+        rt.limits.check("login", client)
+    except ApiError as error:
+        response = _login_page(request, status=429, error="Too many attempts from here. Wait a minute.", email=email)
+        response.headers.update(error.headers or {})
+        return response
+    now = utcnow()
+    lifetime = timedelta(hours=rt.settings.console_session_hours)
+
+    def attempt() -> users.StartedSession | None:
+        with rt.db.unit_of_work() as session:
+            user = users.authenticate(session, email=email, password=password, now=now)
+            return None if user is None else users.start_session(session, user, now=now, lifetime=lifetime)
+
+    started = await run_in_threadpool(attempt)
+    if started is None:
+        return _login_page(request, status=401, error=_FAILED, email=email, next_path=next_path)
+    response = RedirectResponse(_safe_next(next_path), status_code=303)
+    auth.set_session_cookie(response, request, started.secret, int(lifetime.total_seconds()))
+    response.delete_cookie(_login_cookie(request), path="/", secure=auth.is_https(request), httponly=True)
+    return response
+
+
+@router.post("/console/logout")
+async def logout(
+    request: Request, _: Annotated[Login, Depends(auth.require_login("analyst", "agent", "auditor"))]
+) -> Response:
+    rt: Runtime = request.app.state.runtime
+    secret = auth.session_secret(request)
+
+    def end() -> None:
+        with rt.db.unit_of_work() as session:
+            users.end_session(session, secret)
+
+    await run_in_threadpool(end)
+    response = RedirectResponse("/console/login", status_code=303)
+    auth.clear_session_cookie(response, request)
+    return response

@@ -1,0 +1,65 @@
+"""Rendering console pages: one Jinja2 environment, one strict content security policy, and the error page."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+HTMX = "htmx-2.0.11.min.js"
+HTMX_SSE = "htmx-ext-sse-2.2.4.min.js"
+# Scripts and styles from our own static files only: no inline script, no eval, nothing from elsewhere.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _when(value: datetime | str | None) -> str:
+    """A time as people read it, to the second, in UTC."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return value
+
+
+templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.filters["when"] = _when
+templates.globals.update(htmx=HTMX, htmx_sse=HTMX_SSE)
+
+
+def page(name: str, *, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
+    html = templates.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status, headers={"content-security-policy": CSP, **(headers or {})})
+
+
+def fragment(name: str, **context: Any) -> str:
+    return templates.get_template(name).render(**context)
+
+
+class ConsoleError(Exception):
+    """An answer for a person: an HTML page with a status, a title and what to do."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+
+
+class LoginRequired(Exception):
+    """No live console session: the browser is sent to the login page."""

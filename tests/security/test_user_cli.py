@@ -1,0 +1,91 @@
+"""`accord user ...`: create (password from standard input), list, disable, enable, set-password, set-role."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from accord.cli import app
+from accord.config import Settings
+from accord.db.base import utcnow
+from accord.runtime import Runtime
+from accord.security import users
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    values = {"ACCORD_DATA_DIR": str(settings.data_dir)}
+    if settings.database_url:
+        values["ACCORD_DATABASE_URL"] = settings.database_url
+    return values
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env=env, input=stdin)
+    return result.exit_code, result.output
+
+
+def _login(settings: Settings, email: str, password: str) -> bool:
+    rt = Runtime.create(settings)
+    try:
+        with rt.db.unit_of_work() as session:
+            return users.authenticate(session, email=email, password=password, now=utcnow()) is not None
+    finally:
+        rt.close()
+
+
+def test_user_create_reads_the_password_from_stdin(env: dict[str, str], settings: Settings) -> None:
+    code, output = run(env, "user", "create", "Ann@Staff.Example", "--role", "agent", "--json", stdin=PASSWORD + "\n")
+    assert code == 0, output
+    created = json.loads(output)
+    assert created["email"] == "ann@staff.example"
+    assert created["role"] == "agent"
+    assert PASSWORD not in output
+    assert _login(settings, "ann@staff.example", PASSWORD)
+    listed = json.loads(run(env, "user", "list", "--json")[1])
+    assert [(u["email"], u["role"], u["disabled"]) for u in listed] == [("ann@staff.example", "agent", False)]
+    assert "hash" not in json.dumps(listed)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("bad-email", "--role", "agent"), PASSWORD, "not valid"),
+        (("a@b.example", "--role", "root"), PASSWORD, "role must be one of"),
+        (("a@b.example", "--role", "agent"), "short", "at least 12"),
+        (("a@b.example", "--role", "agent"), "", "at least 12"),
+        (("a@b.example", "--role", "agent"), "x" * 5000, "at most 1024"),
+        (("a@b.example", "--role", "agent"), PASSWORD + "\x00", "NUL"),
+    ],
+)
+def test_user_create_refuses_bad_input(env: dict[str, str], args: tuple[str, ...], stdin: str, message: str) -> None:
+    code, output = run(env, "user", "create", *args, stdin=stdin + "\n")
+    assert code == 1
+    assert message in output
+
+
+def test_a_second_user_with_the_same_email_is_refused(env: dict[str, str]) -> None:
+    assert run(env, "user", "create", "a@b.example", "--role", "admin", stdin=PASSWORD)[0] == 0
+    code, output = run(env, "user", "create", "A@B.EXAMPLE", "--role", "agent", stdin=PASSWORD)
+    assert code == 1
+    assert "exists already" in output
+
+
+def test_disable_enable_set_password_and_role(env: dict[str, str], settings: Settings) -> None:
+    assert run(env, "user", "create", "a@b.example", "--role", "agent", stdin=PASSWORD)[0] == 0
+    assert run(env, "user", "disable", "a@b.example")[0] == 0
+    assert not _login(settings, "a@b.example", PASSWORD)
+    assert run(env, "user", "enable", "a@b.example")[0] == 0
+    assert _login(settings, "a@b.example", PASSWORD)
+    assert run(env, "user", "set-password", "a@b.example", stdin="another long password\n")[0] == 0
+    assert not _login(settings, "a@b.example", PASSWORD)
+    assert _login(settings, "a@b.example", "another long password")
+    assert run(env, "user", "set-role", "a@b.example", "--role", "auditor")[0] == 0
+    assert json.loads(run(env, "user", "list", "--json")[1])[0]["role"] == "auditor"
+    for args in (("disable", "x@b.example"), ("set-role", "a@b.example", "--role", "god")):
+        code, output = run(env, "user", *args)
+        assert code == 1, output
