@@ -94,6 +94,8 @@ def test_the_error_code_scan_finds_codes() -> None:
             "identity/api.py",
             "identity/history.py",
             "sources/api.py",
+            "segments/api.py",
+            "segments/service.py",
         )
         | {"not_found", "method_not_allowed"}
     ),
@@ -119,5 +121,5 @@ def test_readme_starts_with_the_two_commands() -> None:
     first_block = readme.split("```")[1]
     assert "make run" in first_block
     assert "make test" in first_block
-    for page in ("quickstart", "concepts", "api", "operations", "architecture", "consent"):
+    for page in ("quickstart", "concepts", "api", "operations", "architecture", "consent", "segments"):
         assert f"docs/{page}.md" in readme

@@ -31,6 +31,7 @@ from accord.runtime import Runtime
 from accord.security.auth import BearerAuthentication, Principal, require_role
 from accord.security.headers import BodyLimit, SecurityHeaders, TrackingCors
 from accord.security.service import ROLES
+from accord.segments import api as segments_api
 from accord.sources import api as sources_api
 from accord.sources.jobs import ImportJobs
 
@@ -62,6 +63,7 @@ def create_app(
                 poll_interval=settings.worker_poll_interval,
                 wake=rt.log.appended,
                 consent=Capture(key=rt.signing, settings=settings),
+                segment_sweep_seconds=settings.segment_sweep_seconds,
             )
             thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
@@ -111,6 +113,8 @@ def create_app(
     app.include_router(sources_api.router)
     app.state.import_jobs = ImportJobs(rt.db, rt.log)
     console.install(app)
+    app.include_router(segments_api.router)
+    app.include_router(segments_api.profiles)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> dict[str, str]:

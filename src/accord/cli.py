@@ -36,6 +36,7 @@ from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
 from accord.security import service as security
 from accord.security import users
+from accord.segments import cli as segment_cli
 from accord.sources import service as sources
 
 app = typer.Typer(help="Accord: open, self-hosted customer data platform.", no_args_is_help=True)
@@ -51,6 +52,7 @@ identity_app = typer.Typer(help="Identity rules, merge history, unmerge.", no_ar
 app.add_typer(identity_app, name="identity")
 user_app = typer.Typer(help="People who log in to the console.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+app.add_typer(segment_cli.app, name="segment")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -159,6 +161,7 @@ def worker(
             batch_size=settings.worker_batch_size,
             poll_interval=settings.worker_poll_interval,
             consent=Capture(key=rt.signing, settings=settings),
+            segment_sweep_seconds=settings.segment_sweep_seconds,
         ).run(stop)
     finally:
         rt.close()

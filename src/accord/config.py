@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     worker_poll_interval: float = Field(
         default=0.02, description="Seconds a worker waits for new log records when idle."
     )
+    segment_sweep_seconds: float = Field(
+        default=60.0, ge=0, description="How often workers re-evaluate time-window segments; 0: never."
+    )
     public_url: str | None = Field(
         default=None,
         description="The URL customers reach Accord at (preference-centre links); default: http://host:port.",

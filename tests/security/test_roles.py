@@ -12,6 +12,7 @@ from accord.consent import catalogue
 from accord.db.base import utcnow
 from accord.runtime import Runtime
 from accord.security.service import ROLES, create_token
+from accord.segments import service as segments
 from conftest import LiveAccord
 from pipeline.helpers import process, send
 from sources.importing import LOYALTY, LOYALTY_CSV, seed_run
@@ -59,6 +60,16 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("PUT", "/api/v1/identity/rules"): ("/api/v1/identity/rules", {"blocked": ["^$", "^null$"]}),
     ("POST", "/api/v1/profiles/{ref}/unmerge"): ("/api/v1/profiles/user_id:42/unmerge", {"merge_id": 1}),
     ("POST", "/api/v1/sources/{key}/imports/{run_id}/replay"): ("/api/v1/sources/loyalty/imports/{run_id}/replay", {}),
+    ("POST", "/api/v1/segments"): (
+        "/api/v1/segments",
+        {"key": "posted", "condition": {"trait": "plan", "op": "exists"}},
+    ),
+    ("GET", "/api/v1/segments/{key}"): ("/api/v1/segments/vip", None),
+    ("PUT", "/api/v1/segments/{key}"): ("/api/v1/segments/vip", {"name": "VIP"}),
+    ("DELETE", "/api/v1/segments/{key}"): ("/api/v1/segments/vip", None),  # last of the segment rows
+    ("GET", "/api/v1/segments/{key}/versions"): ("/api/v1/segments/vip/versions", None),
+    ("GET", "/api/v1/segments/{key}/members"): ("/api/v1/segments/vip/members", None),
+    ("GET", "/api/v1/segments/{key}/export"): ("/api/v1/segments/vip/export?purpose=marketing&channel=email", None),
     ("GET", "/api/v1/profiles/{ref}/contactable"): (
         "/api/v1/profiles/user_id:42/contactable?purpose=marketing&channel=email",
         None,
@@ -84,6 +95,15 @@ def _catalogue(rt: Runtime) -> None:
         )
         catalogue.add_notice_version(
             session, key="privacy", language="en", title="Privacy", text="v1", purposes=["marketing"], url=None, now=now
+        )
+        segments.create(
+            session,
+            key="vip",
+            name="VIP",
+            description="",
+            condition={"trait": "plan", "op": "eq", "value": "gold"},
+            actor="test",
+            now=now,
         )
 
 

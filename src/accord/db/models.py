@@ -18,6 +18,7 @@ from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.security.models import ApiToken, ConsoleSession, User
+from accord.segments.models import Segment, SegmentMembership, SegmentTransition, SegmentVersion
 from accord.sources.models import ImportReject, ImportRun, Source
 
 __all__ = [
@@ -42,6 +43,10 @@ __all__ = [
     "Purpose",
     "QuarantinedEvent",
     "Receipt",
+    "Segment",
+    "SegmentMembership",
+    "SegmentTransition",
+    "SegmentVersion",
     "SeparationRow",
     "Source",
     "Subject",

@@ -20,6 +20,7 @@ from accord.db.engine import Database
 from accord.ingest import quarantine
 from accord.log.port import Delivery, EventLog
 from accord.pipeline.process import Item, Outcome, StaleRead, process_events
+from accord.segments.jobs import SegmentJobs
 
 log = structlog.get_logger(__name__)
 RETRIES = 5
@@ -34,12 +35,16 @@ class Worker:
     wake: threading.Event | None = None
     consent: Capture | None = None
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
+    segment_sweep_seconds: float = 60.0  # when idle: segment backfills, and this often the time-window sweep
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
+        jobs = SegmentJobs(self.db, sweep_every=self.segment_sweep_seconds)
         while not stop.is_set():
             try:
                 handled = self.run_once()
+                if handled == 0 and jobs.tick():
+                    continue
             except Exception as error:  # the database went away, say: wait, then carry on
                 log.warning("worker run failed; retrying", error=type(error).__name__)
                 handled = 0

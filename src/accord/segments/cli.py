@@ -1,0 +1,239 @@
+"""`accord segment ...`: define, read and delete segments; backfill and sweep. Thin: services do the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from accord.config import Settings
+from accord.db import migrate as migrations
+from accord.db.base import utcnow
+from accord.db.engine import Database
+from accord.logs import configure_logging
+from accord.segments import conditions, service
+from accord.segments.models import Segment
+
+app = typer.Typer(help="Segments: define, list, show, delete; backfill and sweep.", no_args_is_help=True)
+console = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+MAX_DOCUMENT = 64 * 1024
+
+
+@contextmanager
+def _database() -> Iterator[Database]:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    db = Database.from_settings(settings)
+    try:
+        migrations.upgrade(db)
+        yield db
+    finally:
+        db.dispose()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def _document(source: str) -> Any:
+    """A JSON condition: inline, @file, or - for standard input."""
+    try:
+        if source == "-":
+            text = sys.stdin.read(MAX_DOCUMENT + 1)
+        elif source.startswith("@"):
+            text = Path(source[1:]).read_text()[: MAX_DOCUMENT + 1]
+        else:
+            text = source
+        if len(text) > MAX_DOCUMENT:
+            _fail(f"a condition is at most {MAX_DOCUMENT} bytes")
+        return json.loads(text)
+    except (OSError, ValueError) as error:
+        _fail(f"cannot read a JSON condition from {source[:200]!r}: {type(error).__name__}")
+
+
+def _data(row: Segment, size: int) -> dict[str, Any]:
+    return {
+        "key": row.key,
+        "name": row.name,
+        "description": row.description,
+        "version": row.version,
+        "condition": row.condition,
+        "backfill": {"status": row.status, "done": row.backfill_done, "total": row.backfill_total},
+        "size": size,
+        "updated_at": row.updated_at.isoformat(),
+        "actor": row.actor,
+    }
+
+
+def _backfill(db: Database, key: str, *, quiet: bool) -> None:
+    with Progress(console=console, disable=quiet, transient=True) as bar:
+        task = bar.add_task(f"backfilling {key}", total=None)
+        while True:
+            with db.unit_of_work() as session:
+                step = service.backfill_step(session, key, now=utcnow())
+            bar.update(task, completed=step.done, total=max(step.total, step.done))
+            if step.finished:
+                return
+
+
+def _show(db: Database, key: str, as_json: bool) -> None:
+    with db.read() as session:
+        row = service.get(session, key)
+        data = _data(row, service.size(session, key))
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        for name, value in data.items():
+            console.print(f"[bold]{name}[/bold]: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+def _save(
+    key: str,
+    condition: str | None,
+    name: str | None,
+    description: str | None,
+    backfill: bool,
+    as_json: bool,
+    *,
+    new: bool,
+) -> None:
+    document = _document(condition) if condition is not None else None
+    with _database() as db:
+        try:
+            with db.unit_of_work() as session:
+                if new:
+                    service.create(
+                        session,
+                        key=key,
+                        name=name or "",
+                        description=description or "",
+                        condition=document,
+                        actor="cli",
+                        now=utcnow(),
+                    )
+                else:
+                    service.change(
+                        session,
+                        key=key,
+                        name=name,
+                        description=description,
+                        condition=document,
+                        actor="cli",
+                        now=utcnow(),
+                    )
+            if backfill:
+                _backfill(db, key, quiet=as_json)
+            _show(db, key, as_json)
+        except (service.SegmentError, conditions.ConditionError) as error:
+            _fail(str(error))
+
+
+@app.command("create")
+def create(
+    key: Annotated[str, typer.Argument(help="The segment's key (a-z, 0-9, _ . -)")],
+    condition: Annotated[str, typer.Option(help="The condition: JSON, @file or - for standard input")],
+    name: Annotated[str | None, typer.Option(help="A readable name")] = None,
+    description: Annotated[str | None, typer.Option(help="What the segment is for")] = None,
+    backfill: Annotated[bool, typer.Option("--backfill/--no-backfill", help="Evaluate every profile now")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a segment and backfill it from the stored profiles (with progress)."""
+    _save(key, condition, name, description, backfill, as_json, new=True)
+
+
+@app.command("update")
+def update(
+    key: Annotated[str, typer.Argument(help="The segment's key")],
+    condition: Annotated[str | None, typer.Option(help="A new condition: JSON, @file or -")] = None,
+    name: Annotated[str | None, typer.Option(help="A new name")] = None,
+    description: Annotated[str | None, typer.Option(help="A new description")] = None,
+    backfill: Annotated[bool, typer.Option("--backfill/--no-backfill", help="Evaluate every profile now")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a segment (a new version); a changed condition is backfilled again."""
+    _save(key, condition, name, description, backfill, as_json, new=False)
+
+
+@app.command("list")
+def list_segments(as_json: JsonFlag = False) -> None:
+    """List segments with their size and backfill status."""
+    with _database() as db, db.read() as session:
+        rows = service.listing(session)
+        sizes = service.sizes(session, [r.key for r in rows])
+        data = [_data(row, sizes.get(row.key, 0)) for row in rows]
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    table = Table("key", "name", "version", "size", "backfill")
+    for row in data:
+        table.add_row(row["key"], row["name"], str(row["version"]), str(row["size"]), row["backfill"]["status"])
+    console.print(table)
+
+
+@app.command("show")
+def show(key: Annotated[str, typer.Argument(help="The segment's key")], as_json: JsonFlag = False) -> None:
+    """Show one segment: condition, version, size, backfill."""
+    with _database() as db:
+        try:
+            _show(db, key, as_json)
+        except service.SegmentError as error:
+            _fail(str(error))
+
+
+@app.command("delete")
+def delete(key: Annotated[str, typer.Argument(help="The segment's key")], as_json: JsonFlag = False) -> None:
+    """Delete a segment and its memberships (refused while another segment reads it)."""
+    with _database() as db:
+        try:
+            with db.unit_of_work() as session:
+                gone = service.remove(session, key=key, actor="cli", now=utcnow())
+        except service.SegmentError as error:
+            _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps({"deleted": key, "memberships": gone}))
+    else:
+        console.print(f"segment {key!r} deleted ({gone} memberships)")
+
+
+@app.command("backfill")
+def backfill(as_json: JsonFlag = False) -> None:
+    """Finish every pending backfill now (workers do it too, a chunk at a time)."""
+    with _database() as db:
+        with db.read() as session:
+            keys = service.pending_backfills(session)
+        for key in keys:
+            _backfill(db, key, quiet=as_json)
+    if as_json:
+        typer.echo(json.dumps({"backfilled": keys}))
+    else:
+        console.print(f"backfilled {len(keys)} segments")
+
+
+@app.command("sweep")
+def sweep(as_json: JsonFlag = False) -> None:
+    """Re-evaluate time-window segments for every profile now (workers do it periodically)."""
+    now = utcnow()
+    profiles = 0
+    after: str | None = None
+    with _database() as db:
+        while True:
+            with db.unit_of_work() as session:
+                last = service.sweep_step(session, now=now, after=after)
+            if last is None:
+                break
+            profiles += 1
+            after = last
+    if as_json:
+        typer.echo(json.dumps({"swept_chunks": profiles}))
+    else:
+        console.print(f"swept {profiles} chunks of profiles")

@@ -1,0 +1,325 @@
+"""Evaluating segments against stored profiles and writing what changed.
+
+Everything here reads the profile as stored (traits, the timeline, consent state), so streaming,
+backfill, the sweep and a full recompute all give the same answer for the same moment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from accord.consent import catalogue as consent_catalogue
+from accord.consent import service as consent_service
+from accord.consent.models import ConsentState
+from accord.profiles.models import Profile, ProfileEvent
+from accord.segments import conditions
+from accord.segments.conditions import Facts, Node, References
+from accord.segments.models import Segment, SegmentMembership, SegmentTransition
+
+PROFILES = cast(Table, Profile.__table__)
+EVENTS = cast(Table, ProfileEvent.__table__)
+MEMBERSHIPS = cast(Table, SegmentMembership.__table__)
+TRANSITIONS = cast(Table, SegmentTransition.__table__)
+CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    key: str
+    version: int
+    node: Node
+    refs: References
+
+
+@dataclass(slots=True)
+class Active:
+    """The segments in force, compiled, in dependency order, with the indexes streaming uses."""
+
+    stamp: tuple[Any, ...] = ()
+    ordered: list[Compiled] = field(default_factory=list)
+    by_key: dict[str, Compiled] = field(default_factory=dict)
+    by_trait: dict[str, set[str]] = field(default_factory=dict)
+    by_event: dict[str, set[str]] = field(default_factory=dict)
+    consent: set[str] = field(default_factory=set)
+    timed: set[str] = field(default_factory=set)  # may change with time alone (windows, consent expiry)
+    dependents: dict[str, set[str]] = field(default_factory=dict)
+
+    def closure(self, keys: Iterable[str]) -> set[str]:
+        """These segments and every segment that reads them, transitively."""
+        found = set(keys)
+        frontier = list(found)
+        while frontier:
+            for dependent in self.dependents.get(frontier.pop(), ()):
+                if dependent not in found:
+                    found.add(dependent)
+                    frontier.append(dependent)
+        return found
+
+
+_cache: dict[str, Active] = {}
+_lock = threading.Lock()
+
+
+def active(session: Session) -> Active:
+    """The segments in force: one small aggregate read; compiled again only after a change."""
+    s = Segment.__table__.c
+    # (key, version, updated_at) of every segment: a handful of rows; a version is never reused for a key.
+    stamp = tuple((k, v, u) for k, v, u in session.execute(select(s.key, s.version, s.updated_at).order_by(s.key)))
+    bind = str(session.get_bind().engine.url)
+    cached = _cache.get(bind)
+    if cached is not None and cached.stamp == stamp:
+        return cached
+    rows = session.execute(select(s.key, s.version, s.condition).order_by(s.key)).all()
+    compiled = compile_segments([(key, version, condition) for key, version, condition in rows], stamp)
+    with _lock:
+        _cache[bind] = compiled
+    return compiled
+
+
+def compile_segments(rows: list[tuple[str, int, dict[str, Any]]], stamp: tuple[Any, ...] = ()) -> Active:
+    result = Active(stamp=stamp)
+    for key, version, document in rows:
+        node = conditions.parse(document)
+        result.by_key[key] = Compiled(key, version, node, conditions.references(node))
+    for key, item in result.by_key.items():
+        for trait in item.refs.traits:
+            result.by_trait.setdefault(trait, set()).add(key)
+        for event in item.refs.events:
+            result.by_event.setdefault(event, set()).add(key)
+        if item.refs.purposes:
+            result.consent.add(key)
+            result.timed.add(key)  # a grant can lapse
+        if item.refs.timed:
+            result.timed.add(key)
+        for other in item.refs.segments:
+            result.dependents.setdefault(other, set()).add(key)
+    result.ordered = [result.by_key[key] for key in dependency_order(result.by_key)]
+    result.timed = result.closure(result.timed)
+    return result
+
+
+def dependency_order(segments: Mapping[str, Compiled]) -> list[str]:
+    """Keys with every segment a condition reads before it (saving refuses cycles; a missing one reads as
+    empty)."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(key: str) -> None:
+        if state.get(key) == 2:
+            return
+        if state.get(key) == 1:
+            raise ValueError(f"segment {key!r} is part of a cycle")
+        state[key] = 1
+        for other in sorted(segments[key].refs.segments):
+            if other in segments:
+                visit(other)
+        state[key] = 2
+        order.append(key)
+
+    for key in sorted(segments):
+        visit(key)
+    return order
+
+
+def _chunks(values: list[str], size: int = CHUNK) -> Iterable[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def load_facts(
+    session: Session, profile_ids: list[str], segments: Iterable[Compiled], now: datetime
+) -> dict[str, Facts]:
+    """The facts the given segments read, for the live profiles among `profile_ids`."""
+    wanted = list(segments)
+    names = sorted({name for item in wanted for name in item.refs.events})
+    properties = any(item.refs.needs_properties for item in wanted)
+    purposes = {purpose for item in wanted for purpose in item.refs.purposes}
+    p, e = PROFILES.c, EVENTS.c
+    facts: dict[str, Facts] = {}
+    for chunk in _chunks(sorted(set(profile_ids))):
+        for profile_id, traits in session.execute(
+            select(p.id, p.traits).where(p.id.in_(chunk), p.merged_into.is_(None))
+        ):
+            facts[profile_id] = Facts(traits=traits or {}, events={})
+        if names:
+            columns = [e.profile_id, e.event, e.timestamp] + ([e.payload] if properties else [])
+            query = select(*columns).where(e.profile_id.in_(chunk), e.type == "track", e.event.in_(names))
+            for row in session.execute(query):
+                found = facts.get(row[0])
+                if found is not None:
+                    props = (row[3].get("properties") or {}) if properties else {}
+                    cast(dict[str, list[Any]], found.events).setdefault(row[1], []).append(
+                        (row[2], props if isinstance(props, dict) else {})
+                    )
+    if purposes and facts:
+        _load_consent(session, facts, purposes, now)
+    return facts
+
+
+def _load_consent(session: Session, facts: dict[str, Facts], purposes: set[str], now: datetime) -> None:
+    views = {key: consent_catalogue.get_purpose(session, key) for key in sorted(purposes)}
+    p = PROFILES.c
+    owner = {pid: pid for pid in facts}
+    for chunk in _chunks(sorted(facts)):
+        for absorbed, survivor in session.execute(select(p.id, p.merged_into).where(p.merged_into.in_(chunk))):
+            owner[absorbed] = survivor
+    states: dict[str, list[consent_service.State]] = {}
+    for chunk in _chunks(sorted(owner)):
+        for row in session.scalars(select(ConsentState).where(ConsentState.profile_id.in_(chunk))):
+            states.setdefault(owner[row.profile_id], []).append(
+                consent_service.State(
+                    row.purpose, row.channel, row.status, row.seq, row.record_id, row.occurred_at, row.expires_at
+                )
+            )
+    for profile_id, found in facts.items():
+        folded = consent_service.fold(states.get(profile_id, []))
+
+        def allowed(purpose: str, channel: str, folded: Any = folded) -> bool:
+            view = views.get(purpose)
+            return view is not None and consent_service.decide(view, channel, folded, now).allowed
+
+        found.allowed = allowed
+
+
+def memberships(session: Session, profile_ids: list[str]) -> dict[str, dict[str, datetime]]:
+    """{profile id: {segment key: entered_at}} as stored."""
+    m = MEMBERSHIPS.c
+    stored: dict[str, dict[str, datetime]] = {}
+    for chunk in _chunks(sorted(set(profile_ids))):
+        for key, profile_id, entered_at in session.execute(
+            select(m.segment_key, m.profile_id, m.entered_at).where(m.profile_id.in_(chunk))
+        ):
+            stored.setdefault(profile_id, {})[key] = entered_at
+    return stored
+
+
+ALL = None  # in a `wanted` map: every segment
+
+
+@dataclass(slots=True)
+class Changes:
+    entered: list[tuple[str, str]] = field(default_factory=list)  # (segment, profile)
+    exited: list[tuple[str, str]] = field(default_factory=list)
+
+
+def refresh(
+    session: Session, wanted: Mapping[str, set[str] | None], now: datetime, *, segments: Active | None = None
+) -> Changes:
+    """Re-evaluate, for each profile in `wanted`, the segments named (None: all), and every segment that
+    reads them; write memberships and transitions for what changed. Profiles no longer live (merged away)
+    lose their memberships."""
+    segments = segments or active(session)
+    changes = Changes()
+    if not wanted:
+        return changes
+    per_profile = {
+        pid: set(segments.by_key) if keys is None else segments.closure(k for k in keys if k in segments.by_key)
+        for pid, keys in wanted.items()
+    }
+    needed = {key for keys in per_profile.values() for key in keys}
+    stored = memberships(session, list(wanted))
+    facts = load_facts(
+        session, [pid for pid, keys in per_profile.items() if keys], (segments.by_key[k] for k in needed), now
+    )
+    gone: list[str] = []
+    for profile_id, keys in per_profile.items():
+        current = stored.get(profile_id, {})
+        found = facts.get(profile_id)
+        if found is None:
+            if current and not _is_live(session, profile_id):
+                gone.append(profile_id)
+            continue
+        found.segments = set(current)
+        for item in segments.ordered:
+            if item.key not in keys:
+                continue
+            inside = conditions.evaluate(item.node, found, now)
+            if inside and item.key not in current:
+                found.segments.add(item.key)
+                changes.entered.append((item.key, profile_id))
+            elif not inside and item.key in current:
+                found.segments.discard(item.key)
+                changes.exited.append((item.key, profile_id))
+    if gone:
+        m = MEMBERSHIPS.c
+        session.execute(delete(MEMBERSHIPS).where(m.profile_id.in_(gone)))
+    write(session, changes, segments, now)
+    return changes
+
+
+def _is_live(session: Session, profile_id: str) -> bool:
+    p = PROFILES.c
+    return session.execute(select(p.id).where(p.id == profile_id, p.merged_into.is_(None))).first() is not None
+
+
+def write(session: Session, changes: Changes, segments: Active, now: datetime) -> None:
+    if changes.entered:
+        session.execute(
+            MEMBERSHIPS.insert(),
+            [{"segment_key": key, "profile_id": pid, "entered_at": now} for key, pid in changes.entered],
+        )
+    if changes.exited:
+        m = MEMBERSHIPS.c
+        for start in range(0, len(changes.exited), CHUNK):
+            session.execute(
+                delete(MEMBERSHIPS).where(
+                    tuple_(m.segment_key, m.profile_id).in_(changes.exited[start : start + CHUNK])
+                )
+            )
+    rows = [
+        {"segment_key": key, "profile_id": pid, "kind": kind, "version": segments.by_key[key].version, "at": now}
+        for kind, found in (("entered", changes.entered), ("exited", changes.exited))
+        for key, pid in found
+    ]
+    if rows:
+        session.execute(TRANSITIONS.insert(), rows)
+
+
+def live_profiles_after(session: Session, after: str | None, limit: int) -> list[str]:
+    p = PROFILES.c
+    query = select(p.id).where(p.merged_into.is_(None)).order_by(p.id).limit(limit)
+    if after is not None:
+        query = query.where(p.id > after)
+    return list(session.scalars(query))
+
+
+def count_live(session: Session) -> int:
+    p = PROFILES.c
+    return int(session.scalar(select(func.count()).select_from(PROFILES).where(p.merged_into.is_(None))) or 0)
+
+
+def recompute(session: Session, now: datetime, *, segments: Active | None = None) -> set[tuple[str, str]]:
+    """Every (segment, profile) membership as a fresh batch evaluation gives it, stored memberships
+    ignored. Reads only; for checks and tests."""
+    segments = segments or active(session)
+    result: set[tuple[str, str]] = set()
+    after: str | None = None
+    while True:
+        ids = live_profiles_after(session, after, CHUNK)
+        if not ids:
+            return result
+        facts = load_facts(session, ids, segments.ordered, now)
+        for profile_id, found in facts.items():
+            found.segments = set()
+            for item in segments.ordered:
+                if conditions.evaluate(item.node, found, now):
+                    found.segments.add(item.key)
+                    result.add((item.key, profile_id))
+        after = ids[-1]
+
+
+def live_of(session: Session, profile_ids: list[str]) -> set[str]:
+    """The live profiles these ids are, or were merged into."""
+    p = PROFILES.c
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(profile_ids))):
+        for profile_id, merged_into in session.execute(select(p.id, p.merged_into).where(p.id.in_(chunk))):
+            found.add(merged_into or profile_id)
+    return found
