@@ -89,6 +89,15 @@ def test_documents_that_are_not_mappings_are_refused(text: str) -> None:
         load_mapping(text)
 
 
+def test_nul_characters_are_refused() -> None:
+    text = (
+        '{"mapping": 1, "name": "a\\u0000b", "identifiers": [{"field": "a", "type": "user_id"}], '
+        '"traits": [{"field": "a"}]}'
+    )
+    with pytest.raises(MappingError, match="NUL"):
+        load_mapping(text)
+
+
 def test_oversized_mappings_are_refused() -> None:
     with pytest.raises(MappingError, match="at most"):
         load_mapping("#" * (300 * 1024))

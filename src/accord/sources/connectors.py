@@ -6,6 +6,7 @@ Files (CSV, Parquet, JSON lines) are read by DuckDB itself, streaming; a CSV lin
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -152,11 +153,17 @@ class FileInput:
         """With auto-detection off, DuckDB needs the columns: read them from the header line."""
         options = self.csv
         opener = gzip.open if self.path.name.lower().endswith(".gz") else open
-        with opener(self.path, "rb") as handle:
-            line = handle.readline(MAX_LINE_BYTES)
         codec = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}[options.encoding]
+        with opener(self.path, "rb") as handle:
+            head = handle.read(MAX_LINE_BYTES)
         try:
-            text = line.decode(codec)
+            if options.encoding == "utf-16":  # its newline is two bytes: decode first, then find it
+                decoded = codecs.getincrementaldecoder(codec)(errors="replace").decode(head, final=False)
+                text = decoded.split("\n", 1)[0]
+                if "\ufffd" in text:
+                    raise UnicodeDecodeError(codec, b"", 0, 1, "invalid")
+            else:
+                text = head.split(b"\n", 1)[0].decode(codec)
         except UnicodeDecodeError:
             raise InputError(f"the header line of {self.path.name!r} is not {options.encoding}") from None
         names = next(csv.reader([text.rstrip("\r\n")], delimiter=options.delimiter, quotechar=options.quote), [])
@@ -174,7 +181,10 @@ class FileInput:
             "SELECT line, any_value(csv_line), string_agg(DISTINCT error_type || ': ' || error_message, '; ') "
             "FROM accord_line_rejects GROUP BY line ORDER BY line"
         ).fetchall()
-        return [LineReject(int(line), str(text or ""), str(reason)[:500]) for line, text, reason in rows]
+        return [
+            LineReject(int(line), str(text or "").replace("\x00", "\ufffd"), str(reason)[:500].replace("\x00", ""))
+            for line, text, reason in rows
+        ]
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

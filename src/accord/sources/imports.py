@@ -374,7 +374,7 @@ class Runner:
             run = session.get(ImportRun, run_id)
             assert run is not None
             run.status = status
-            run.error = error
+            run.error = error.replace("\x00", "\ufffd") if error else error  # PostgreSQL stores no NUL
             run.heartbeat_at = utcnow()
             if status in ("done", "failed"):
                 run.finished_at = utcnow()

@@ -13,6 +13,8 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from accord.ingest.spec import contains_nul
+
 MAPPING_LANGUAGE = 1  # the version of this document format (`mapping: 1`)
 MAX_MAPPING_BYTES = 256 * 1024
 MAX_FIELDS = 500
@@ -234,6 +236,8 @@ def parse_mapping(data: Any) -> Mapping:
     """Check a parsed document; MappingError names the part at fault."""
     if not isinstance(data, dict):
         raise MappingError("mapping: the document must be an object (YAML mapping or JSON object)")
+    if contains_nul(data):
+        raise MappingError("mapping: contains a NUL character (\\u0000), which is not allowed")
     # Fields used by identifiers/traits/event but not declared are input columns of the same name.
     data = dict(data)
     declared = {f.get("name") for f in data.get("fields") or [] if isinstance(f, dict)}

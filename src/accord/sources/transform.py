@@ -120,7 +120,7 @@ def compile_query(mapping: Mapping, input_columns: list[str]) -> Query:
         needed = spec.concat if spec.concat is not None else [] if spec.sql is not None else [spec.column]
         for column in needed:
             if column not in present:
-                shown = ", ".join(input_columns[:20]) or "none"
+                shown = ", ".join(repr(c)[1:-1] for c in input_columns[:20]) or "none"
                 raise MappingError(f"fields[{index}]: the input has no column {column!r} (its columns: {shown})")
     types = mapping.output_types()
     selected = [quote_name(c) for c in input_columns]
@@ -204,7 +204,9 @@ class RowMapper:
                 )
 
     def raw(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        return {name: json_safe(row[i]) for i, name in enumerate(self.query.input_columns)}
+        """The input row as kept with a rejected row (PostgreSQL stores no NUL: it becomes U+FFFD)."""
+        kept = {name: json_safe(row[i]) for i, name in enumerate(self.query.input_columns)}
+        return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in kept.items()}
 
     def values(self, row: tuple[Any, ...]) -> dict[str, Any]:
         return {name: json_safe(row[i]) for name, i in self._index.items()}
