@@ -500,6 +500,35 @@ def import_file(
     )
 
 
+@app.command("import-table")
+def import_table(
+    url: Annotated[str, typer.Option(help="postgresql://..., mysql://... (or mariadb://...), sqlite:///path")],
+    mapping: Annotated[Path, typer.Option("--mapping", help="The mapping (YAML or JSON)")],
+    table: Annotated[str | None, typer.Option(help="A table, optionally schema.table")] = None,
+    query: Annotated[str | None, typer.Option(help="A SELECT query, instead of a table")] = None,
+    cursor: Annotated[
+        str | None, typer.Option(help="A column that grows: read only rows from where the last run stopped")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Source name or id (default: the mapping's, or its name)")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Read every row, not only those after the last run")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a table or query of PostgreSQL, MySQL/MariaDB or SQLite, incrementally by a cursor column."""
+    from accord.sources import cli as import_cli
+
+    import_cli.import_table(
+        url,
+        mapping,
+        table=table,
+        query=query,
+        cursor=cursor,
+        source=source,
+        full=full,
+        as_json=as_json,
+        console=console,
+    )
+
+
 @imports_app.command("list")
 def imports_list(
     source: Annotated[str | None, typer.Option(help="Only this source's runs")] = None,

@@ -288,3 +288,53 @@ def resume(run_id: str, *, as_json: bool, console: Console) -> None:
     _print(run_summary(done), as_json, console)
     if done.status != "done":
         raise typer.Exit(1)
+
+
+def import_table(
+    url: str,
+    mapping_path: Path,
+    *,
+    table: str | None,
+    query: str | None,
+    cursor: str | None,
+    source: str | None,
+    full: bool,
+    as_json: bool,
+    console: Console,
+) -> None:
+    from accord.sources import tables
+
+    mapping = _mapping(mapping_path, console)
+    spec = tables.TableSpec(url=url, table=table, query=query, cursor=cursor)
+    if (table is None) == (query is None):
+        _fail(console, "give --table or --query (one of them)")
+    try:
+        spec.database_url()
+    except InputError as error:
+        _fail(console, str(error))
+    name = source or mapping.source or mapping.name
+    with _runtime() as rt:
+        with rt.db.unit_of_work() as session:
+            row = imports.find_source(session, name)
+            source_id = row.id if row is not None else sources.create_source(session, name=name).id
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            run = tables.run_table_import(
+                rt.db,
+                rt.log,
+                source_id=source_id,
+                mapping=mapping,
+                spec=spec,
+                data_dir=rt.settings.data_dir,
+                full=full,
+                stop=stop,
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    _print(run_summary(run), as_json, console)
+    if run.status == "failed":
+        raise typer.Exit(1)
+    if run.status == "interrupted":
+        raise typer.Exit(130)
