@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from accord import __version__, console, errors
 from accord import metrics as counters
+from accord.audit import api as audit_api
 from accord.config import Settings
 from accord.consent import api as consent_api
 from accord.consent import preferences
@@ -115,6 +116,7 @@ def create_app(
     console.install(app)
     app.include_router(segments_api.router)
     app.include_router(segments_api.profiles)
+    app.include_router(audit_api.router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> dict[str, str]:

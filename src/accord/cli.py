@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from accord.audit import service as audit
 from accord.config import Settings
 from accord.consent import ledger as consent_ledger
 from accord.consent import service as consent_service
@@ -53,6 +54,8 @@ app.add_typer(identity_app, name="identity")
 user_app = typer.Typer(help="People who log in to the console.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(segment_cli.app, name="segment")
+audit_app = typer.Typer(help="The audit trail: verify, checkpoint.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -79,6 +82,20 @@ def _session(*, write: bool = True) -> Iterator[Session]:
     """One unit of work (or a read) for a command, on the migrated database."""
     with _db(_settings()) as db, db.unit_of_work() if write else db.read() as session:
         yield session
+
+
+def _audit(session: Session, action: str, target_type: str | None, target_id: str | None, **details: Any) -> None:
+    """Record what a command changed, as the command line, in the command's transaction."""
+    key = SigningKey.load_or_create(Settings().signing_key_path())
+    audit.record_audit(
+        session,
+        key=key,
+        actor=audit.CLI,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+    )
 
 
 def _print(data: dict[str, Any], as_json: bool) -> None:
@@ -173,6 +190,7 @@ def source_create(name: str, as_json: JsonFlag = False) -> None:
     try:
         with _session() as session:
             created = sources.create_source(session, name=name)
+            _audit(session, "source.create", "source", created.id, name=created.name)
     except (sources.SourceExists, ValueError) as error:
         _fail(str(error))
     _print({"id": created.id, "name": created.name, "write_key": created.write_key}, as_json)
@@ -198,7 +216,8 @@ def source_list(as_json: JsonFlag = False) -> None:
 def _set_source(name: str, enabled: bool) -> None:
     try:
         with _session() as session:
-            sources.set_enabled(session, name=name, enabled=enabled)
+            source = sources.set_enabled(session, name=name, enabled=enabled)
+            _audit(session, "source.enable" if enabled else "source.disable", "source", source.id)
     except sources.SourceNotFound as error:
         _fail(str(error))
     console.print(f"source {name!r} {'enabled' if enabled else 'disabled'}")
@@ -228,6 +247,8 @@ def token_create(
     try:
         with _session() as session:
             created = security.create_token(session, role=role, description=description, expires_in=expires)
+            expires_at = created.expires_at.isoformat() if created.expires_at else None
+            _audit(session, "token.create", "token", created.id, role=created.role, expires_at=expires_at)
     except ValueError as error:
         _fail(str(error))
     _print(
@@ -247,6 +268,7 @@ def token_revoke(token_id: str) -> None:
     try:
         with _session() as session:
             security.revoke_token(session, token_id=token_id)
+            _audit(session, "token.revoke", "token", token_id)
     except security.TokenNotFound as error:
         _fail(str(error))
     console.print(f"token {token_id} revoked")
@@ -358,6 +380,8 @@ def consent_checkpoint(as_json: JsonFlag = False) -> None:
     """Sign a checkpoint of the ledger's head now (nothing when the head is signed already)."""
     with _consent_runtime() as (db, key, _), db.unit_of_work() as session:
         row = consent_ledger.checkpoint(session, key=key, now=utcnow())
+        if row is not None:
+            _audit(session, "consent.checkpoint", "consent_ledger", None, seq=row.seq)
         data = {"signed": row is not None, "seq": row.seq if row else None, "hash": row.hash if row else None}
     _print(data, as_json)
 
@@ -367,6 +391,8 @@ def consent_expire(as_json: JsonFlag = False) -> None:
     """Record `expired` for every consent whose expiry has passed (the state reads expired already)."""
     with _consent_runtime() as (db, key, settings), db.unit_of_work() as session:
         count = consent_service.expire_lapsed(session, key=key, settings=settings, now=utcnow(), limit=1_000_000)
+        if count:
+            _audit(session, "consent.expire", "consent_ledger", None, expired=count)
     _print({"expired": count}, as_json)
 
 
@@ -396,6 +422,7 @@ def identity_set_rules(
     try:
         with _session() as session:
             rules = identity_service.set_rules(session, document, actor="cli", now=utcnow())
+            _audit(session, "identity.rules.set", "identity_rules", str(rules.version), version=rules.version)
     except identity_service.RulesError as error:
         _fail(str(error))
     _print({"version": rules.version}, as_json)
@@ -461,6 +488,46 @@ def identity_unmerge(
         except identity_history_service.UnmergeError as error:
             _fail(str(error))
         data = {"unmerge_id": done.unmerge_id, "profiles": done.profiles, "moved_events": done.moved_events}
+        _audit(
+            session,
+            "profile.unmerge",
+            "profile",
+            profile.id,
+            merge_id=done.merge_id,
+            unmerge_id=done.unmerge_id,
+            profiles=list(done.profiles),
+        )
+    _print(data, as_json)
+
+
+def _verification(report: Any) -> dict[str, Any]:
+    bad = report.first_bad
+    return {
+        "ok": report.ok,
+        "records": report.records,
+        "checkpoints": report.checkpoints,
+        "head_seq": report.head_seq,
+        "head_hash": report.head_hash,
+        "first_bad": None if bad is None else {"seq": bad.seq, "record_id": bad.record_id, "problem": bad.problem},
+    }
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonFlag = False) -> None:
+    """Walk the whole audit trail; exit 1 and name the first bad record if anything was tampered with."""
+    with _consent_runtime() as (db, key, _):
+        report = audit.verify(db.engine, key=key)
+    _print(_verification(report), as_json)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(as_json: JsonFlag = False) -> None:
+    """Sign a checkpoint of the audit trail's head now (nothing when the head is signed already)."""
+    with _consent_runtime() as (db, key, _), db.unit_of_work() as session:
+        row = audit.checkpoint(session, key=key, now=utcnow())
+        data = {"signed": row is not None, "seq": row.seq if row else None, "hash": row.hash if row else None}
     _print(data, as_json)
 
 

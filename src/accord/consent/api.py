@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from accord.audit.service import record_audit
 from accord.consent import catalogue, ledger, service
 from accord.consent.models import Checkpoint, Notice
 from accord.consent.schemas import (
@@ -43,9 +44,9 @@ from accord.consent.schemas import (
 )
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented
-from accord.profiles.api import Ref, resolve_or_404
+from accord.profiles.api import Ref, audit_read, resolve_or_404
 from accord.runtime import Runtime, runtime
-from accord.security.auth import Principal, require_role
+from accord.security.auth import Principal, actor_of, require_role
 from accord.security.service import ROLES
 
 profiles = APIRouter(prefix="/api/v1/profiles", tags=["consent"])
@@ -142,10 +143,12 @@ def list_purposes(rt: Rt, _: Anyone) -> PurposeList:
     responses=WRITE_ERRORS,
     summary="Create or change a purpose (a change bumps its version)",
 )
-def put_purpose(key: Annotated[str, Path(max_length=120)], body: PurposeWrite, rt: Rt, _: Admin) -> PurposeRead:
+def put_purpose(
+    request: Request, key: Annotated[str, Path(max_length=120)], body: PurposeWrite, rt: Rt, principal: Admin
+) -> PurposeRead:
     try:
         with rt.db.unit_of_work() as session:
-            view, _created = catalogue.put_purpose(
+            view, created = catalogue.put_purpose(
                 session,
                 key=key,
                 name=body.name,
@@ -154,6 +157,15 @@ def put_purpose(key: Annotated[str, Path(max_length=120)], body: PurposeWrite, r
                 expires_after_days=body.expires_after_days,
                 channels=body.channels,
                 now=utcnow(),
+            )
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=actor_of(request, principal),
+                action="consent.purpose.put",
+                target_type="purpose",
+                target_id=view.key,
+                details={"version": view.version, "created": created, "legal_basis": view.legal_basis},
             )
     except catalogue.CatalogueError as error:
         raise _catalogue_error(error) from None
@@ -172,10 +184,19 @@ def list_channels(rt: Rt, _: Anyone) -> ChannelList:
 @router.post(
     "/channels", response_model=ChannelRead, status_code=201, responses=WRITE_ERRORS, summary="Add a custom channel"
 )
-def add_channel(body: ChannelWrite, rt: Rt, _: Admin) -> ChannelRead:
+def add_channel(request: Request, body: ChannelWrite, rt: Rt, principal: Admin) -> ChannelRead:
     try:
         with rt.db.unit_of_work() as session:
             added = catalogue.add_channel(session, key=body.key, name=body.name, now=utcnow())
+            if added:
+                record_audit(
+                    session,
+                    key=rt.signing,
+                    actor=actor_of(request, principal),
+                    action="consent.channel.add",
+                    target_type="channel",
+                    target_id=body.key,
+                )
     except catalogue.CatalogueError as error:
         raise _catalogue_error(error) from None
     except IntegrityError:
@@ -198,7 +219,7 @@ def list_notices(rt: Rt, _: Anyone) -> NoticeList:
     responses=WRITE_ERRORS,
     summary="Publish a new immutable version of a notice in one language",
 )
-def add_notice(body: NoticeWrite, rt: Rt, _: Admin) -> NoticeRead:
+def add_notice(request: Request, body: NoticeWrite, rt: Rt, principal: Admin) -> NoticeRead:
     try:
         with rt.db.unit_of_work() as session:
             row = catalogue.add_notice_version(
@@ -210,6 +231,15 @@ def add_notice(body: NoticeWrite, rt: Rt, _: Admin) -> NoticeRead:
                 purposes=body.purposes,
                 url=body.url,
                 now=utcnow(),
+            )
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=actor_of(request, principal),
+                action="consent.notice.add",
+                target_type="notice",
+                target_id=row.key,
+                details={"version": row.version, "language": row.language, "sha256": row.sha256},
             )
     except catalogue.CatalogueError as error:
         raise _catalogue_error(error) from None
@@ -251,7 +281,7 @@ def _actor(principal: Principal) -> dict[str, Any]:
     responses=WRITE_ERRORS,
     summary="Record a consent statement (agent or system); answers the record and its signed receipt",
 )
-def post_consent(ref: Ref, body: ConsentWrite, rt: Rt, principal: Recorder) -> ConsentCreated:
+def post_consent(request: Request, ref: Ref, body: ConsentWrite, rt: Rt, principal: Recorder) -> ConsentCreated:
     evidence = body.evidence.model_dump(exclude_none=True)
     evidence["recorded_by"] = principal.token_id
     if body.method in {"verbal", "paper_form"} and not body.evidence.reference:
@@ -280,6 +310,22 @@ def post_consent(ref: Ref, body: ConsentWrite, rt: Rt, principal: Recorder) -> C
                 actor=_actor(principal),
                 key=rt.signing,
                 settings=rt.settings,
+                now=now,
+            )
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=actor_of(request, principal),
+                action="consent.record",
+                target_type="profile",
+                target_id=profile.id,
+                details={
+                    "record_id": recorded.body["id"],
+                    "purpose": recorded.body["purpose"],
+                    "channel": recorded.body["channel"],
+                    "status": recorded.body["status"],
+                    "method": recorded.body["method"],
+                },
                 now=now,
             )
     except service.ConsentError as error:
@@ -337,15 +383,18 @@ def get_consents(ref: Ref, rt: Rt, _: Reader) -> ConsentsRead:
     summary="Every consent record of the person, in ledger order",
 )
 def get_history(
+    request: Request,
     ref: Ref,
     rt: Rt,
-    _: Reader,
+    principal: Reader,
     after: Annotated[int, Query(ge=0, lt=2**63)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> HistoryRead:
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
         rows = service.history(session, service.person_ids(session, profile.id), after=after, limit=limit)
+    # The history holds the evidence (addresses, agents, references): a read of personal data.
+    audit_read(rt, request, principal, "profile.consents.read", profile.id, records=len(rows))
     records = [record_read(body, digest, evidence) for body, digest, evidence in rows]
     return HistoryRead(
         profile_id=profile.id,
@@ -408,9 +457,17 @@ def get_contactable(
     responses=ERRORS,
     summary="A signed, expiring preference-centre link for this person (to send them)",
 )
-def post_preference_link(ref: Ref, rt: Rt, _: Recorder) -> LinkRead:
-    with rt.db.read() as session:
+def post_preference_link(request: Request, ref: Ref, rt: Rt, principal: Recorder) -> LinkRead:
+    with rt.db.unit_of_work() as session:
         profile = resolve_or_404(session, ref)
+        record_audit(
+            session,
+            key=rt.signing,
+            actor=actor_of(request, principal),
+            action="consent.preference_link",
+            target_type="profile",
+            target_id=profile.id,
+        )
     token, expires = service.link_token(
         rt.signing, profile_id=profile.id, now=utcnow(), days=rt.settings.preference_link_days, typ=service.LINK_TYP
     )
@@ -462,9 +519,18 @@ def list_checkpoints(rt: Rt, _: Auditor, limit: Annotated[int, Query(ge=1, le=10
     responses=documented(401, 403, 429),
     summary="Sign a checkpoint of the chain head now (none when nothing changed since the last)",
 )
-def post_checkpoint(rt: Rt, _: Admin) -> CheckpointList:
+def post_checkpoint(request: Request, rt: Rt, principal: Admin) -> CheckpointList:
     with rt.db.unit_of_work() as session:
         row = ledger.checkpoint(session, key=rt.signing, now=utcnow())
+        if row is not None:
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=actor_of(request, principal),
+                action="consent.checkpoint",
+                target_type="consent_ledger",
+                details={"seq": row.seq},
+            )
     if row is None:
         return CheckpointList(checkpoints=[])
     return CheckpointList(

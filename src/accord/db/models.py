@@ -1,5 +1,6 @@
 """Imports every feature's tables so that the metadata (and Alembic) sees all of them."""
 
+from accord.audit.models import AuditCheckpoint, AuditHead, AuditRecord
 from accord.consent.models import (
     ChainHead,
     Channel,
@@ -23,6 +24,9 @@ from accord.sources.models import ImportReject, ImportRun, Source
 
 __all__ = [
     "ApiToken",
+    "AuditCheckpoint",
+    "AuditHead",
+    "AuditRecord",
     "Base",
     "ChainHead",
     "Channel",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from accord.audit.service import record_audit
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented
 from accord.identity import history as merges
@@ -23,7 +24,7 @@ from accord.identity.schemas import (
 )
 from accord.profiles.api import Ref, resolve_or_404
 from accord.runtime import Runtime, runtime
-from accord.security.auth import Principal, require_role
+from accord.security.auth import Principal, actor_of, require_role
 
 router = APIRouter(prefix="/api/v1/identity", tags=["identity"])
 profiles = APIRouter(prefix="/api/v1/profiles", tags=["identity"])
@@ -58,11 +59,22 @@ def get_rules(rt: Rt, _: RuleReader) -> RulesRead:
     responses=ERRORS,
     summary="Put new identity rules in force (a new version; workers use it from their next batch)",
 )
-def put_rules(rt: Rt, principal: Admin, document: Annotated[dict[str, Any], Body()]) -> RulesRead:
+def put_rules(request: Request, rt: Rt, principal: Admin, document: Annotated[dict[str, Any], Body()]) -> RulesRead:
     try:
         with rt.db.unit_of_work() as session:
-            service.set_rules(session, document, actor=f"token:{principal.token_id}", now=utcnow())
+            now = utcnow()
+            service.set_rules(session, document, actor=f"token:{principal.token_id}", now=now)
             row = service.rules_history(session, limit=1)[0]
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=actor_of(request, principal),
+                action="identity.rules.set",
+                target_type="identity_rules",
+                target_id=str(row.version),
+                details={"version": row.version},
+                now=now,
+            )
             return _rules_read(row)
     except RulesError as error:
         raise ApiError(422, "invalid_rules", str(error)) from None
@@ -110,7 +122,9 @@ def get_merges(
     responses=WRITE_ERRORS,
     summary="Split a merge back into profiles with their own identifiers, traits and events",
 )
-async def post_unmerge(ref: Ref, rt: Rt, principal: Steward, body: UnmergeRequest) -> UnmergeRead:
+async def post_unmerge(request: Request, ref: Ref, rt: Rt, principal: Steward, body: UnmergeRequest) -> UnmergeRead:
+    who = actor_of(request, principal)
+
     def work() -> UnmergeRead:
         with rt.db.unit_of_work() as session:
             profile = resolve_or_404(session, ref)
@@ -125,6 +139,15 @@ async def post_unmerge(ref: Ref, rt: Rt, principal: Steward, body: UnmergeReques
                 )
             except merges.UnmergeError as error:
                 raise ApiError(error.status, error.code, str(error)) from None
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=who,
+                action="profile.unmerge",
+                target_type="profile",
+                target_id=profile.id,
+                details={"merge_id": done.merge_id, "unmerge_id": done.unmerge_id, "profiles": list(done.profiles)},
+            )
             return UnmergeRead(
                 merge_id=done.merge_id,
                 unmerge_id=done.unmerge_id,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from accord.audit.service import record_audit
 from accord.errors import ApiError, documented
 from accord.identity.models import Identity
 from accord.profiles import service
@@ -22,7 +23,7 @@ from accord.profiles.schemas import (
     TraitsRead,
 )
 from accord.runtime import Runtime, runtime
-from accord.security.auth import Principal, require_role
+from accord.security.auth import Principal, actor_of, require_role
 
 router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require_role("analyst", "agent"))]
@@ -47,11 +48,27 @@ def resolve_or_404(session: Session, ref: str) -> Profile:
     return profile
 
 
+def audit_read(
+    rt: Runtime, request: Request, principal: Principal, action: str, profile_id: str, **details: Any
+) -> None:
+    """Record a read of a person's data, once it succeeded and before it is answered."""
+    with rt.db.unit_of_work() as session:
+        record_audit(
+            session,
+            key=rt.signing,
+            actor=actor_of(request, principal),
+            action=action,
+            target_type="profile",
+            target_id=profile_id,
+            details=details,
+        )
+
+
 def TimeQuery(description: str) -> Any:  # noqa: N802 - stands in for fastapi.Query
     return Query(max_length=64, description=description, json_schema_extra={"format": "date-time"})
 
 
-def _moment(name: str, text: str | None) -> datetime | None:
+def moment(name: str, text: str | None) -> datetime | None:
     """An ISO-8601 time with a zone, in UTC; anything else is a 400 naming the parameter."""
     if text is None:
         return None
@@ -93,10 +110,10 @@ def _event(row: ProfileEvent) -> EventRead:
     responses=ERRORS,
     summary="One profile with its traits and identities",
 )
-def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
+def get_profile(request: Request, ref: Ref, rt: Rt, principal: Reader) -> ProfileRead:
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
-        return ProfileRead(
+        answer = ProfileRead(
             id=profile.id,
             traits=profile.traits,
             identities=[_identity(i) for i in service.identities(session, profile.id)],
@@ -107,6 +124,8 @@ def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
             updated_at=profile.updated_at,
             merged_ids=service.merged_ids(session, profile.id),
         )
+    audit_read(rt, request, principal, "profile.read", profile.id)
+    return answer
 
 
 @router.get(
@@ -115,14 +134,16 @@ def get_profile(ref: Ref, rt: Rt, _: Reader) -> ProfileRead:
     responses=ERRORS,
     summary="A profile's traits",
 )
-def get_traits(ref: Ref, rt: Rt, _: Reader) -> TraitsRead:
+def get_traits(request: Request, ref: Ref, rt: Rt, principal: Reader) -> TraitsRead:
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
-        return TraitsRead(
+        answer = TraitsRead(
             profile_id=profile.id,
             traits=profile.traits,
             sources={name: _trait_source(profile.trait_versions.get(name)) for name in profile.traits},
         )
+    audit_read(rt, request, principal, "profile.traits.read", profile.id)
+    return answer
 
 
 def _trait_source(version: Any) -> TraitSource:
@@ -138,12 +159,14 @@ def _trait_source(version: Any) -> TraitSource:
     responses=ERRORS,
     summary="A profile's identifiers",
 )
-def get_identities(ref: Ref, rt: Rt, _: Reader) -> IdentitiesRead:
+def get_identities(request: Request, ref: Ref, rt: Rt, principal: Reader) -> IdentitiesRead:
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
-        return IdentitiesRead(
+        answer = IdentitiesRead(
             profile_id=profile.id, identities=[_identity(i) for i in service.identities(session, profile.id)]
         )
+    audit_read(rt, request, principal, "profile.identities.read", profile.id)
+    return answer
 
 
 @router.get(
@@ -153,9 +176,10 @@ def get_identities(ref: Ref, rt: Rt, _: Reader) -> IdentitiesRead:
     summary="The timeline, newest first",
 )
 def get_events(
+    request: Request,
     ref: Ref,
     rt: Rt,
-    _: Reader,
+    principal: Reader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     type: Annotated[list[str] | None, Query(description="Call types to include")] = None,
@@ -166,7 +190,7 @@ def get_events(
     for kind in type or ():
         if kind not in CALL_TYPES:
             raise ApiError(400, "invalid_filter", f"type must be one of {', '.join(CALL_TYPES)}, not {kind[:40]!r}")
-    after, before = _moment("since", since), _moment("until", until)
+    after, before = moment("since", since), moment("until", until)
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
         try:
@@ -182,4 +206,8 @@ def get_events(
             )
         except service.BadCursor as error:
             raise ApiError(400, "invalid_cursor", str(error)) from None
-        return EventPageRead(profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor)
+        answer = EventPageRead(
+            profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor
+        )
+    audit_read(rt, request, principal, "profile.events.read", profile.id, events=len(answer.data))
+    return answer

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from accord.audit.service import Actor
 from accord.errors import ApiError, error_response
 from accord.runtime import Runtime, runtime
 from accord.security import service
@@ -93,3 +94,9 @@ def require_role(*roles: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
         return principal
 
     return dependency
+
+
+def actor_of(request: Request, principal: Principal) -> Actor:
+    """Who an audit record names for this request: the token, its role and the address it came from."""
+    ip = request.client.host if request.client else None
+    return Actor("token", principal.token_id, principal.role, ip[:64] if ip else None)
