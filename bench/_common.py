@@ -231,9 +231,11 @@ class Accord:
             env["ACCORD_DATABASE_URL"] = self.database_url
         return env
 
-    def cli(self, *args: str) -> dict[str, Any]:
+    def cli(self, *args: str, timeout: float = 120) -> dict[str, Any]:
         """Run `accord ARGS --json` and return the JSON it prints."""
-        done = subprocess.run([ACCORD, *args, "--json"], env=self.env(), capture_output=True, timeout=120, check=False)
+        done = subprocess.run(
+            [ACCORD, *args, "--json"], env=self.env(), capture_output=True, timeout=timeout, check=False
+        )
         if done.returncode != 0:
             raise RuntimeError(f"accord {' '.join(args)} failed: {done.stderr.decode()[-2000:]}")
         lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]

@@ -16,12 +16,12 @@ MACHINE_KEYS = {"cpu", "cores", "memory_gib", "python", "database", "sqlite_sync
 pytestmark = pytest.mark.slow
 
 
-def run_smoke(script: str, tmp_path: Path) -> dict[str, Any]:
+def run_smoke(script: str, tmp_path: Path, timeout: float = 240) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), "--smoke", "--tmp", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -74,3 +74,19 @@ def test_consent_smoke(tmp_path: Path) -> None:
     assert verify["report"]["ok"]
     assert verify["report"]["records"] == verify["report"]["evidence_checked"] == summary["settings"]["records"]
     assert verify["report"]["checkpoints"] == verify["build"]["checkpoints"] > 0
+
+
+@pytest.mark.timeout(660)
+def test_linkage_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("linkage.py", tmp_path, timeout=600)
+    assert summary["benchmark"] == "linkage"
+    for name in ("febrl3", "febrl4"):
+        result = summary[name]
+        assert result["records"] > 0
+        for scored in (result["merged_by_dedupe"], result["profiles"]):
+            assert {"precision", "recall", "f1", "pairs_found", "true_pairs"} <= scored.keys()
+            assert 0 <= scored["f1"] <= 1
+        assert {"ingest", "train", "dedupe"} <= result["seconds"].keys()
+    latency = summary["latency"]
+    assert latency["queries"] > 0
+    assert {"p50_ms", "p95_ms", "p99_ms", "max_ms"} <= latency.keys()

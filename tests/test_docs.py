@@ -35,7 +35,7 @@ def commands(group: Any, path: tuple[str, ...] = ("accord",)) -> Iterator[tuple[
 def error_codes(*files: str) -> set[str]:
     """Codes raised as SpecError("code", ...) / ApiError(status, "code", ...) / error_response(status, "code", ...)."""
     pattern = re.compile(
-        r'(?:SpecError\(\s*|CatalogueError\(\s*|(?:ApiError|ConsentError|UnmergeError|error_response)\(\s*\d+,\s*)"([a-z_]+)"'
+        r'(?:SpecError\(\s*|CatalogueError\(\s*|(?:ApiError|ConsentError|UnmergeError|LinkageError|error_response)\(\s*\d+,\s*)"([a-z_]+)"'
     )
     found: set[str] = set()
     for name in files:
@@ -96,6 +96,7 @@ def test_the_error_code_scan_finds_codes() -> None:
             "sources/api.py",
             "segments/api.py",
             "segments/service.py",
+            "identity/linkage.py",
         )
         | {"not_found", "method_not_allowed"}
     ),

@@ -49,7 +49,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(quarantine_app, name="quarantine")
 consent_app = typer.Typer(help="The consent ledger: verify, checkpoint, expire.", no_args_is_help=True)
 app.add_typer(consent_app, name="consent")
-identity_app = typer.Typer(help="Identity rules, merge history, unmerge.", no_args_is_help=True)
+identity_app = typer.Typer(help="Identity rules, merge history, unmerge, probabilistic matching.", no_args_is_help=True)
 app.add_typer(identity_app, name="identity")
 user_app = typer.Typer(help="People who log in to the console.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
@@ -729,3 +729,49 @@ def user_set_role(email: str, role: Annotated[str, typer.Option(help="admin, ana
     """Change a user's role; it applies to their next request."""
     _change_user(lambda session: users.set_role(session, email=email, role=role))
     console.print(f"role set to {role}")
+@identity_app.command("train")
+def identity_train(as_json: JsonFlag = False) -> None:
+    """Train a new version of the probabilistic matching model on the live profiles' traits (no labels)."""
+    from accord.identity import linkage
+    from accord.identity.training import TrainingError
+
+    try:
+        with _session() as session:
+            done = linkage.train_model(session, actor="cli", now=utcnow())
+    except TrainingError as error:
+        _fail(str(error))
+    _print(
+        {
+            "version": done.version,
+            "profiles": done.profiles,
+            "index_keys": done.index_keys,
+            "seconds": round(done.seconds, 2),
+        },
+        as_json,
+    )
+
+
+@identity_app.command("dedupe")
+def identity_dedupe(as_json: JsonFlag = False) -> None:
+    """Match every live profile against the others: merge above the automatic threshold, queue for review
+    between the thresholds, ignore below."""
+    from accord.identity import linkage
+
+    with _db(_settings()) as db:
+        try:
+            done = linkage.dedupe(db, actor="cli", now=utcnow())
+        except linkage.LinkageError as error:
+            _fail(str(error))
+    _print(
+        {
+            "model_version": done.model_version,
+            "profiles": done.profiles,
+            "pairs": done.pairs,
+            "known": done.known,
+            "merged": done.merged,
+            "blocked": done.blocked,
+            "queued": done.queued,
+            "seconds": round(done.seconds, 2),
+        },
+        as_json,
+    )

@@ -70,6 +70,9 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/api/v1/segments/{key}/versions"): ("/api/v1/segments/vip/versions", None),
     ("GET", "/api/v1/segments/{key}/members"): ("/api/v1/segments/vip/members", None),
     ("GET", "/api/v1/segments/{key}/export"): ("/api/v1/segments/vip/export?purpose=marketing&channel=email", None),
+    ("POST", "/api/v1/identity/match"): ("/api/v1/identity/match", {"traits": {"firstName": "Ann"}}),
+    ("POST", "/api/v1/identity/reviews/{review_id}/accept"): ("/api/v1/identity/reviews/1/accept", {"reason": "r"}),
+    ("POST", "/api/v1/identity/reviews/{review_id}/reject"): ("/api/v1/identity/reviews/2/reject", {"reason": "r"}),
     ("GET", "/api/v1/profiles/{ref}/contactable"): (
         "/api/v1/profiles/user_id:42/contactable?purpose=marketing&channel=email",
         None,
@@ -107,6 +110,35 @@ def _catalogue(rt: Runtime) -> None:
         )
 
 
+def _matching(rt: Runtime) -> None:
+    """A matching model (untrained weights: enough for the routes) and two pending reviews of 42 and a43."""
+    from accord.identity.matching import DEFAULT_SETTINGS, Weights, level_labels
+    from accord.identity.models import MatchModel, MatchReview
+    from accord.profiles.service import resolve
+
+    weights = Weights(0.0, tuple(tuple(0.0 for _ in levels) for levels in level_labels(DEFAULT_SETTINGS)))
+    now = utcnow()
+    with rt.db.unit_of_work() as session:
+        document = {"settings": DEFAULT_SETTINGS.document(), "weights": weights.document(), "splink": {}}
+        session.add(MatchModel(version=1, document=document, created_at=now, actor="test"))
+        left, right = (resolve(session, ref) for ref in ("user_id:42", "anonymous_id:a43"))
+        assert left is not None
+        assert right is not None
+        for _ in range(2):
+            session.add(
+                MatchReview(
+                    left_id=left.id if _ == 0 else right.id,
+                    right_id=right.id if _ == 0 else left.id,
+                    probability=0.9,
+                    match_weight=3.0,
+                    model_version=1,
+                    levels={},
+                    status="pending",
+                    created_at=now,
+                )
+            )
+
+
 @pytest.mark.parametrize("credential", CREDENTIALS)
 def test_every_route_answers_each_credential_as_documented(live: LiveAccord, credential: str, tmp_path: Path) -> None:
     # Profile 42 absorbs a device's profile: merge 1, which the unmerge route may undo.
@@ -114,8 +146,11 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
     process(live.rt)
     send(live.rt, [{"type": "identify", "userId": "42", "anonymousId": "a42", "traits": {"plan": "gold"}}])
     process(live.rt)
+    send(live.rt, [{"type": "identify", "anonymousId": "a43", "traits": {"firstName": "Ann"}}])
+    process(live.rt)
     _catalogue(live.rt)
     run_id = seed_run(live.rt, tmp_path)  # an import run of source "loyalty", with one rejected row
+    _matching(live.rt)
     headers: dict[str, str] = {}
     auth = None
     if credential == "write key":

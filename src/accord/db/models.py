@@ -14,7 +14,7 @@ from accord.consent.models import (
     Subject,
 )
 from accord.db.base import Base
-from accord.identity.models import Identity, IdentityRules, Merge, SeparationRow
+from accord.identity.models import Identity, IdentityRules, MatchKey, MatchModel, MatchReview, Merge, SeparationRow
 from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
@@ -40,6 +40,9 @@ __all__ = [
     "ImportRun",
     "LedgerRecord",
     "LogRecord",
+    "MatchKey",
+    "MatchModel",
+    "MatchReview",
     "Merge",
     "Notice",
     "Profile",

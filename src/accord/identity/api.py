@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from accord.audit.service import record_audit
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented
 from accord.identity import history as merges
-from accord.identity import service
-from accord.identity.models import IdentityRules, Merge
+from accord.identity import linkage, service
+from accord.identity.match_index import current_model
+from accord.identity.models import IdentityRules, MatchReview, Merge
 from accord.identity.rules import DEFAULT_RULES, RulesError
 from accord.identity.schemas import (
+    DecisionRequest,
     HistoryEntry,
     HistoryRead,
+    MatchCandidate,
+    MatchRead,
+    MatchRequest,
+    ModelRead,
+    ReviewList,
+    ReviewRead,
     RulesRead,
     UnmergedProfile,
     UnmergeRead,
@@ -33,6 +41,8 @@ Admin = Annotated[Principal, Depends(require_role("admin"))]
 RuleReader = Annotated[Principal, Depends(require_role("analyst", "auditor"))]
 HistoryReader = Annotated[Principal, Depends(require_role("analyst", "agent", "auditor"))]
 Steward = Annotated[Principal, Depends(require_role("analyst"))]
+Matcher = Annotated[Principal, Depends(require_role("analyst", "agent"))]
+ReviewReader = Annotated[Principal, Depends(require_role("analyst", "auditor"))]
 ERRORS = documented(400, 401, 403, 404, 422, 429)
 WRITE_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
 MAX_RULES_BYTES = 64 * 1024
@@ -158,3 +168,109 @@ async def post_unmerge(request: Request, ref: Ref, rt: Rt, principal: Steward, b
             )
 
     return await run_in_threadpool(work)
+
+
+@router.post(
+    "/match",
+    response_model=MatchRead,
+    responses=WRITE_ERRORS,
+    summary="The profiles most like these traits, best first (probabilistic matching)",
+)
+async def post_match(rt: Rt, _: Matcher, body: MatchRequest) -> MatchRead:
+    def work() -> MatchRead:
+        with rt.db.read() as session:
+            try:
+                model, found = linkage.match(
+                    session, body.traits, limit=body.limit, min_probability=body.min_probability
+                )
+            except linkage.LinkageError as error:
+                raise ApiError(error.status, error.code, str(error)) from None
+            rules = service.current_rules(session)
+        return MatchRead(
+            model_version=model.version,
+            candidates=[
+                MatchCandidate(
+                    profile_id=c.profile_id,
+                    probability=c.probability,
+                    match_weight=c.match_weight,
+                    decision="merge"
+                    if c.probability > rules.auto_merge_above
+                    else "review"
+                    if c.probability > rules.review_above
+                    else "ignore",
+                    levels=c.levels,
+                )
+                for c in found
+            ],
+        )
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/model", response_model=ModelRead, responses=WRITE_ERRORS, summary="The matching model in force")
+def get_model(rt: Rt, _: RuleReader) -> ModelRead:
+    with rt.db.read() as session:
+        model = current_model(session)
+        if model is None:
+            raise ApiError(409, "no_model", "no matching model is trained yet; run `accord identity train`")
+        return ModelRead.model_validate(linkage.model_summary(model))
+
+
+def _review(row: MatchReview) -> ReviewRead:
+    return ReviewRead.model_validate(row, from_attributes=True)
+
+
+@router.get("/reviews", response_model=ReviewList, responses=ERRORS, summary="Matched pairs and their decisions")
+def get_reviews(
+    rt: Rt,
+    _: ReviewReader,
+    status: Annotated[
+        str | None, Query(pattern="^(pending|accepted|rejected|merged|blocked|merging)$", description="Only these")
+    ] = "pending",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=2**62, description="Entries with a smaller id (paging)")] = None,
+) -> ReviewList:
+    with rt.db.read() as session:
+        return ReviewList(
+            data=[_review(r) for r in linkage.reviews(session, status=status, limit=limit, before=before)]
+        )
+
+
+def _decide(rt: Runtime, principal: Principal, review_id: int, reason: str, *, accept: bool) -> ReviewRead:
+    decide = linkage.accept if accept else linkage.reject
+    try:
+        with rt.db.unit_of_work() as session:
+            row = decide(
+                session,
+                review_id,
+                actor=f"token:{principal.token_id}",
+                reason=reason,
+                now=utcnow(),
+                lock_rows=rt.db.dialect == "postgresql",
+            )
+            return _review(row)
+    except linkage.LinkageError as error:
+        raise ApiError(error.status, error.code, str(error)) from None
+
+
+ReviewId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+@router.post(
+    "/reviews/{review_id}/accept",
+    response_model=ReviewRead,
+    responses=WRITE_ERRORS,
+    summary="Merge a reviewed pair, with the reason recorded",
+)
+async def post_accept(review_id: ReviewId, rt: Rt, principal: Steward, body: DecisionRequest) -> ReviewRead:
+    return await run_in_threadpool(_decide, rt, principal, review_id, body.reason, accept=True)
+
+
+@router.post(
+    "/reviews/{review_id}/reject",
+    response_model=ReviewRead,
+    responses=WRITE_ERRORS,
+    summary="Record that a reviewed pair are different people",
+)
+async def post_reject(review_id: ReviewId, rt: Rt, principal: Steward, body: DecisionRequest) -> ReviewRead:
+    return await run_in_threadpool(_decide, rt, principal, review_id, body.reason, accept=False)

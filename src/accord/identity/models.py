@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, JSONDoc, UTCDateTime, utcnow
@@ -80,3 +80,54 @@ class SeparationRow(Base):
     left: Mapped[list[list[str]]] = mapped_column(JSONDoc)
     right: Mapped[list[list[str]]] = mapped_column(JSONDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MatchModel(Base):
+    """One trained version of the probabilistic matching model; the highest version is in force.
+    `document` holds Splink's model JSON (`splink`), the scorer's weights, the match settings it was
+    trained under and how many profiles it learnt from."""
+
+    __tablename__ = "identity_match_models"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(100))
+
+
+class MatchKey(Base):
+    """The blocking index: a hash of one blocking rule's values, and a live profile that has them."""
+
+    __tablename__ = "identity_match_keys"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+    __table_args__ = (Index("ix_identity_match_keys_profile_id", "profile_id"),)
+
+
+class MatchReview(Base):
+    """A pair of profiles the model found alike, and what was decided: `merged` (above the automatic
+    threshold), `pending` (in the review queue), `accepted` or `rejected` (by a person), `blocked` (a
+    limit or an unmerge kept them apart)."""
+
+    __tablename__ = "identity_match_reviews"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    left_id: Mapped[str] = mapped_column(String(40))
+    right_id: Mapped[str] = mapped_column(String(40))
+    probability: Mapped[float] = mapped_column(Float)
+    match_weight: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[int] = mapped_column(Integer)
+    levels: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("left_id", "right_id"),
+        Index("ix_identity_match_reviews_status", "status", "id"),
+    )

@@ -18,6 +18,7 @@ from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from accord.consent.service import reattribute
+from accord.identity import match_index
 from accord.identity.graph import Evidence, Partition, Separation, Separations, partition
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
@@ -55,6 +56,16 @@ def rederive(
     session: Session, cluster_id: str, *, rules: Rules, now: datetime, cause: dict[str, Any] | None
 ) -> Rederived:
     """Replay the cluster's events and rewrite its identities, profiles and timeline to the result."""
+    done = _rederive(session, cluster_id, rules=rules, now=now, cause=cause)
+    rows = session.execute(select(PROFILES.c.id, PROFILES.c.traits).where(PROFILES.c.id.in_(done.profiles)))
+    traits = {profile_id: value or {} for profile_id, value in rows}
+    match_index.refresh(session, match_index.current_settings(session), traits, done.redirected)
+    return done
+
+
+def _rederive(
+    session: Session, cluster_id: str, *, rules: Rules, now: datetime, cause: dict[str, Any] | None
+) -> Rederived:
     p = PROFILES.c
     members = {
         row["id"]: row

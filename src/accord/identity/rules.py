@@ -11,6 +11,8 @@ from typing import Any
 
 import phonenumbers
 
+from accord.identity.matching import DEFAULT_MATCH, DEFAULT_SETTINGS, MatchConfigError, MatchSettings, compile_match
+
 Key = tuple[str, str]
 
 MAX_VALUE_LENGTH = 400
@@ -42,8 +44,9 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
     ],
     "blocked": ["^[0-]*$", "^-1$", "^null$", "^none$", "^nil$", "^anonymous$", "^undefined$", "^unknown$", "^$"],
     "phone_region": None,
-    "match": {"auto_merge_above": 0.99, "review_above": 0.8},
+    "match": {"auto_merge_above": 0.99, "review_above": 0.8, **DEFAULT_MATCH},
 }
+MATCH_KEYS = ("auto_merge_above", "review_above", "fields", "blocking", "deterministic", "recall")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -68,6 +71,7 @@ class Rules:
     phone_region: str | None
     auto_merge_above: float
     review_above: float
+    matching: MatchSettings = DEFAULT_SETTINGS
     rank: dict[str, int] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     custom: tuple[str, ...] = ()
@@ -79,7 +83,11 @@ class Rules:
             "identifiers": [{"type": t.name, "normalise": t.normalise, "limit": t.limit} for t in self.types],
             "blocked": list(self.blocked),
             "phone_region": self.phone_region,
-            "match": {"auto_merge_above": self.auto_merge_above, "review_above": self.review_above},
+            "match": {
+                "auto_merge_above": self.auto_merge_above,
+                "review_above": self.review_above,
+                **self.matching.document(),
+            },
         }
 
     def normalise(self, kind: str, value: Any) -> str | None:
@@ -132,6 +140,14 @@ class Rules:
             add("advertising_id", device.get("advertisingId"))
         if event.get("type") == "alias":
             add("alias", event.get("previousId"))
+        meta = event.get("_accord")  # reserved: only Accord itself writes it (a probabilistic match's link)
+        link = meta.get("link") if isinstance(meta, dict) else None
+        if isinstance(link, list):
+            for item in link[:10]:
+                if isinstance(item, list) and len(item) == 2 and item[0] in limits and isinstance(item[1], str):
+                    key = (item[0], item[1])
+                    if key not in found:
+                        found.append(key)
         external = context.get("externalIds")
         if self.custom and isinstance(external, list):
             for item in external[:50]:
@@ -216,8 +232,8 @@ def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
     if region is not None and (not isinstance(region, str) or region.upper() not in phonenumbers.SUPPORTED_REGIONS):
         raise RulesError("phone_region must be null or a two-letter region code such as GB or US")
     match = document.get("match", DEFAULT_DOCUMENT["match"])
-    if not isinstance(match, dict) or set(match) - {"auto_merge_above", "review_above"}:
-        raise RulesError("match must be an object with auto_merge_above and review_above")
+    if not isinstance(match, dict) or set(match) - set(MATCH_KEYS):
+        raise RulesError(f"match must be an object with some of {', '.join(MATCH_KEYS)}")
     auto = match.get("auto_merge_above", DEFAULT_DOCUMENT["match"]["auto_merge_above"])
     review = match.get("review_above", DEFAULT_DOCUMENT["match"]["review_above"])
     for name, value in (("auto_merge_above", auto), ("review_above", review)):
@@ -225,6 +241,10 @@ def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
             raise RulesError(f"match.{name} must be a probability from 0 to 1")
     if review > auto:
         raise RulesError("match.review_above must not be above match.auto_merge_above")
+    try:
+        matching = compile_match(match)
+    except MatchConfigError as error:
+        raise RulesError(str(error)) from None
     combined = "|".join(f"(?:{pattern})" for pattern in blocked)
     return Rules(
         version=version,
@@ -233,6 +253,7 @@ def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
         phone_region=region.upper() if isinstance(region, str) else None,
         auto_merge_above=float(auto),
         review_above=float(review),
+        matching=matching,
         rank={t.name: index for index, t in enumerate(types)},
         limits={t.name: t.limit for t in types},
         custom=tuple(t.name for t in types if t.name not in BUILT_IN),

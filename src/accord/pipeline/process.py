@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
 from accord.db.base import utcnow
+from accord.identity import match_index
 from accord.identity.graph import Separation, Separations, Tag, place
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rederive import rederive
@@ -454,6 +455,9 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             ),
             rows,
         )
+    changed = {s.id: s.traits for s in run.profiles.values() if s.traits_changed and s.merged_into is None}
+    if changed or run.absorbed_existing:
+        match_index.refresh(session, match_index.current_settings(session), changed, run.absorbed_existing)
     if run.absorbed_existing:
         # Everything that pointed at an absorbed profile now points at its survivor.
         moves = [{"old": a, "new": run.live(a).id} for a in run.absorbed_existing]

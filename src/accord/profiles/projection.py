@@ -27,6 +27,7 @@ class ProfileState:
     merged_into: str | None = None
     is_new: bool = False
     dirty: bool = False
+    traits_changed: bool = False  # the matching index must be brought up to date
     # Identity bookkeeping (kept by the pipeline, not by events): how many identifiers of each type the
     # profile holds, its conflicted cluster if any, and the separation sides its identifiers are on.
     identity_counts: dict[str, int] = field(default_factory=dict)
@@ -51,7 +52,7 @@ def set_traits(state: ProfileState, traits: dict[str, Any], version: list[str]) 
         if current is None or version > current:
             state.traits[key] = value
             state.trait_versions[key] = version
-            state.dirty = True
+            state.dirty = state.traits_changed = True
 
 
 def import_run(event: dict[str, Any]) -> str:
@@ -93,7 +94,7 @@ def absorb(survivor: ProfileState, absorbed: ProfileState) -> None:
         survivor.identity_counts[kind] = survivor.identity_counts.get(kind, 0) + n
     survivor.tags |= absorbed.tags
     absorbed.merged_into = survivor.id
-    survivor.dirty = absorbed.dirty = True
+    survivor.dirty = absorbed.dirty = survivor.traits_changed = True
 
 
 def _bump(counts: dict[str, dict[str, int]], group: str, name: str, n: int) -> None:

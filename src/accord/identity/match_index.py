@@ -1,0 +1,134 @@
+"""The blocking index of probabilistic matching: which live profiles have which blocking keys. Kept up to
+date in the same transaction as the profiles (by the worker and by re-derivations), rebuilt by training."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy.orm import Session
+
+from accord.identity.matching import MatchSettings, Weights, blocking_keys, compile_match, prepare
+from accord.identity.models import MatchKey, MatchModel
+
+KEYS = cast(Table, MatchKey.__table__)
+CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """The model in force: the settings it was trained under (they, not later rules, decide the index
+    keys and the comparisons until the next training) and its weights."""
+
+    version: int
+    created_at: datetime
+    settings: MatchSettings
+    weights: Weights
+    document: dict[str, Any]
+
+
+_cache: dict[str, LoadedModel] = {}
+_lock = threading.Lock()
+
+
+def current_model(session: Session) -> LoadedModel | None:
+    """One indexed read of the latest version; the document is read and compiled again only on a change."""
+    latest = session.execute(
+        select(MatchModel.version, MatchModel.created_at).order_by(MatchModel.version.desc()).limit(1)
+    ).first()
+    if latest is None:
+        return None
+    version, created_at = latest
+    bind = str(session.get_bind().engine.url)
+    cached = _cache.get(bind)
+    if cached is not None and cached.version == version and cached.created_at == created_at:
+        return cached
+    document = session.scalar(select(MatchModel.document).where(MatchModel.version == version)) or {}
+    loaded = LoadedModel(
+        version=version,
+        created_at=created_at,
+        settings=compile_match(document["settings"]),
+        weights=Weights.from_document(document["weights"]),
+        document=document,
+    )
+    with _lock:
+        _cache[bind] = loaded
+    return loaded
+
+
+def current_settings(session: Session) -> MatchSettings | None:
+    """The settings the index is kept under: the trained model's, or None (no model: no index to keep)."""
+    model = current_model(session)
+    return model.settings if model is not None else None
+
+
+def profile_keys(traits: Mapping[str, Any], settings: MatchSettings) -> set[str]:
+    return set(blocking_keys(prepare(dict(traits), settings), settings))
+
+
+def refresh(
+    session: Session,
+    settings: MatchSettings | None,
+    changed: Mapping[str, Mapping[str, Any]],
+    removed: Iterable[str] = (),
+) -> None:
+    """Give each changed profile the keys of its traits now, and take every key from removed profiles
+    (absorbed by a merge). Writes only the difference. Nothing to do while no model is trained."""
+    if settings is None:
+        return
+    gone = set(removed) - set(changed)
+    ids = sorted(set(changed) | gone)
+    if not ids:
+        return
+    current: dict[str, set[str]] = {}
+    k = KEYS.c
+    for start in range(0, len(ids), CHUNK):
+        for key, profile_id in session.execute(
+            select(k.key, k.profile_id).where(k.profile_id.in_(ids[start : start + CHUNK]))
+        ):
+            current.setdefault(profile_id, set()).add(key)
+    wanted = {pid: profile_keys(traits, settings) for pid, traits in changed.items()}
+    stale = [
+        {"old_key": key, "old_id": pid}
+        for pid, keys in sorted(current.items())
+        for key in sorted(keys - wanted.get(pid, set()))
+    ]
+    fresh = sorted((key, pid) for pid, keys in wanted.items() for key in keys - current.get(pid, set()))
+    if stale:
+        session.execute(
+            delete(KEYS).where(k.key == bindparam("old_key"), k.profile_id == bindparam("old_id")),
+            stale,
+        )
+    if fresh:
+        session.execute(KEYS.insert(), [{"key": key, "profile_id": pid} for key, pid in fresh])
+
+
+def rebuild(session: Session, settings: MatchSettings, profiles: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+    """Replace the whole index with the keys of these (live) profiles; returns how many keys it holds."""
+    session.execute(delete(KEYS))
+    batch: list[dict[str, str]] = []
+    total = 0
+    for profile_id, traits in profiles:
+        batch.extend({"key": key, "profile_id": profile_id} for key in sorted(profile_keys(traits, settings)))
+        if len(batch) >= 5_000:
+            session.execute(KEYS.insert(), batch)
+            total += len(batch)
+            batch = []
+    if batch:
+        session.execute(KEYS.insert(), batch)
+        total += len(batch)
+    return total
+
+
+def candidates(session: Session, keys: Iterable[str], *, per_key: int) -> list[str]:
+    """Profiles sharing at least one key, at most `per_key` for each key (a hot value cannot flood a match)."""
+    found: dict[str, None] = {}
+    k = KEYS.c
+    for key in sorted(set(keys)):
+        for (profile_id,) in session.execute(select(k.profile_id).where(k.key == key).limit(per_key)):
+            found[profile_id] = None
+    return list(found)
