@@ -729,6 +729,8 @@ def user_set_role(email: str, role: Annotated[str, typer.Option(help="admin, ana
     """Change a user's role; it applies to their next request."""
     _change_user(lambda session: users.set_role(session, email=email, role=role))
     console.print(f"role set to {role}")
+
+
 @identity_app.command("train")
 def identity_train(as_json: JsonFlag = False) -> None:
     """Train a new version of the probabilistic matching model on the live profiles' traits (no labels)."""
@@ -738,6 +740,14 @@ def identity_train(as_json: JsonFlag = False) -> None:
     try:
         with _session() as session:
             done = linkage.train_model(session, actor="cli", now=utcnow())
+            _audit(
+                session,
+                "identity.model.train",
+                "identity_match_model",
+                str(done.version),
+                version=done.version,
+                profiles=done.profiles,
+            )
     except TrainingError as error:
         _fail(str(error))
     _print(
@@ -762,6 +772,17 @@ def identity_dedupe(as_json: JsonFlag = False) -> None:
             done = linkage.dedupe(db, actor="cli", now=utcnow())
         except linkage.LinkageError as error:
             _fail(str(error))
+        with db.unit_of_work() as session:
+            _audit(
+                session,
+                "identity.dedupe",
+                "identity_match_model",
+                str(done.model_version),
+                pairs=done.pairs,
+                merged=done.merged,
+                blocked=done.blocked,
+                queued=done.queued,
+            )
     _print(
         {
             "model_version": done.model_version,

@@ -111,6 +111,8 @@ def test_match_finds_the_person_best_first(live: LiveAccord) -> None:
             assert best["decision"] in {"merge", "review"}
             weights = [c["match_weight"] for c in body["candidates"]]
             assert weights == sorted(weights, reverse=True)
+            audit = api.get("/api/v1/audit", params={"action": "identity.match", "limit": 1}).json()["records"][0]
+            assert audit["details"]["candidates"] == [c["profile_id"] for c in body["candidates"]]
         # Someone nobody has seen: no candidate is likely.
         stranger = people(1, seed=999)[0]
         body = api.post("/api/v1/identity/match", json={"traits": stranger, "min_probability": 0.5}).json()
@@ -190,6 +192,14 @@ def test_review_queue_accept_reject_and_unmerge(live: LiveAccord) -> None:
         rejected = api.post(f"/api/v1/identity/reviews/{second['id']}/reject", json={"reason": "twins"})
         assert rejected.status_code == 200
         assert rejected.json()["status"] == "rejected"
+        # Both decisions are in the audit trail, with the token that made them; the free-text reason is not.
+        for action, review in (("accept", first), ("reject", second)):
+            records = api.get("/api/v1/audit", params={"action": f"identity.review.{action}"}).json()["records"]
+            assert [r["target_id"] for r in records] == [str(review["id"])]
+            assert records[0]["actor_type"] == "token"
+            assert "reason" not in records[0]["details"]
+        matched = api.post("/api/v1/identity/match", json={"traits": {"firstName": "Nobody", "lastName": "Atall"}})
+        assert matched.json()["candidates"] == []
         assert api.get(f"/api/v1/profiles/{second['left_id']}").json()["id"] != second["right_id"]
 
         # The accepted merge is an ordinary merge: unmerge splits it, and a later dedupe does not redo it.
@@ -325,3 +335,6 @@ def test_cli_train_and_dedupe(live: LiveAccord, tmp_path: Path, monkeypatch: pyt
     summary = json.loads(deduped.output)
     assert summary["model_version"] == 1
     assert summary["merged"] + summary["queued"] >= 55
+    with live.api() as api:
+        actions = [r["action"] for r in api.get("/api/v1/audit", params={"action": "identity."}).json()["records"]]
+        assert actions[:2] == ["identity.dedupe", "identity.model.train"]

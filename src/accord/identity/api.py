@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from accord.audit.service import record_audit
+from accord.audit.service import Actor, record_audit
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented
 from accord.identity import history as merges
@@ -176,9 +176,11 @@ async def post_unmerge(request: Request, ref: Ref, rt: Rt, principal: Steward, b
     responses=WRITE_ERRORS,
     summary="The profiles most like these traits, best first (probabilistic matching)",
 )
-async def post_match(rt: Rt, _: Matcher, body: MatchRequest) -> MatchRead:
+async def post_match(request: Request, rt: Rt, principal: Matcher, body: MatchRequest) -> MatchRead:
+    who = actor_of(request, principal)
+
     def work() -> MatchRead:
-        with rt.db.read() as session:
+        with rt.db.unit_of_work() as session:
             try:
                 model, found = linkage.match(
                     session, body.traits, limit=body.limit, min_probability=body.min_probability
@@ -186,6 +188,14 @@ async def post_match(rt: Rt, _: Matcher, body: MatchRequest) -> MatchRead:
             except linkage.LinkageError as error:
                 raise ApiError(error.status, error.code, str(error)) from None
             rules = service.current_rules(session)
+            if found:  # a read of these people's data (their likeness to the traits); nobody found: no record
+                record_audit(
+                    session,
+                    key=rt.signing,
+                    actor=who,
+                    action="identity.match",
+                    details={"model_version": model.version, "candidates": [c.profile_id for c in found]},
+                )
         return MatchRead(
             model_version=model.version,
             candidates=[
@@ -236,17 +246,28 @@ def get_reviews(
         )
 
 
-def _decide(rt: Runtime, principal: Principal, review_id: int, reason: str, *, accept: bool) -> ReviewRead:
+def _decide(rt: Runtime, who: Actor, review_id: int, reason: str, *, accept: bool) -> ReviewRead:
     decide = linkage.accept if accept else linkage.reject
     try:
         with rt.db.unit_of_work() as session:
+            now = utcnow()
             row = decide(
                 session,
                 review_id,
-                actor=f"token:{principal.token_id}",
+                actor=f"token:{who.id}",
                 reason=reason,
-                now=utcnow(),
+                now=now,
                 lock_rows=rt.db.dialect == "postgresql",
+            )
+            record_audit(
+                session,
+                key=rt.signing,
+                actor=who,
+                action="identity.review.accept" if accept else "identity.review.reject",
+                target_type="match_review",
+                target_id=str(row.id),
+                details={"left_id": row.left_id, "right_id": row.right_id, "message_id": row.message_id},
+                now=now,
             )
             return _review(row)
     except linkage.LinkageError as error:
@@ -262,8 +283,10 @@ ReviewId = Annotated[int, Path(ge=1, le=2**62)]
     responses=WRITE_ERRORS,
     summary="Merge a reviewed pair, with the reason recorded",
 )
-async def post_accept(review_id: ReviewId, rt: Rt, principal: Steward, body: DecisionRequest) -> ReviewRead:
-    return await run_in_threadpool(_decide, rt, principal, review_id, body.reason, accept=True)
+async def post_accept(
+    request: Request, review_id: ReviewId, rt: Rt, principal: Steward, body: DecisionRequest
+) -> ReviewRead:
+    return await run_in_threadpool(_decide, rt, actor_of(request, principal), review_id, body.reason, accept=True)
 
 
 @router.post(
@@ -272,5 +295,7 @@ async def post_accept(review_id: ReviewId, rt: Rt, principal: Steward, body: Dec
     responses=WRITE_ERRORS,
     summary="Record that a reviewed pair are different people",
 )
-async def post_reject(review_id: ReviewId, rt: Rt, principal: Steward, body: DecisionRequest) -> ReviewRead:
-    return await run_in_threadpool(_decide, rt, principal, review_id, body.reason, accept=False)
+async def post_reject(
+    request: Request, review_id: ReviewId, rt: Rt, principal: Steward, body: DecisionRequest
+) -> ReviewRead:
+    return await run_in_threadpool(_decide, rt, actor_of(request, principal), review_id, body.reason, accept=False)
