@@ -90,3 +90,14 @@ def test_linkage_smoke(tmp_path: Path) -> None:
     latency = summary["latency"]
     assert latency["queries"] > 0
     assert {"p50_ms", "p95_ms", "p99_ms", "max_ms"} <= latency.keys()
+
+
+def test_import_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("import.py", tmp_path)
+    assert summary["benchmark"] == "import"
+    assert summary["failures"] == []
+    first = summary["import"]
+    assert first["rows"] == first["imported"] == first["appended"] == summary["settings"]["rows"]
+    assert first["reconciles"]
+    assert summary["reimport"]["appended"] == 0
+    assert summary["process"]["events"] == first["rows"]

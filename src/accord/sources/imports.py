@@ -13,6 +13,7 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -20,7 +21,7 @@ from typing import Any, cast
 import duckdb
 import orjson
 import structlog
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -158,16 +159,15 @@ def rejects(session: Session, run_id: str, *, after: int = 0, limit: int = 100) 
 
 
 def stored_message_ids(session: Session, source_id: str, message_ids: list[str]) -> set[str]:
-    """Of these messageIds, those the event store holds for this source already."""
+    """Of these messageIds, those the event store holds for this source already (one query per 5,000)."""
     found: set[str] = set()
-    events = EVENTS.c
-    for start in range(0, len(message_ids), 500):
-        chunk = message_ids[start : start + 500]
-        found.update(
-            session.scalars(
-                select(events.message_id).where(events.source_id == source_id, events.message_id.in_(chunk))
-            )
-        )
+    postgres = session.get_bind().dialect.name == "postgresql"
+    membership = "= ANY(:ids)" if postgres else "IN (SELECT value FROM json_each(:ids))"
+    statement = text(f"SELECT message_id FROM {EVENTS.name} WHERE source_id = :source AND message_id {membership}")  # noqa: S608
+    for start in range(0, len(message_ids), 5000):
+        chunk = message_ids[start : start + 5000]
+        ids: Any = chunk if postgres else orjson.dumps(chunk).decode()
+        found.update(session.scalars(statement, {"source": source_id, "ids": ids}))
     return found
 
 
@@ -190,6 +190,15 @@ def prepare(connection: duckdb.DuckDBPyConnection, source: Input, mapping: Mappi
     query = compile_query(mapping, columns)
     check_query(connection, mapping, query)
     return query
+
+
+@dataclass(slots=True)
+class _Chunk:
+    read: int
+    refused: list[dict[str, Any]]
+    appended: int
+    checkpoint: int
+    futures: list[Future[None]]
 
 
 class Runner:
@@ -260,14 +269,20 @@ class Runner:
             )
             result = connection.execute(f"{query.sql} OFFSET {int(checkpoint)}")
             position = checkpoint
+            # Pipelined: a chunk's log write is in flight while the next chunk is mapped; each chunk's
+            # checkpoint commits once its own write is durable, in order.
+            waiting: _Chunk | None = None
             while not self.stop.is_set():
                 rows = result.fetchmany(FETCH_ROWS)
                 if not rows:
                     break
-                counts = self._chunk(run_id, source_id, mapper, rows, position, counts)
+                chunk = self._map(run_id, source_id, mapper, rows, position)
                 position += len(rows)
-                if progress is not None:
-                    progress(counts)
+                if waiting is not None:
+                    counts = self._settle(run_id, waiting, counts, progress)
+                waiting = chunk
+            if waiting is not None:
+                counts = self._settle(run_id, waiting, counts, progress)
             if self.stop.is_set():
                 return
             lines = source.line_rejects(connection)
@@ -297,15 +312,10 @@ class Runner:
             if progress is not None:
                 progress(Progress(counts.read + added, counts.imported, counts.rejected + added))
 
-    def _chunk(
-        self,
-        run_id: str,
-        source_id: str,
-        mapper: RowMapper,
-        rows: list[tuple[Any, ...]],
-        position: int,
-        counts: Progress,
-    ) -> Progress:
+    def _map(
+        self, run_id: str, source_id: str, mapper: RowMapper, rows: list[tuple[Any, ...]], position: int
+    ) -> _Chunk:
+        """Map a chunk's rows, drop the events stored already, and submit the rest to the log."""
         events: list[dict[str, Any]] = []
         encoded: list[bytes] = []
         refused: list[dict[str, Any]] = []
@@ -332,30 +342,44 @@ class Runner:
             if present:
                 kept = [(e, d) for e, d in zip(events, encoded, strict=True) if e["messageId"] not in present]
                 events, encoded = [e for e, _ in kept], [d for _, d in kept]
-        imported = len(rows) - len(refused)
-        self._append(source_id, events, encoded)
+        return _Chunk(
+            read=len(rows),
+            refused=refused,
+            appended=len(events),
+            checkpoint=position + len(rows),
+            futures=self._submit(source_id, events, encoded),
+        )
+
+    def _settle(
+        self, run_id: str, chunk: _Chunk, counts: Progress, progress: Callable[[Progress], None] | None
+    ) -> Progress:
+        """Once the chunk's events are durable, commit its rejected rows, counts and checkpoint together."""
+        for future in chunk.futures:
+            future.result()
+        imported = chunk.read - len(chunk.refused)
         with self.db.unit_of_work() as session:
-            if refused:
-                _put_rejects(session, refused)
+            if chunk.refused:
+                _put_rejects(session, chunk.refused)
             session.execute(
                 update(ImportRun)
                 .where(ImportRun.id == run_id)
                 .values(
-                    read=ImportRun.read + len(rows),
+                    read=ImportRun.read + chunk.read,
                     imported=ImportRun.imported + imported,
-                    appended=ImportRun.appended + len(events),
-                    rejected=ImportRun.rejected + len(refused),
-                    checkpoint=position + len(rows),
+                    appended=ImportRun.appended + chunk.appended,
+                    rejected=ImportRun.rejected + len(chunk.refused),
+                    checkpoint=chunk.checkpoint,
                     heartbeat_at=utcnow(),
                 )
             )
-        return Progress(counts.read + len(rows), counts.imported + imported, counts.rejected + len(refused))
+        counts = Progress(counts.read + chunk.read, counts.imported + imported, counts.rejected + len(chunk.refused))
+        if progress is not None:
+            progress(counts)
+        return counts
 
-    def _append(self, source_id: str, events: list[dict[str, Any]], encoded: list[bytes]) -> None:
-        if not events:
-            return
+    def _submit(self, source_id: str, events: list[dict[str, Any]], encoded: list[bytes]) -> list[Future[None]]:
         received = utcnow()
-        futures = []
+        futures: list[Future[None]] = []
         for start in range(0, len(events), RECORD_EVENTS):
             payload = b"[" + b",".join(encoded[start : start + RECORD_EVENTS]) + b"]"
             record = NewRecord(
@@ -363,11 +387,10 @@ class Runner:
             )
             submit = getattr(self.log, "submit", None)
             if submit is None:
-                self.log.append(record)
+                self.log.append(record)  # a log without group commit: durable on return
             else:
                 futures.append(submit(record))
-        for future in futures:
-            future.result()
+        return futures
 
     def _finish(self, run_id: str, status: str, error: str | None) -> ImportRun:
         with self.db.unit_of_work() as session:

@@ -185,6 +185,16 @@ class RowMapper:
     _before: dict[str, int] = field(default_factory=dict)
     _checks: list[tuple[str, int, int, ValueType]] = field(default_factory=list)
     _prefix: bytes = b""
+    _pii: list[str] = field(default_factory=list)
+    # Worked out once per run, for `event`:
+    _identifiers: list[tuple[int, str, int, str, str]] = field(default_factory=list)  # position, type, place...
+    _values: list[tuple[str, int]] = field(default_factory=list)  # trait or property name, position
+    _event_name: str | None = None
+    _event_name_at: int = -1
+    _time_at: int = -1
+    _time_field: str | None = None
+    _key: list[int] = field(default_factory=list)
+    _meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         position = len(self.query.input_columns)
@@ -196,10 +206,41 @@ class RowMapper:
                 self._checks.append((output.name, position - 1, position, output.type))
                 position += 1
         self._prefix = f"{self.source_id}\x00{self.mapping.name}\x00".encode()
-        for index, ident in enumerate(self.mapping.identifiers):
+        marked = (
+            [p.prop for p in self.mapping.event.properties if p.pii]
+            if self.mapping.event is not None
+            else [t.trait for t in self.mapping.traits if t.pii]
+        )
+        personal = [i.type for i in self.mapping.identifiers if i.type in CONTEXT_TRAITS]
+        self._pii = list(dict.fromkeys([*marked, *personal]))
+        index = self._index
+        mapping = self.mapping
+        for ident in mapping.identifiers:
+            kind = ident.type
+            if kind in TOP_LEVEL:
+                place, key = 0, TOP_LEVEL[kind]
+            elif kind in CONTEXT_TRAITS:
+                place, key = 1, kind
+            elif kind in DEVICE:
+                place, key = 2, DEVICE[kind]
+            else:
+                place, key = 3, kind
+            self._identifiers.append((index[ident.field], kind, place, key, ident.field))
+        if mapping.event is not None:
+            self._values = [(p.prop, index[p.field]) for p in mapping.event.properties]
+            self._event_name = mapping.event.name
+            self._event_name_at = index[mapping.event.name_field] if mapping.event.name_field else -1
+            self._time_field = mapping.event.time
+        else:
+            self._values = [(t.trait, index[t.field]) for t in mapping.traits]
+            self._time_field = mapping.time
+        self._time_at = index[self._time_field] if self._time_field else -1
+        self._key = [index[name] for name in mapping.key or []]
+        self._meta = {"run": self.run_id, "pii": self._pii} if self._pii else {"run": self.run_id}
+        for number, ident in enumerate(self.mapping.identifiers):
             if ident.type not in self.rules.limits or ident.type == "alias":
                 raise MappingError(
-                    f"identifiers[{index}].type {ident.type!r} is not an identifier type of the identity rules in "
+                    f"identifiers[{number}].type {ident.type!r} is not an identifier type of the identity rules in "
                     f"force ({', '.join(t for t in self.rules.limits if t != 'alias')})"
                 )
 
@@ -212,69 +253,68 @@ class RowMapper:
         return {name: json_safe(row[i]) for name, i in self._index.items()}
 
     def event(self, row: tuple[Any, ...]) -> tuple[dict[str, Any], bytes]:
-        """The event for a transformed row and its JSON encoding; raises Rejected with the reason."""
+        """The event for a transformed row and its JSON encoding; raises Rejected with the reason.
+
+        On the import's hot path: everything that does not depend on the row was worked out once."""
         for name, out, before, wanted in self._checks:
             if row[out] is None and row[before] is not None:
                 raise Rejected(f"field {name}: {_shown(row[before])} is not {TYPE_WORDS[wanted]}")
-        index = self._index
-        mapping = self.mapping
         event: dict[str, Any] = {}
         context: dict[str, Any] = {}
-        for ident in mapping.identifiers:
-            value = row[index[ident.field]]
+        personal: dict[str, str] = {}  # email and phone: traits of the person, read as identifiers
+        usable = False
+        normalise = self.rules.normalise
+        for position, kind, place, slot, field_name in self._identifiers:
+            value = row[position]
             if value is None:
                 continue
-            text = str(value)
+            text = value if isinstance(value, str) else str(value)
             if len(text) > MAX_ID_LENGTH:
-                raise Rejected(
-                    f"identifier {ident.type} (field {ident.field}) is longer than {MAX_ID_LENGTH} characters"
-                )
-            kind = str(ident.type)
-            if kind in TOP_LEVEL:
-                event[TOP_LEVEL[kind]] = text
-            elif kind in CONTEXT_TRAITS:
-                context.setdefault("traits", {})[kind] = text
-            elif kind in DEVICE:
-                context.setdefault("device", {})[DEVICE[kind]] = text
+                raise Rejected(f"identifier {kind} (field {field_name}) is longer than {MAX_ID_LENGTH} characters")
+            # The identity rules read each type where it is put; checking here rejects the row with a
+            # reason rather than quarantining its event later.
+            if not usable:
+                usable = normalise(kind, text) is not None
+            if place == 0:
+                event[slot] = text
+            elif place == 1:
+                personal[kind] = text
+            elif place == 2:
+                context.setdefault("device", {})[slot] = text
             else:
                 context.setdefault("externalIds", []).append({"type": kind, "id": text, "collection": "users"})
-        if mapping.event is not None:
-            spec = mapping.event
-            name = spec.name if spec.name is not None else row[index[spec.name_field or ""]]
+        if not usable:
+            raise Rejected(self._no_identifier(row))
+        values = {name: v for name, position in self._values if (v := row[position]) is not None}
+        if self._event_name is not None or self._event_name_at >= 0:
+            name = self._event_name if self._event_name is not None else row[self._event_name_at]
             if name is None or not str(name).strip():
-                raise Rejected(f"event.name_field {spec.name_field}: empty")
+                raise Rejected(f"event.name_field {self.mapping.event.name_field if self.mapping.event else ''}: empty")
             name = str(name)
             if len(name) > MAX_EVENT_NAME_LENGTH:
                 raise Rejected(f"the event name is longer than {MAX_EVENT_NAME_LENGTH} characters")
             event["type"] = "track"
             event["event"] = name
-            event["properties"] = {p.prop: v for p in spec.properties if (v := row[index[p.field]]) is not None}
-            pii = [p.prop for p in spec.properties if p.pii]
-            time_field = spec.time
+            event["properties"] = values
+            if personal:
+                context["traits"] = personal
         else:
             event["type"] = "identify"
-            event["traits"] = {t.trait: v for t in mapping.traits if (v := row[index[t.field]]) is not None}
-            pii = [t.trait for t in mapping.traits if t.pii]
-            time_field = mapping.time
+            event["traits"] = {**values, **personal} if personal else values
         if context:
             event["context"] = context
-        if not self.rules.identifiers(event):
-            raise Rejected(self._no_identifier(row))
         timestamp = self.default_time
-        if time_field is not None:
-            moment = row[index[time_field]]
+        if self._time_at >= 0:
+            moment = row[self._time_at]
             if moment is None:
-                raise Rejected(f"field {time_field}: no time given")
+                raise Rejected(f"field {self._time_field}: no time given")
             timestamp = moment
             event["originalTimestamp"] = moment
-        if mapping.key is not None:
-            key = orjson.dumps([json_safe(row[index[name]]) for name in mapping.key])
-        else:
-            key = orjson.dumps(event)
-        event["messageId"] = "imp_" + hashlib.blake2b(self._prefix + key, digest_size=16).hexdigest()
+        named = orjson.dumps([json_safe(row[p]) for p in self._key]) if self._key else orjson.dumps(event)
+        event["messageId"] = "imp_" + hashlib.blake2b(self._prefix + named, digest_size=16).hexdigest()
         event["timestamp"] = timestamp
         event["receivedAt"] = self.received_at
-        event["_accord"] = {"run": self.run_id, "pii": pii} if pii else {"run": self.run_id}
+        event["_accord"] = self._meta
         try:
             encoded = orjson.dumps(event)
         except (orjson.JSONEncodeError, TypeError) as error:
