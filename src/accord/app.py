@@ -28,6 +28,7 @@ from accord.ingest import quarantine
 from accord.pipeline.embedded import WorkerProcess
 from accord.pipeline.worker import Worker
 from accord.profiles import api as profiles_api
+from accord.rights import api as rights_api
 from accord.runtime import Runtime
 from accord.security.auth import BearerAuthentication, Principal, require_role
 from accord.security.headers import BodyLimit, SecurityHeaders, TrackingCors
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(segments_api.router)
     app.include_router(segments_api.profiles)
     app.include_router(audit_api.router)
+    app.include_router(rights_api.router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
     async def healthz() -> dict[str, str]:

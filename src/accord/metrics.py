@@ -7,6 +7,9 @@ REQUESTS_REJECTED = Counter("accord_requests_rejected", "Tracking requests refus
 EVENTS_PROCESSED = Counter("accord_events_processed", "Events applied to profiles")
 EVENTS_DUPLICATE = Counter("accord_events_duplicate", "Events dropped as resends of a stored messageId")
 EVENTS_QUARANTINED = Counter("accord_events_quarantined", "Events sent to quarantine")
+EVENTS_SUPPRESSED = Counter(
+    "accord_events_suppressed", "Events dropped because they carry an erased person's identifier"
+)
 MERGES = Counter("accord_profile_merges", "Profiles merged into another")
 WORKER_RETRIES = Counter("accord_worker_retries", "Worker transactions retried after a conflict")
 INGEST_SECONDS = Histogram("accord_ingest_seconds", "Time to acknowledge a tracking request")

@@ -63,6 +63,17 @@ class Database:
         with self.read_sessions() as session, session.begin():
             yield session
 
+    def checkpoint_wal(self) -> None:
+        """SQLite: copy the write-ahead log into the database file and truncate it to nothing, so that no
+        older page (with data since deleted) stays behind in it. Waits for readers (busy timeout)."""
+        if self.dialect != "sqlite":
+            return
+        connection = self.engine.raw_connection()
+        try:
+            connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            connection.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -81,6 +92,8 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Deleted rows are overwritten with zeros, not left in free pages: erasure must leave nothing behind.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

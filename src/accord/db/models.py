@@ -18,6 +18,7 @@ from accord.identity.models import Identity, IdentityRules, MatchKey, MatchModel
 from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
+from accord.rights.models import ErasedIdentifier, Tombstone
 from accord.security.models import ApiToken, ConsoleSession, User
 from accord.segments.models import Segment, SegmentMembership, SegmentTransition, SegmentVersion
 from accord.sources.models import ImportReject, ImportRun, Source
@@ -33,6 +34,7 @@ __all__ = [
     "Checkpoint",
     "ConsentState",
     "ConsoleSession",
+    "ErasedIdentifier",
     "Evidence",
     "Identity",
     "IdentityRules",
@@ -57,5 +59,6 @@ __all__ = [
     "SeparationRow",
     "Source",
     "Subject",
+    "Tombstone",
     "User",
 ]

@@ -30,6 +30,7 @@ from accord.ingest import quarantine
 from accord.ingest.spec import parse_time
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
+from accord.rights import service as rights
 
 # The tables, for set-based Core statements on the hot path (the ORM's per-row work costs too much).
 PROFILES = cast(Table, Profile.__table__)
@@ -50,6 +51,7 @@ class Outcome:
     quarantined: int = 0
     merges: int = 0
     rederived: int = 0
+    suppressed: int = 0  # carried an erased person's identifier: dropped, counted on the tombstone
 
 
 @dataclass(slots=True)
@@ -130,6 +132,10 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool, cons
             continue
         lookups = rules.lookups(identifiers)
         parsed.append(_Parsed(source_id, event, timestamp, received_at, identifiers, lookups, identifiers + lookups))
+    if consent is not None and parsed and rights.any_erased(session):
+        dropped = rights.suppressed(session, consent.key, [p.keys for p in parsed], utcnow())
+        outcome.suppressed += len(dropped)
+        parsed = [p for position, p in enumerate(parsed) if position not in dropped]
     # In the canonical order, so that a run needs no re-derivation for events that are only out of order
     # among themselves (see docs/concepts.md, "Limits and order").
     parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))

@@ -76,7 +76,7 @@ class Worker:
             outcome = self._process(items)
             claim.acknowledge()
         _count(outcome)
-        return outcome.processed + outcome.duplicates + outcome.quarantined
+        return outcome.processed + outcome.duplicates + outcome.quarantined + outcome.suppressed
 
     def _process(self, items: list[Item]) -> Outcome:
         lock_rows = self.db.dialect == "postgresql"
@@ -117,6 +117,7 @@ class Worker:
                 outcome.duplicates += single.duplicates
                 outcome.quarantined += single.quarantined
                 outcome.merges += single.merges
+                outcome.suppressed += single.suppressed
         return outcome
 
 
@@ -133,4 +134,5 @@ def _count(outcome: Outcome) -> None:
     metrics.EVENTS_PROCESSED.inc(outcome.processed)
     metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
     metrics.EVENTS_QUARANTINED.inc(outcome.quarantined)
+    metrics.EVENTS_SUPPRESSED.inc(outcome.suppressed)
     metrics.MERGES.inc(outcome.merges)

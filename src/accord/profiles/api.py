@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from accord.audit.service import record_audit
 from accord.errors import ApiError, documented
+from accord.hashchain import iso
 from accord.identity.models import Identity
 from accord.profiles import service
 from accord.profiles.models import Profile, ProfileEvent
@@ -22,6 +23,7 @@ from accord.profiles.schemas import (
     TraitSource,
     TraitsRead,
 )
+from accord.rights import service as rights
 from accord.runtime import Runtime, runtime
 from accord.security.auth import Principal, actor_of, require_role
 
@@ -44,6 +46,14 @@ def resolve_or_404(session: Session, ref: str) -> Profile:
     except service.BadReference as error:
         raise ApiError(400, "invalid_reference", str(error)) from None
     if profile is None:
+        gone = None if ":" in ref else rights.tombstone(session, ref)
+        if gone is not None:
+            dropped = f"; {gone.suppressed_events} later events with their identifiers were dropped"
+            raise ApiError(
+                410,
+                "profile_erased",
+                f"this profile was erased at {iso(gone.erased_at)}{dropped if gone.suppressed_events else ''}",
+            )
         raise ApiError(404, "profile_not_found", "no profile matches this reference")
     return profile
 
