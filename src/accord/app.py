@@ -14,13 +14,14 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from accord import __version__, console, errors
+from accord import __version__, errors
 from accord import metrics as counters
 from accord.audit import api as audit_api
 from accord.config import Settings
 from accord.consent import api as consent_api
 from accord.consent import preferences
 from accord.consent.capture import Capture
+from accord.console import mount as console_mount
 from accord.db import migrate
 from accord.identity import api as identity_api
 from accord.ingest import api as ingest_api
@@ -114,7 +115,7 @@ def create_app(
     app.include_router(preferences.router)
     app.include_router(sources_api.router)
     app.state.import_jobs = ImportJobs(rt.db, rt.log)
-    console.install(app)
+    console_mount.install(app)
     app.include_router(segments_api.router)
     app.include_router(segments_api.profiles)
     app.include_router(audit_api.router)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 import httpx
 
+from accord.consent import catalogue
 from accord.db.base import utcnow
 from accord.runtime import Runtime
 from accord.security import users
+from conftest import LiveAccord
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -41,3 +44,34 @@ def logged_in(client: httpx.Client, rt: Runtime, role: str) -> str:
     answer = login(client, make_user(rt, role))
     assert answer.status_code == 303, answer.text
     return csrf_of(client.get("/console").text)
+
+
+def track(live: LiveAccord, events: list[dict[str, Any]]) -> None:
+    with live.client(auth=(live.write_key, "")) as client:
+        answer = client.post("/v1/batch", json={"batch": events})
+        assert answer.status_code == 200, answer.text
+    live.wait_processed()
+
+
+def profile_id(live: LiveAccord, ref: str) -> str:
+    with live.api() as api:
+        answer = api.get(f"/api/v1/profiles/{ref}")
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["id"])
+
+
+def catalogue_with_marketing(live: LiveAccord) -> None:
+    now = utcnow()
+    with live.rt.db.unit_of_work() as session:
+        catalogue.put_purpose(
+            session,
+            key="marketing",
+            name="Marketing",
+            description="",
+            legal_basis="consent",
+            expires_after_days=None,
+            now=now,
+        )
+        catalogue.add_notice_version(
+            session, key="privacy", language="en", title="Privacy", text="v1", purposes=["marketing"], url=None, now=now
+        )

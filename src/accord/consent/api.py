@@ -284,8 +284,6 @@ def _actor(principal: Principal) -> dict[str, Any]:
 def post_consent(request: Request, ref: Ref, body: ConsentWrite, rt: Rt, principal: Recorder) -> ConsentCreated:
     evidence = body.evidence.model_dump(exclude_none=True)
     evidence["recorded_by"] = principal.token_id
-    if body.method in {"verbal", "paper_form"} and not body.evidence.reference:
-        raise ApiError(422, "evidence_required", f"a {body.method} statement needs evidence.reference (call or form)")
     double_opt_in = body.method == "double_opt_in" and body.status in service.GRANTING
     statement = service.Statement(
         purpose=body.purpose,

@@ -25,6 +25,8 @@ STATUSES = ("given", "refused", "withdrawn", "expired", "renewed", "pending")
 GRANTING = frozenset({"given", "renewed"})
 METHODS = tuple(receipts.CONSENT_TYPES)
 ACTOR_TYPES = ("customer", "agent", "system")
+# Said on the phone or written on paper: only a reference to the call recording or the form proves it.
+EVIDENCED_METHODS = frozenset({"verbal", "paper_form"})
 MAX_TCF = 4000
 MAX_EVIDENCE = 8192
 CLOCK_SKEW = timedelta(minutes=5)
@@ -145,6 +147,10 @@ def _entry(
         raise ConsentError(422, "invalid_status", f"status must be one of {', '.join(STATUSES)}")
     if statement.method not in METHODS:
         raise ConsentError(422, "invalid_method", f"method must be one of {', '.join(METHODS)}")
+    if statement.method in EVIDENCED_METHODS and not str(statement.evidence.get("reference") or "").strip():
+        raise ConsentError(
+            422, "evidence_required", f"a {statement.method} statement needs evidence.reference (call or form)"
+        )
     occurred_at = statement.occurred_at or now
     if occurred_at.tzinfo is None:
         raise ConsentError(422, "invalid_time", "occurred_at needs a time zone")
@@ -317,6 +323,13 @@ def receipts_of(session: Session, profile_ids: Sequence[str], *, limit: int = 10
         .order_by(Receipt.created_at.desc())
         .limit(limit)
     ).all()
+
+
+def receipt_of(session: Session, profile_ids: Sequence[str], record_id: str) -> Receipt | None:
+    """The receipt of one record, if the record is about these profiles."""
+    return session.scalar(
+        select(Receipt).where(Receipt.record_id == record_id, about(Receipt.record_id, Receipt.profile_id, profile_ids))
+    )
 
 
 def decide(

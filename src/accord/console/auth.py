@@ -27,7 +27,8 @@ from accord.security.users import Login
 COOKIE = "accord_console"
 SECURE_COOKIE = "__Host-accord_console"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-MAX_FORM_BYTES = 64 * 1024
+MAX_FORM_BYTES = 64 * 1024  # the login form
+MAX_SESSION_FORM_BYTES = 512 * 1024  # forms of a logged-in user (a notice's text can be long)
 
 
 def is_https(request: Request) -> bool:
@@ -58,16 +59,16 @@ def clear_session_cookie(response: Response, request: Request) -> None:
     )
 
 
-async def form(request: Request) -> dict[str, list[str]]:
-    """The URL-encoded form of a POST, read once and kept; a body over MAX_FORM_BYTES is refused."""
+async def form(request: Request, *, max_bytes: int = MAX_FORM_BYTES) -> dict[str, list[str]]:
+    """The URL-encoded form of a POST, read once and kept; a body over `max_bytes` is refused."""
     cached: dict[str, list[str]] | None = getattr(request.state, "console_form", None)
     if cached is not None:
         return cached
     raw = b""
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_FORM_BYTES:
-            raise ConsoleError(413, "Too much data", f"A form may send at most {MAX_FORM_BYTES // 1024} KiB.")
+        if len(raw) > max_bytes:
+            raise ConsoleError(413, "Too much data", f"A form may send at most {max_bytes // 1024} KiB.")
     parsed = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=500)
     request.state.console_form = parsed
     return parsed
@@ -95,7 +96,8 @@ def same_site(request: Request) -> bool:
 
 
 async def check_csrf(request: Request, expected: str) -> None:
-    sent = request.headers.get("x-csrf-token") or field(await form(request), "csrf", max_length=200)
+    values = await form(request, max_bytes=MAX_SESSION_FORM_BYTES)
+    sent = request.headers.get("x-csrf-token") or field(values, "csrf", max_length=200)
     if not same_site(request) or not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise ConsoleError(
             403, "Form expired", "This form is not valid any more (or came from another site). Reload and retry."

@@ -13,6 +13,7 @@ from accord.consent.models import (
     Receipt,
     Subject,
 )
+from accord.console.models import Note, RecentView
 from accord.db.base import Base
 from accord.identity.models import Identity, IdentityRules, MatchKey, MatchModel, MatchReview, Merge, SeparationRow
 from accord.ingest.models import QuarantinedEvent
@@ -46,12 +47,14 @@ __all__ = [
     "MatchModel",
     "MatchReview",
     "Merge",
+    "Note",
     "Notice",
     "Profile",
     "ProfileEvent",
     "Purpose",
     "QuarantinedEvent",
     "Receipt",
+    "RecentView",
     "Segment",
     "SegmentMembership",
     "SegmentTransition",

@@ -13,11 +13,13 @@ import hmac
 import secrets
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
@@ -90,6 +92,11 @@ def _verify(row: ApiToken, token: str) -> bool:
             _verified.clear()
         _verified[row.id] = digest
     return True
+
+
+def list_tokens(session: Session) -> Sequence[ApiToken]:
+    """Every token, newest first (their hashes stay in the database; callers show ids and roles)."""
+    return session.scalars(select(ApiToken).order_by(ApiToken.created_at.desc())).all()
 
 
 def revoke_token(session: Session, *, token_id: str) -> None:

@@ -1,0 +1,234 @@
+"""What the console needs beyond the features' own services: finding customers, recently viewed, notes,
+new timeline events for the live view, and trait corrections sent through the event log."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, delete, func, literal, or_, select
+from sqlalchemy.orm import Session
+
+from accord.console.models import Note, RecentView
+from accord.identity.models import Identity
+from accord.identity.service import current_rules
+from accord.ingest.spec import SpecError, normalise_request
+from accord.log.port import NewRecord
+from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.service import BadReference, resolve
+from accord.sources import service as sources
+
+MAX_QUERY = 200
+MAX_RESULTS = 20
+RECENT_KEPT = 10
+MAX_NOTE = 4000
+CONSOLE_SOURCE = "accord-console"  # the source that trait corrections are recorded under
+_PHONE = re.compile(r"^\+?[\d\s().\-/]{6,40}$")
+# Where a person's name may be: a `name` trait, or first and last names in either spelling.
+NAME_TRAITS = (("name",), ("firstName", "lastName"), ("first_name", "last_name"))
+TRAIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    profile_id: str
+    name: str
+    matched: str  # which way the query found the profile: "email", "name", ...
+    last_seen: datetime
+
+
+def display_name(traits: dict[str, Any]) -> str:
+    """The person's name from their traits, or an empty string."""
+    for keys in NAME_TRAITS:
+        parts = [traits.get(key) for key in keys]
+        text = " ".join(str(part).strip() for part in parts if isinstance(part, str | int) and str(part).strip())
+        if text:
+            return text[:200]
+    return ""
+
+
+def _found(profile: Profile, matched: str) -> Found:
+    return Found(profile.id, display_name(profile.traits), matched, profile.last_seen)
+
+
+def _by_identifier(session: Session, text: str) -> list[Found]:
+    rules = current_rules(session)
+    kinds = ["user_id"]
+    if "@" in text:
+        kinds.insert(0, "email")
+    if _PHONE.match(text) and sum(c.isdigit() for c in text) >= 6:
+        kinds.insert(0, "phone")
+    found = []
+    for kind in kinds:
+        if kind in rules.limits:
+            profile = resolve(session, f"{kind}:{text}")
+            if profile is not None:
+                found.append(_found(profile, kind.replace("_", " ")))
+    try:  # a profile id, or a reference as the REST API takes it (email:..., anonymous_id:...)
+        profile = resolve(session, text)
+    except BadReference:
+        profile = None
+    if profile is not None:
+        found.append(_found(profile, "reference" if ":" in text else "profile id"))
+    return found
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _name_matches(pattern: str) -> ColumnElement[bool]:
+    conditions = []
+    for keys in NAME_TRAITS:
+        parts: list[Any] = [func.coalesce(Profile.traits[key].as_string(), literal("", String)) for key in keys]
+        joined = parts[0] if len(parts) == 1 else parts[0].concat(" ").concat(parts[1])
+        conditions.append(func.lower(joined).like(pattern, escape="\\"))
+    return or_(*conditions)
+
+
+def find_customers(session: Session, text: str, *, limit: int = MAX_RESULTS) -> list[Found]:
+    """Profiles that `text` names: exactly by email, phone, user id or profile id, or by a part of their
+    name (case-insensitive). Live profiles only, most recently seen first after the exact matches.
+
+    The name search reads every profile's name traits: fine for the console's scale of hundreds of
+    thousands of profiles, and the place for a name index when that is not enough."""
+    text = text.strip()[:MAX_QUERY]
+    if not text:
+        return []
+    exact = _by_identifier(session, text)
+    results: dict[str, Found] = {}
+    for hit in exact:
+        results.setdefault(hit.profile_id, hit)
+    if len(text) >= 2:
+        rows = session.scalars(
+            select(Profile)
+            .where(Profile.merged_into.is_(None), _name_matches(_like(text)))
+            .order_by(Profile.last_seen.desc())
+            .limit(limit)
+        )
+        for profile in rows:
+            results.setdefault(profile.id, _found(profile, "name"))
+    return list(results.values())[:limit]
+
+
+def remember_view(session: Session, *, user_id: str, profile_id: str, now: datetime) -> None:
+    row = session.get(RecentView, (user_id, profile_id))
+    if row is None:
+        session.add(RecentView(user_id=user_id, profile_id=profile_id, viewed_at=now))
+    else:
+        row.viewed_at = now
+    session.flush()
+    keep = select(RecentView.profile_id).where(RecentView.user_id == user_id)
+    keep = keep.order_by(RecentView.viewed_at.desc()).limit(RECENT_KEPT)
+    session.execute(
+        delete(RecentView).where(RecentView.user_id == user_id, RecentView.profile_id.not_in(keep.scalar_subquery()))
+    )
+
+
+def recently_viewed(session: Session, *, user_id: str) -> list[Found]:
+    """The user's recently opened customers, newest first, each as the live profile it now is."""
+    rows = session.scalars(
+        select(RecentView).where(RecentView.user_id == user_id).order_by(RecentView.viewed_at.desc()).limit(RECENT_KEPT)
+    ).all()
+    found: dict[str, Found] = {}
+    for row in rows:
+        profile = resolve(session, row.profile_id)
+        if profile is not None:
+            found.setdefault(profile.id, _found(profile, "recent"))
+    return list(found.values())
+
+
+def add_note(session: Session, *, profile_id: str, author_id: str, author_email: str, text: str, now: datetime) -> Note:
+    text = text.strip()
+    if not text:
+        raise ValueError("a note needs some text")
+    if len(text) > MAX_NOTE:
+        raise ValueError(f"a note has at most {MAX_NOTE} characters")
+    note = Note(profile_id=profile_id, author_id=author_id, author_email=author_email, text=text, created_at=now)
+    session.add(note)
+    session.flush()
+    return note
+
+
+def notes(session: Session, profile_ids: Sequence[str], *, limit: int = 100) -> Sequence[Note]:
+    return session.scalars(
+        select(Note)
+        .where(Note.profile_id.in_(profile_ids))
+        .order_by(Note.created_at.desc(), Note.id.desc())
+        .limit(limit)
+    ).all()
+
+
+def newest_event_id(session: Session, profile_id: str) -> int:
+    return int(session.scalar(select(func.max(ProfileEvent.id)).where(ProfileEvent.profile_id == profile_id)) or 0)
+
+
+def events_since(session: Session, profile_id: str, *, after: int, limit: int = 100) -> Sequence[ProfileEvent]:
+    """The profile's events stored with an id above `after`, oldest first."""
+    return session.scalars(
+        select(ProfileEvent)
+        .where(ProfileEvent.profile_id == profile_id, ProfileEvent.id > after)
+        .order_by(ProfileEvent.id)
+        .limit(limit)
+    ).all()
+
+
+def source_names(session: Session) -> dict[str, str]:
+    return {source.id: source.name for source in sources.list_sources(session)}
+
+
+def console_source_id(session: Session) -> str:
+    """The source trait corrections are recorded under, made on first use. Its write key is thrown away:
+    nothing outside Accord sends as the console."""
+    for source in sources.list_sources(session):
+        if source.name == CONSOLE_SOURCE:
+            return source.id
+    return sources.create_source(session, name=CONSOLE_SOURCE).id
+
+
+def addressing(session: Session, profile_id: str) -> dict[str, str] | None:
+    """The identifier an event must carry to land on this profile: its user id, else an anonymous id."""
+    for kind, field in (("user_id", "userId"), ("anonymous_id", "anonymousId")):
+        value = session.scalar(
+            select(Identity.value)
+            .where(Identity.profile_id == profile_id, Identity.type == kind)
+            .order_by(Identity.first_seen)
+            .limit(1)
+        )
+        if value is not None:
+            return {field: value}
+    return None
+
+
+class CorrectionError(ValueError):
+    pass
+
+
+def trait_correction(
+    session: Session, *, profile_id: str, name: str, value: str | None, user_id: str, now: datetime
+) -> NewRecord:
+    """An identify event that sets (or with None clears) one trait, for the caller to append to the event
+    log: the correction then goes through the pipeline like any other change, and survives replays."""
+    if not TRAIT_NAME.match(name):
+        raise CorrectionError("a trait name is 1 to 100 letters, digits, '_', '.' or '-', not starting with a digit")
+    address = addressing(session, profile_id)
+    if address is None:
+        raise CorrectionError("this profile has no user id or anonymous id that a correction could be sent to")
+    event = {
+        "type": "identify",
+        **address,
+        "traits": {name: value},
+        "timestamp": now.isoformat(),
+        "messageId": f"console-{uuid.uuid4()}",
+        "context": {"library": {"name": "accord-console"}, "console": {"user_id": user_id}},
+    }
+    try:
+        events = normalise_request({"batch": [event]}, endpoint="batch", received_at=now, client_ip=None)
+    except SpecError as error:
+        raise CorrectionError(error.message) from None
+    return NewRecord(source_id=console_source_id(session), received_at=now, events=events)
