@@ -20,7 +20,7 @@ from accord.security import users
 from accord.security.service import ROLES, create_token
 from conftest import LiveAccord
 from console.helpers import PASSWORD, csrf_of, login, make_user
-from pipeline.helpers import process, send
+from pipeline.helpers import send
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 CREDENTIALS = ("none", *ROLES)
@@ -58,9 +58,9 @@ def test_the_table_covers_every_console_route() -> None:
 def prepare(live: LiveAccord) -> dict[str, str]:
     """A person with a merge (user 42 absorbed device a42), a catalogue and a consent record with a receipt."""
     send(live.rt, [{"type": "track", "anonymousId": "a42", "event": "E", "timestamp": "2026-05-01T10:00:00Z"}])
-    process(live.rt)
+    live.wait_processed()  # the live server's worker takes them
     send(live.rt, [{"type": "identify", "userId": "42", "anonymousId": "a42", "traits": {"plan": "gold"}}])
-    process(live.rt)
+    live.wait_processed()  # the live server's worker takes them
     now = utcnow()
     with live.rt.db.unit_of_work() as session:
         catalogue.put_purpose(
