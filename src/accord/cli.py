@@ -665,6 +665,7 @@ def user_create(
         with _session() as session:
             user = users.create_user(session, email=email, role=role, password=password, now=utcnow())
             data = {"id": user.id, "email": user.email, "role": user.role}
+            _audit(session, "user.create", "user", user.id, role=user.role)
     except users.UserError as error:
         _fail(str(error))
     _print(data, as_json)
@@ -694,10 +695,11 @@ def user_list(as_json: JsonFlag = False) -> None:
     console.print(table)
 
 
-def _change_user(change: Callable[[Session], object]) -> None:
+def _change_user(action: str, change: Callable[[Session], Any]) -> None:
     try:
         with _session() as session:
-            change(session)
+            user = change(session)
+            _audit(session, action, "user", user.id, role=user.role)
     except users.UserError as error:
         _fail(str(error))
 
@@ -705,14 +707,14 @@ def _change_user(change: Callable[[Session], object]) -> None:
 @user_app.command("disable")
 def user_disable(email: str) -> None:
     """Stop a user from logging in; their open console sessions end at once."""
-    _change_user(lambda session: users.set_disabled(session, email=email, disabled=True, now=utcnow()))
+    _change_user("user.disable", lambda session: users.set_disabled(session, email=email, disabled=True, now=utcnow()))
     console.print("user disabled")
 
 
 @user_app.command("enable")
 def user_enable(email: str) -> None:
     """Let a disabled user log in again (and lift a lockout)."""
-    _change_user(lambda session: users.set_disabled(session, email=email, disabled=False, now=utcnow()))
+    _change_user("user.enable", lambda session: users.set_disabled(session, email=email, disabled=False, now=utcnow()))
     console.print("user enabled")
 
 
@@ -720,14 +722,14 @@ def user_enable(email: str) -> None:
 def user_set_password(email: str) -> None:
     """Give a user a new password (prompted, or standard input's first line); their sessions end."""
     password = _read_password()
-    _change_user(lambda session: users.set_password(session, email=email, password=password))
+    _change_user("user.set_password", lambda session: users.set_password(session, email=email, password=password))
     console.print("password changed")
 
 
 @user_app.command("set-role")
 def user_set_role(email: str, role: Annotated[str, typer.Option(help="admin, analyst, agent or auditor")]) -> None:
     """Change a user's role; it applies to their next request."""
-    _change_user(lambda session: users.set_role(session, email=email, role=role))
+    _change_user("user.set_role", lambda session: users.set_role(session, email=email, role=role))
     console.print(f"role set to {role}")
 
 

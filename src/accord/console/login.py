@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from accord.audit.service import Actor, record_audit
 from accord.console import auth
 from accord.console.render import page
 from accord.db.base import utcnow
@@ -99,7 +100,16 @@ async def login(request: Request) -> Response:
     def attempt() -> users.StartedSession | None:
         with rt.db.unit_of_work() as session:
             user = users.authenticate(session, email=email, password=password, now=now)
-            return None if user is None else users.start_session(session, user, now=now, lifetime=lifetime)
+            if user is None:
+                started = None
+                # Who tried is unknown (the email typed is not recorded: it may be anybody's); where from is.
+                actor = Actor("anonymous", None, None, client[:64])
+            else:
+                started = users.start_session(session, user, now=now, lifetime=lifetime)
+                actor = Actor("user", user.id, user.role, client[:64])
+            action = "console.login" if started else "console.login_failed"
+            record_audit(session, key=rt.signing, actor=actor, action=action, now=now)
+            return started
 
     started = await run_in_threadpool(attempt)
     if started is None:
@@ -112,14 +122,16 @@ async def login(request: Request) -> Response:
 
 @router.post("/console/logout")
 async def logout(
-    request: Request, _: Annotated[Login, Depends(auth.require_login("analyst", "agent", "auditor"))]
+    request: Request, login: Annotated[Login, Depends(auth.require_login("analyst", "agent", "auditor"))]
 ) -> Response:
     rt: Runtime = request.app.state.runtime
     secret = auth.session_secret(request)
+    actor = Actor("user", login.user_id, login.role, request.client.host[:64] if request.client else None)
 
     def end() -> None:
         with rt.db.unit_of_work() as session:
             users.end_session(session, secret)
+            record_audit(session, key=rt.signing, actor=actor, action="console.logout")
 
     await run_in_threadpool(end)
     response = RedirectResponse("/console/login", status_code=303)

@@ -8,14 +8,16 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
+from accord.audit.service import record_audit
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented
 from accord.profiles.api import Ref, resolve_or_404
 from accord.runtime import Runtime, runtime
-from accord.security.auth import Principal, require_role
+from accord.security.auth import Principal, actor_of, require_role
 from accord.security.service import ROLES
 from accord.segments import conditions, service
 from accord.segments.models import Segment
@@ -81,6 +83,20 @@ def list_segments(rt: Rt, _: Reader) -> SegmentList:
         return SegmentList(data=[_read(row, sizes.get(row.key, 0)) for row in rows])
 
 
+def _audit(
+    session: Session, rt: Runtime, request: Request, principal: Principal, action: str, key: str, **details: Any
+) -> None:
+    record_audit(
+        session,
+        key=rt.signing,
+        actor=actor_of(request, principal),
+        action=action,
+        target_type="segment",
+        target_id=key,
+        details=details,
+    )
+
+
 @router.post(
     "",
     response_model=SegmentRead,
@@ -88,7 +104,7 @@ def list_segments(rt: Rt, _: Reader) -> SegmentList:
     responses=WRITE_ERRORS,
     summary="Create a segment; workers backfill it from the stored profiles (see backfill)",
 )
-def create_segment(body: SegmentCreate, rt: Rt, principal: Editor) -> SegmentRead:
+def create_segment(request: Request, body: SegmentCreate, rt: Rt, principal: Editor) -> SegmentRead:
     try:
         with rt.db.unit_of_work() as session:
             row = service.create(
@@ -100,6 +116,7 @@ def create_segment(body: SegmentCreate, rt: Rt, principal: Editor) -> SegmentRea
                 actor=f"token:{principal.token_id}",
                 now=utcnow(),
             )
+            _audit(session, rt, request, principal, "segment.create", row.key, version=row.version)
             return _read(row, 0)
     except (service.SegmentError, conditions.ConditionError) as error:
         raise _fail(error) from None
@@ -116,7 +133,7 @@ def get_segment(key: KeyPath, rt: Rt, _: Reader) -> SegmentRead:
 
 
 @router.put("/{key}", response_model=SegmentRead, responses=WRITE_ERRORS, summary="Change a segment (a new version)")
-def put_segment(key: KeyPath, body: SegmentUpdate, rt: Rt, principal: Editor) -> SegmentRead:
+def put_segment(request: Request, key: KeyPath, body: SegmentUpdate, rt: Rt, principal: Editor) -> SegmentRead:
     try:
         with rt.db.unit_of_work() as session:
             row = service.change(
@@ -128,16 +145,18 @@ def put_segment(key: KeyPath, body: SegmentUpdate, rt: Rt, principal: Editor) ->
                 actor=f"token:{principal.token_id}",
                 now=utcnow(),
             )
+            _audit(session, rt, request, principal, "segment.update", row.key, version=row.version)
             return _read(row, service.size(session, key))
     except (service.SegmentError, conditions.ConditionError) as error:
         raise _fail(error) from None
 
 
 @router.delete("/{key}", status_code=204, responses=WRITE_ERRORS, summary="Delete a segment and its memberships")
-def delete_segment(key: KeyPath, rt: Rt, principal: Editor) -> Response:
+def delete_segment(request: Request, key: KeyPath, rt: Rt, principal: Editor) -> Response:
     try:
         with rt.db.unit_of_work() as session:
             service.remove(session, key=key, actor=f"token:{principal.token_id}", now=utcnow())
+            _audit(session, rt, request, principal, "segment.delete", key)
     except service.SegmentError as error:
         raise _fail(error) from None
     return Response(status_code=204)
@@ -194,9 +213,10 @@ def get_members(
     summary="Members the consent policy lets out for a purpose and channel, as CSV or JSON lines",
 )
 def export_members(
+    request: Request,
     key: KeyPath,
     rt: Rt,
-    _: Editor,
+    principal: Editor,
     purpose: Annotated[str, Query(min_length=1, max_length=100, description="The purpose the export is for")],
     channel: Annotated[str, Query(min_length=1, max_length=60, description="The channel, or all")] = "all",
     format: Annotated[Literal["csv", "jsonl"], Query()] = "jsonl",
@@ -210,6 +230,8 @@ def export_members(
             next(service.export(session, key, purpose=purpose, channel=channel, traits=names, now=now), None)
     except service.SegmentError as error:
         raise _fail(error) from None
+    with rt.db.unit_of_work() as session:  # personal data leaves: recorded before the first row is sent
+        _audit(session, rt, request, principal, "segment.export", key, purpose=purpose, channel=channel, traits=names)
 
     def rows() -> Iterator[bytes]:
         with rt.db.read() as session:
