@@ -15,7 +15,7 @@ from accord.security.service import ROLES, create_token
 from accord.segments import service as segments
 from conftest import LiveAccord
 from pipeline.helpers import process, send
-from sources.importing import LOYALTY, LOYALTY_CSV, seed_run
+from sources.importing import HOOK, LOYALTY, LOYALTY_CSV, seed_hook, seed_run, source
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 CREDENTIALS = ("none", "write key", *ROLES)
@@ -75,6 +75,7 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/identity/match"): ("/api/v1/identity/match", {"traits": {"firstName": "Ann"}}),
     ("POST", "/api/v1/identity/reviews/{review_id}/accept"): ("/api/v1/identity/reviews/1/accept", {"reason": "r"}),
     ("POST", "/api/v1/identity/reviews/{review_id}/reject"): ("/api/v1/identity/reviews/2/reject", {"reason": "r"}),
+    ("PUT", "/api/v1/sources/{key}/mappings/{name}"): ("/api/v1/sources/loyalty/mappings/hook", HOOK),
     ("GET", "/api/v1/profiles/{ref}/contactable"): (
         "/api/v1/profiles/user_id:42/contactable?purpose=marketing&channel=email",
         None,
@@ -153,6 +154,8 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
     process(live.rt)
     _catalogue(live.rt)
     run_id = seed_run(live.rt, tmp_path)  # an import run of source "loyalty", with one rejected row
+    seed_hook(live.rt, live.source_id)  # mapping "hook", for the webhook route
+    seed_hook(live.rt, source(live.rt, "loyalty"))
     _matching(live.rt)
     headers: dict[str, str] = {}
     auth = None
@@ -164,6 +167,7 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
     with live.client(headers=headers, auth=auth) as client:
         for (method, path), allowed in matrix().items():
             url = path.replace("{ref}", "user_id:42").replace("{key}", "loyalty").replace("{run_id}", run_id)
+            url = url.replace("{name}", "hook")
             body: dict[str, Any] | None = {
                 "userId": "42",
                 "event": "E",

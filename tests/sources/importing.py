@@ -89,6 +89,26 @@ def seed_run(rt: Runtime, folder: Path) -> str:
     return run_import(rt, write(folder, "seed.csv", LOYALTY_CSV), LOYALTY).id
 
 
+HOOK = {
+    "mapping": 1,
+    "name": "hook",
+    "identifiers": [{"field": "userId", "type": "user_id"}],
+    "traits": [{"field": "event", "name": "last_event"}],
+}
+
+
+def seed_hook(rt: Runtime, source_id: str) -> None:
+    """Keep the mapping `hook` (userId -> user_id, event -> trait last_event) with a source."""
+    from accord.db.base import utcnow
+    from accord.sources import webhooks
+    from accord.sources.mapping import parse_mapping
+
+    with rt.db.unit_of_work() as session:
+        webhooks.put_mapping(
+            session, source_id=source_id, name="hook", mapping=parse_mapping(HOOK), actor="test", now=utcnow()
+        )
+
+
 def traits(rt: Runtime, ref: str) -> dict[str, Any]:
     with rt.db.read() as session:
         profile = profiles.resolve(session, ref)

@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import shutil
 import uuid
 from pathlib import Path as FilePath
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+import orjson
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from accord.errors import ApiError, documented
+from accord.db.base import utcnow
+from accord.errors import ApiError, documented, error_response
+from accord.identity.service import current_rules
+from accord.ingest import api as ingest_api
+from accord.ingest.spec import SpecError, contains_nul
+from accord.log.port import NewRecord
 from accord.runtime import Runtime, runtime
 from accord.security.auth import Principal, require_role
-from accord.sources import imports
+from accord.sources import imports, webhooks
 from accord.sources.connectors import EXTENSIONS, FileInput, InputError
 from accord.sources.mapping import MAX_MAPPING_BYTES, Format, Mapping, MappingError, load_mapping, parse_mapping
-from accord.sources.models import ImportReject, ImportRun
+from accord.sources.models import ImportReject, ImportRun, SourceMapping
 from accord.sources.schemas import (
     ImportRunRead,
     ImportRunsRead,
+    MappingRead,
     PreviewRead,
     RejectRead,
     RejectsRead,
     ReplayRequest,
+    WebhookAccepted,
+    WebhookReject,
 )
 
 UPLOADS = "/api/v1/sources/"
@@ -36,7 +47,7 @@ Key = Annotated[
     str, Path(max_length=200, description="The source's id (`src_...`) or name", examples=["loyalty-export"])
 ]
 RunId = Annotated[str, Path(max_length=60, description="The import run's id (`imp_...`)")]
-ERRORS = documented(401, 403, 404, 422, 429)
+ERRORS = documented(400, 401, 403, 404, 422, 429)
 WRITE_ERRORS = documented(400, 401, 403, 404, 409, 413, 422, 429)
 COPY_CHUNK = 1024 * 1024
 
@@ -263,3 +274,129 @@ async def post_preview(
         raise ApiError(422, "invalid_mapping", str(error)) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- stored mappings and inbound webhooks ------------------------------------------------------------------
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+NAME = re.compile(NAME_PATTERN)
+MappingName = Annotated[str, Path(pattern=NAME_PATTERN, description="The mapping's name")]
+
+
+def _mapping_read(row: SourceMapping) -> MappingRead:
+    return MappingRead(
+        name=row.name, version=row.version, mapping=row.document, actor=row.actor, created_at=row.created_at
+    )
+
+
+@router.put(
+    "/{key}/mappings/{name}",
+    response_model=MappingRead,
+    responses=ERRORS,
+    summary="Keep a mapping with the source under a name, as its newest version (webhooks use it)",
+)
+def put_mapping(
+    key: Key, name: MappingName, rt: Rt, principal: Analyst, document: Annotated[dict[str, Any], Body()]
+) -> MappingRead:
+    source_id = _source_id(rt, key)
+    try:
+        mapping = parse_mapping(document)
+    except MappingError as error:
+        raise ApiError(422, "invalid_mapping", str(error)) from None
+    with rt.db.unit_of_work() as session:
+        row = webhooks.put_mapping(
+            session, source_id=source_id, name=name, mapping=mapping, actor=f"token:{principal.token_id}", now=utcnow()
+        )
+        return _mapping_read(row)
+
+
+@router.get(
+    "/{key}/mappings/{name}",
+    response_model=MappingRead,
+    responses=ERRORS,
+    summary="The newest version of a mapping kept with the source",
+)
+def get_mapping(key: Key, name: MappingName, rt: Rt, _: Analyst) -> MappingRead:
+    source_id = _source_id(rt, key)
+    with rt.db.read() as session:
+        row = webhooks.latest_mapping(session, source_id=source_id, name=name)
+        if row is None:
+            raise ApiError(404, "mapping_not_found", "the source keeps no mapping of this name")
+        return _mapping_read(row)
+
+
+hooks = APIRouter(tags=["tracking"])
+
+
+@hooks.post(
+    "/v1/webhooks/{name}",
+    response_model=WebhookAccepted,
+    summary="An inbound webhook: a JSON object or array of objects, mapped by the source's mapping `name`",
+    responses=documented(400, 401, 404, 413, 415, 422, 429, 503),
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+        "security": [{"writeKey": []}],
+    },
+)
+async def post_webhook(
+    name: Annotated[str, Path(description="The mapping's name")],
+    request: Request,
+    write_key: Annotated[
+        str | None, Query(alias="writeKey", description="The write key, for senders that set no header")
+    ] = None,
+) -> Any:
+    # Nothing is validated before the write key: a caller without one learns nothing, not even the rules.
+    rt: Runtime = request.app.state.runtime
+    try:
+        key = ingest_api._basic_write_key(request) or write_key
+        if not key or len(key) > 200:
+            raise SpecError("unauthorized", "send the write key as HTTP Basic user name or as ?writeKey=", 401)
+        source_id = await request.app.state.write_keys.source_for(rt, key)
+        rt.limits.check("tracking", source_id)
+        raw = await ingest_api._read_body(request)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise SpecError("invalid_json", f"the body is not valid JSON: {error.msg} at byte {error.pos}") from None
+        rows = body if isinstance(body, list) else [body]
+        if not rows or not all(isinstance(row, dict) and row for row in rows):
+            raise SpecError("invalid_body", "the body must be a JSON object or a non-empty array of objects")
+        if len(rows) > webhooks.MAX_ROWS:
+            raise SpecError("batch_too_large", f"at most {webhooks.MAX_ROWS} rows per call", 413)
+        if contains_nul(rows):
+            raise SpecError("invalid_body", "the body contains a NUL character (\\u0000), which is not allowed")
+    except SpecError as error:
+        headers = {"WWW-Authenticate": 'Basic realm="accord"'} if error.status == 401 else None
+        return error_response(error.status, error.code, error.message, headers)
+
+    def work() -> webhooks.Mapped:
+        if not NAME.match(name):
+            raise ApiError(404, "mapping_not_found", "the source keeps no mapping of this name")
+        with rt.db.read() as session:
+            row = webhooks.latest_mapping(session, source_id=source_id, name=name)
+            if row is None:
+                raise ApiError(404, "mapping_not_found", "the source keeps no mapping of this name")
+            rules = current_rules(session)
+        try:
+            return webhooks.map_rows(
+                rows,
+                mapping=parse_mapping(row.document),
+                rules=rules,
+                source_id=source_id,
+                folder=_uploads(rt) / "webhooks",
+                now=utcnow(),
+            )
+        except (InputError, MappingError) as error:
+            raise ApiError(422, "invalid_input", str(error)) from None
+
+    mapped = await run_in_threadpool(work)
+    if mapped.events:
+        payload = b"[" + b",".join(mapped.encoded) + b"]"
+        record = NewRecord(source_id=source_id, received_at=utcnow(), events=mapped.events, payload=payload)
+        try:
+            await asyncio.wrap_future(rt.log.submit(record))
+        except Exception:
+            return error_response(503, "log_unavailable", "the event log could not store this call; retry it")
+    return WebhookAccepted(
+        accepted=len(mapped.events),
+        rejected=[WebhookReject(position=p, reason=r) for p, r in mapped.rejected],
+    )

@@ -70,3 +70,20 @@ class ImportReject(Base):
     replayed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     __table_args__ = (UniqueConstraint("run_id", "origin", "position"),)
+
+
+class SourceMapping(Base):
+    """A mapping kept with a source under a name, versioned: each change is a new row. Inbound webhooks
+    (`POST /v1/webhooks/{name}`) map their rows with the newest version."""
+
+    __tablename__ = "source_mappings"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    actor: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("source_id", "name", "version"),)

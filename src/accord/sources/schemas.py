@@ -76,3 +76,21 @@ class PreviewRead(BaseModel):
     columns: list[str]
     rows: list[PreviewRow]
     line_errors: list[LineError] = Field(description="CSV lines the reader refused among those read")
+
+
+class MappingRead(BaseModel):
+    name: str
+    version: int = Field(description="1 for the first; each PUT adds one")
+    mapping: dict[str, Any]
+    actor: str
+    created_at: datetime
+
+
+class WebhookReject(BaseModel):
+    position: int = Field(description="The row's place in the call (from 1)")
+    reason: str
+
+
+class WebhookAccepted(BaseModel):
+    accepted: int = Field(description="Rows that became events, durable in the event log")
+    rejected: list[WebhookReject]

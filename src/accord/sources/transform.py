@@ -236,7 +236,10 @@ class RowMapper:
             self._time_field = mapping.time
         self._time_at = index[self._time_field] if self._time_field else -1
         self._key = [index[name] for name in mapping.key or []]
-        self._meta = {"run": self.run_id, "pii": self._pii} if self._pii else {"run": self.run_id}
+        # A webhook's rows belong to no import run: the field then names only the PII.
+        self._meta = {"run": self.run_id} if self.run_id else {}
+        if self._pii:
+            self._meta["pii"] = self._pii
         for number, ident in enumerate(self.mapping.identifiers):
             if ident.type not in self.rules.limits or ident.type == "alias":
                 raise MappingError(
@@ -314,7 +317,8 @@ class RowMapper:
         event["messageId"] = "imp_" + hashlib.blake2b(self._prefix + named, digest_size=16).hexdigest()
         event["timestamp"] = timestamp
         event["receivedAt"] = self.received_at
-        event["_accord"] = self._meta
+        if self._meta:
+            event["_accord"] = self._meta
         try:
             encoded = orjson.dumps(event)
         except (orjson.JSONEncodeError, TypeError) as error:
