@@ -596,6 +596,36 @@ def import_table(
     )
 
 
+@app.command("computed-trait")
+def computed_trait(
+    name: Annotated[str, typer.Argument(help="The trait to set")],
+    sql: Annotated[str | None, typer.Option(help="A SELECT returning profile_id and value")] = None,
+    sql_file: Annotated[Path | None, typer.Option("--sql-file", help="A file holding the SELECT")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set a trait from a read-only SQL query over the analytical view of profiles and events (run it from cron)."""
+    from accord.profiles.computed import ComputedTraitError, run_computed_trait
+
+    if (sql is None) == (sql_file is None):
+        _fail("give --sql or --sql-file (one of them)")
+    try:
+        text = sql if sql is not None else Path(str(sql_file)).read_text()[:100_000]
+    except OSError as error:
+        _fail(f"cannot read {str(sql_file)[:200]!r}: {error.strerror or type(error).__name__}")
+    settings = _settings()
+    rt = Runtime.create(settings)
+    try:
+        migrations.upgrade(rt.db)
+        done = run_computed_trait(
+            rt.db, rt.log, name=name, sql=text, folder=settings.data_dir / "imports", now=utcnow()
+        )
+    except ComputedTraitError as error:
+        _fail(str(error))
+    finally:
+        rt.close()
+    _print({"name": done.name, "rows": done.rows, "appended": done.appended, "skipped": done.skipped}, as_json)
+
+
 @imports_app.command("list")
 def imports_list(
     source: Annotated[str | None, typer.Option(help="Only this source's runs")] = None,
