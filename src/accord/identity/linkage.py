@@ -131,17 +131,10 @@ def match(
     record = prepare(traits, settings)
     ids = match_index.candidates(session, match_index.profile_keys(traits, settings), per_key=PER_KEY)
     scored: list[Candidate] = []
-    p = PROFILES.c
-    for start in range(0, len(ids), 500):
-        rows = session.execute(
-            select(p.id, p.traits).where(p.id.in_(ids[start : start + 500]), p.merged_into.is_(None))
-        )
-        for profile_id, other in rows:
-            found = score(record, prepare(other or {}, settings), settings, model.weights)
-            if found.probability >= min_probability:
-                scored.append(
-                    Candidate(profile_id, found.probability, found.match_weight, _levels(settings, found.levels))
-                )
+    for profile_id, other in match_index.live_traits(session, ids):
+        found = score(record, prepare(other, settings), settings, model.weights)
+        if found.probability >= min_probability:
+            scored.append(Candidate(profile_id, found.probability, found.match_weight, _levels(settings, found.levels)))
     scored.sort(key=lambda c: (-c.match_weight, c.profile_id))
     return model, scored[:limit]
 

@@ -7,15 +7,18 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy import Integer, String, Table, TextClause, bindparam, delete, select, text
 from sqlalchemy.orm import Session
 
+from accord.db.base import JSONDoc, UTCDateTime
 from accord.identity.matching import MatchSettings, Weights, blocking_keys, compile_match, prepare
 from accord.identity.models import MatchKey, MatchModel
 
 KEYS = cast(Table, MatchKey.__table__)
+MODELS = cast(Table, MatchModel.__table__)
 CHUNK = 500
 
 
@@ -32,14 +35,16 @@ class LoadedModel:
 
 
 _cache: dict[str, LoadedModel] = {}
+_LATEST = text("SELECT version, created_at FROM identity_match_models ORDER BY version DESC LIMIT 1").columns(
+    version=Integer(), created_at=UTCDateTime()
+)
 _lock = threading.Lock()
 
 
 def current_model(session: Session) -> LoadedModel | None:
     """One indexed read of the latest version; the document is read and compiled again only on a change."""
-    latest = session.execute(
-        select(MatchModel.version, MatchModel.created_at).order_by(MatchModel.version.desc()).limit(1)
-    ).first()
+    m = MODELS.c
+    latest = session.execute(_LATEST).first()
     if latest is None:
         return None
     version, created_at = latest
@@ -47,7 +52,7 @@ def current_model(session: Session) -> LoadedModel | None:
     cached = _cache.get(bind)
     if cached is not None and cached.version == version and cached.created_at == created_at:
         return cached
-    document = session.scalar(select(MatchModel.document).where(MatchModel.version == version)) or {}
+    document = session.scalar(select(m.document).where(m.version == version)) or {}
     loaded = LoadedModel(
         version=version,
         created_at=created_at,
@@ -124,11 +129,38 @@ def rebuild(session: Session, settings: MatchSettings, profiles: Iterable[tuple[
     return total
 
 
+@lru_cache(maxsize=32)
+def _lookup(count: int) -> TextClause:
+    """One statement for `count` keys: a UNION ALL of one bounded lookup per key (built once per count; the
+    single-record path is hot, and building Core statements per request costs more than running them)."""
+    lookup = (
+        "SELECT profile_id FROM (SELECT profile_id FROM identity_match_keys WHERE key = :k{n} LIMIT :per_key) AS q{n}"
+    )
+    parts = [lookup.format(n=n) for n in range(count)]  # only numbers go in: the keys are bound parameters
+    return text(" UNION ALL ".join(parts))
+
+
 def candidates(session: Session, keys: Iterable[str], *, per_key: int) -> list[str]:
     """Profiles sharing at least one key, at most `per_key` for each key (a hot value cannot flood a match)."""
-    found: dict[str, None] = {}
-    k = KEYS.c
-    for key in sorted(set(keys)):
-        for (profile_id,) in session.execute(select(k.profile_id).where(k.key == key).limit(per_key)):
-            found[profile_id] = None
-    return list(found)
+    wanted = sorted(set(keys))
+    if not wanted:
+        return []
+    params: dict[str, Any] = {f"k{n}": key for n, key in enumerate(wanted)}
+    params["per_key"] = per_key
+    return list(dict.fromkeys(session.scalars(_lookup(len(wanted)), params)))
+
+
+_LIVE_TRAITS = (
+    text("SELECT id, traits FROM profiles WHERE id IN :ids AND merged_into IS NULL")
+    .bindparams(bindparam("ids", expanding=True))
+    .columns(id=String(), traits=JSONDoc)
+)
+
+
+def live_traits(session: Session, profile_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The traits of those of these profiles that are live."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for start in range(0, len(profile_ids), CHUNK):
+        chunk = profile_ids[start : start + CHUNK]
+        found.extend((pid, traits or {}) for pid, traits in session.execute(_LIVE_TRAITS, {"ids": chunk}))
+    return found
