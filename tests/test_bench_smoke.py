@@ -101,3 +101,13 @@ def test_import_smoke(tmp_path: Path) -> None:
     assert first["reconciles"]
     assert summary["reimport"]["appended"] == 0
     assert summary["process"]["events"] == first["rows"]
+
+
+def test_audit_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("audit.py", tmp_path)
+    assert summary["benchmark"] == "audit"
+    assert summary["append"]["verified"] is True
+    assert {"p50", "p95", "p99", "max"} <= summary["read"]["audited_ms"].keys()
+    assert summary["read"]["audit_records"] >= summary["read"]["reads"]
+    assert summary["verify"]["ok"] is True
+    assert summary["verify"]["verified_records"] == summary["settings"]["records"]
