@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/accord up
 
-## test: lint, type-check, then the whole test suite (SQLite and PostgreSQL)
+## test: lint, type-check, then the whole test suite (SQLite and PostgreSQL), in TEST_WORKERS processes
+# Most tests wait on a live server, a worker or a database, so more processes than cores pay off.
+TEST_WORKERS ?= 3
 test: lint typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -38,7 +38,7 @@ def accord_up(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
