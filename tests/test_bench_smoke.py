@@ -111,3 +111,18 @@ def test_audit_smoke(tmp_path: Path) -> None:
     assert summary["read"]["audit_records"] >= summary["read"]["reads"]
     assert summary["verify"]["ok"] is True
     assert summary["verify"]["verified_records"] == summary["settings"]["records"]
+
+
+def test_segments_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("segments.py", tmp_path)
+    assert summary["benchmark"] == "segments"
+    without, with_segments = summary["throughput"]
+    assert (without["segments"], with_segments["segments"]) == (0, 50)
+    for run in (without, with_segments):
+        assert run["pending"] == 0
+        assert run["handled"] == summary["settings"]["events"]
+    assert without["memberships"] == 0
+    assert with_segments["memberships"] > 0
+    backfill = summary["backfill"]
+    assert backfill["profiles"] == summary["settings"]["profiles"]
+    assert 0 < backfill["members"] < backfill["profiles"]

@@ -238,3 +238,57 @@ def test_exports_pass_the_consent_policy(live: LiveAccord) -> None:
             ("channel=email", "invalid_request"),
         ):
             assert api.get(f"/api/v1/segments/everyone/export?{query}").json()["code"] == code, query
+
+
+def test_memberships_follow_events_and_consent_as_they_happen(live: LiveAccord) -> None:
+    with live.api() as api:
+        setup_catalogue(api)
+        assert create(api, "gold", GOLD).status_code == 201
+        assert (
+            create(api, "reachable", {"consent": {"purpose": "marketing.email", "channel": "email"}}).status_code == 201
+        )
+        ready(api, "gold")
+        ready(api, "reachable")
+        track(live, [{"type": "identify", "userId": "new", "traits": {"plan": "gold"}}])
+        assert [m["key"] for m in api.get("/api/v1/profiles/user_id:new/segments").json()["data"]] == ["gold"]
+        given = api.post(
+            "/api/v1/profiles/user_id:new/consents",
+            json={
+                "purpose": "marketing.email",
+                "channel": "email",
+                "status": "given",
+                "method": "form",
+                "notice": {"key": "privacy", "version": 1, "language": "en"},
+            },
+        )
+        assert given.status_code == 201, given.text
+        assert [m["key"] for m in api.get("/api/v1/profiles/user_id:new/segments").json()["data"]] == [
+            "gold",
+            "reachable",
+        ]
+        track(live, [{"type": "identify", "userId": "new", "traits": {"plan": "free"}}])
+        assert [m["key"] for m in api.get("/api/v1/profiles/user_id:new/segments").json()["data"]] == ["reachable"]
+        history = api.get("/api/v1/profiles/user_id:new/segments/history").json()["data"]
+        assert [(h["segment"], h["kind"]) for h in history] == [
+            ("gold", "exited"),
+            ("reachable", "entered"),
+            ("gold", "entered"),
+        ]
+
+
+def test_erasure_removes_memberships_and_transitions(live: LiveAccord) -> None:
+    people(live)
+    with live.api() as api:
+        assert create(api, "gold", GOLD).status_code == 201
+        ready(api, "gold")
+        erased_id = api.get("/api/v1/profiles/user_id:u0").json()["id"]
+        assert api.delete("/api/v1/profiles/user_id:u0").status_code < 300
+        ids = {m["profile_id"] for m in api.get("/api/v1/segments/gold/members").json()["data"]}
+        assert erased_id not in ids
+        assert len(ids) == 1
+    from sqlalchemy import select
+
+    from accord.segments.models import SegmentTransition
+
+    with live.rt.db.read() as session:
+        assert not session.scalars(select(SegmentTransition).where(SegmentTransition.profile_id == erased_id)).all()

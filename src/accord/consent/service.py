@@ -240,6 +240,9 @@ def record(
     every = timedelta(seconds=settings.consent_checkpoint_seconds)
     if ledger.checkpoint_due(session, every_records=settings.consent_checkpoint_records, every=every, now=now):
         ledger.checkpoint(session, key=key, now=now)
+    from accord.segments import streaming  # imported here: segments read consent state (a cycle at the top)
+
+    streaming.consent_changed(session, sorted({profile_id for profile_id, _ in statements}), now)
     return results
 
 

@@ -14,6 +14,7 @@ from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rederive import Rederived, rederive
 from accord.identity.service import current_rules
 from accord.profiles.models import Profile
+from accord.segments import streaming as segment_streaming
 
 
 class UnmergeError(ValueError):
@@ -90,6 +91,7 @@ def unmerge(
     done = rederive(
         session, cluster, rules=current_rules(session), now=now, cause={"kind": "unmerge", "merge_id": merge.id}
     )
+    segment_streaming.apply(session, segment_streaming.Touches(everything=set(done.profiles)), now)
     record = Merge(
         kind="unmerge",
         survivor_id=merge.survivor_id,

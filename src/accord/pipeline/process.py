@@ -31,6 +31,7 @@ from accord.ingest.spec import parse_time
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.rights import service as rights
+from accord.segments import streaming
 
 # The tables, for set-based Core statements on the hot path (the ORM's per-row work costs too much).
 PROFILES = cast(Table, Profile.__table__)
@@ -110,9 +111,17 @@ class _Parsed:
     keys: list[Key]  # both
 
 
-def process_events(session: Session, items: list[Item], *, lock_rows: bool, consent: Capture | None = None) -> Outcome:
+def process_events(
+    session: Session,
+    items: list[Item],
+    *,
+    lock_rows: bool,
+    consent: Capture | None = None,
+    now: datetime | None = None,
+) -> Outcome:
     """Apply `items`. The caller owns the transaction and commits. With `consent`, consent statements in the
-    events (a `Consent Updated` event, a GPC signal) go into the consent ledger."""
+    events (a `Consent Updated` event, a GPC signal) go into the consent ledger. Segment memberships are
+    evaluated as of `now` (default: the clock)."""
     outcome = Outcome()
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
@@ -141,11 +150,13 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool, cons
     parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))
     run = _Run(rules=rules)
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
-    now = utcnow()
+    now = now or utcnow()
     consent_events: list[tuple[_Parsed, str]] = []
+    touches = streaming.Touches()
     for item in parsed:
         state = _resolve(run, item, now, outcome)
         apply_event(state, item.event, item.timestamp, item.source_id)
+        touches.event(state.id, item.event, new=state.is_new)
         if consent is not None and is_consent_event(item.event):
             consent_events.append((item, state.id))
         run.events.append(
@@ -162,15 +173,21 @@ def process_events(session: Session, items: list[Item], *, lock_rows: bool, cons
         )
         outcome.processed += 1
     _write(session, run, now)
+    touches.everything.update(merge["survivor_id"] for merge in run.merges)
+    touches.gone.update(run.absorbed_existing)
+    touches = touches.moved(lambda profile_id: run.live(profile_id).id)
     for cluster_id in sorted(run.dirty_clusters):
-        rederive(session, cluster_id, rules=rules, now=now, cause=None)
+        done = rederive(session, cluster_id, rules=rules, now=now, cause=None)
+        touches.everything.update(done.profiles)
+        touches.gone.update(done.redirected)
         outcome.rederived += 1
     if consent_events and consent is not None:
         if run.dirty_clusters:
             consent_events = _current_profiles(session, consent_events)
         statements = [(profile_id, item.source_id, item.event, item.timestamp) for item, profile_id in consent_events]
         # After the profiles exist; a bad statement fails the batch, and the one-by-one retry quarantines it.
-        consent.record(session, statements, now)
+        consent.record(session, statements, now)  # re-evaluates the consent segments of these profiles
+    streaming.apply(session, touches, now)
     return outcome
 
 

@@ -34,6 +34,7 @@ from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
+from accord.segments.models import SegmentMembership, SegmentTransition
 
 FORMAT = "accord-subject-access/1"
 EVENTS = cast(Table, ProfileEvent.__table__)
@@ -264,6 +265,8 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
     # Probabilistic matching: their blocking keys, and the pairs it found with them.
     session.execute(delete(MatchKey).where(MatchKey.profile_id.in_(ids)))
     session.execute(delete(MatchReview).where(or_(MatchReview.left_id.in_(ids), MatchReview.right_id.in_(ids))))
+    session.execute(delete(SegmentMembership).where(SegmentMembership.profile_id.in_(ids)))
+    session.execute(delete(SegmentTransition).where(SegmentTransition.profile_id.in_(ids)))
     # The rows themselves: timeline, identifiers, profiles.
     done.events = _count(session.execute(delete(EVENTS).where(EVENTS.c.profile_id.in_(ids))))
     done.identifiers = _count(session.execute(delete(Identity).where(_theirs(ids))))

@@ -144,10 +144,12 @@ def load_facts(
     p, e = PROFILES.c, EVENTS.c
     facts: dict[str, Facts] = {}
     for chunk in _chunks(sorted(set(profile_ids))):
-        for profile_id, traits in session.execute(
-            select(p.id, p.traits).where(p.id.in_(chunk), p.merged_into.is_(None))
+        # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
+        for profile_id, traits, merged_into in session.execute(
+            select(p.id, p.traits, p.merged_into).where(p.id.in_(chunk))
         ):
-            facts[profile_id] = Facts(traits=traits or {}, events={})
+            if merged_into is None:
+                facts[profile_id] = Facts(traits=traits or {}, events={})
         if names:
             columns = [e.profile_id, e.event, e.timestamp] + ([e.payload] if properties else [])
             query = select(*columns).where(e.profile_id.in_(chunk), e.type == "track", e.event.in_(names))
@@ -255,8 +257,8 @@ def refresh(
 
 
 def _is_live(session: Session, profile_id: str) -> bool:
-    p = PROFILES.c
-    return session.execute(select(p.id).where(p.id == profile_id, p.merged_into.is_(None))).first() is not None
+    row = session.execute(select(PROFILES.c.merged_into).where(PROFILES.c.id == profile_id)).first()
+    return row is not None and row[0] is None
 
 
 def write(session: Session, changes: Changes, segments: Active, now: datetime) -> None:
@@ -282,12 +284,17 @@ def write(session: Session, changes: Changes, segments: Active, now: datetime) -
         session.execute(TRANSITIONS.insert(), rows)
 
 
-def live_profiles_after(session: Session, after: str | None, limit: int) -> list[str]:
+def profiles_after(session: Session, after: str | None, limit: int) -> tuple[list[str], str | None, bool]:
+    """The live profiles among the next `limit` profiles by id after `after`, the last id looked at (None
+    if none), and whether that was the end. Walks the primary key: a filter on merged_into could make the
+    planner sort the whole table for each chunk."""
     p = PROFILES.c
-    query = select(p.id).where(p.merged_into.is_(None)).order_by(p.id).limit(limit)
+    query = select(p.id, p.merged_into).order_by(p.id).limit(limit)
     if after is not None:
         query = query.where(p.id > after)
-    return list(session.scalars(query))
+    rows = session.execute(query).all()
+    live = [pid for pid, merged_into in rows if merged_into is None]
+    return live, (rows[-1][0] if rows else None), len(rows) < limit
 
 
 def count_live(session: Session) -> int:
@@ -302,8 +309,8 @@ def recompute(session: Session, now: datetime, *, segments: Active | None = None
     result: set[tuple[str, str]] = set()
     after: str | None = None
     while True:
-        ids = live_profiles_after(session, after, CHUNK)
-        if not ids:
+        ids, last, _ = profiles_after(session, after, CHUNK)
+        if last is None:
             return result
         facts = load_facts(session, ids, segments.ordered, now)
         for profile_id, found in facts.items():
@@ -312,7 +319,7 @@ def recompute(session: Session, now: datetime, *, segments: Active | None = None
                 if conditions.evaluate(item.node, found, now):
                     found.segments.add(item.key)
                     result.add((item.key, profile_id))
-        after = ids[-1]
+        after = last
 
 
 def live_of(session: Session, profile_ids: list[str]) -> set[str]:

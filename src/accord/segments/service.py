@@ -232,13 +232,14 @@ def backfill_step(session: Session, key: str, *, now: datetime, limit: int = BAC
     row = get(session, key, lock=True)
     if row.status != "backfilling":
         return Progress(key, row.backfill_done, row.backfill_total, True)
-    ids = evaluate.live_profiles_after(session, row.backfill_after, limit)
+    ids, last, end = evaluate.profiles_after(session, row.backfill_after, limit)
     _lock_profiles(session, ids)
     if ids:
         evaluate.refresh(session, {pid: {key} for pid in ids}, now)
-        row.backfill_after = ids[-1]
         row.backfill_done += len(ids)
-    if len(ids) < limit:
+    if last is not None:
+        row.backfill_after = last
+    if end:
         row.status = "ready"
         row.backfill_total = row.backfill_done
     elif row.backfill_done > row.backfill_total:
@@ -257,12 +258,12 @@ def sweep_step(session: Session, *, now: datetime, after: str | None, limit: int
     segments = evaluate.active(session)
     if not segments.timed:
         return None
-    ids = evaluate.live_profiles_after(session, after, limit)
-    if not ids:
+    ids, last, _ = evaluate.profiles_after(session, after, limit)
+    if last is None:
         return None
     _lock_profiles(session, ids)
     evaluate.refresh(session, {pid: set(segments.timed) for pid in ids}, now, segments=segments)
-    return ids[-1]
+    return last
 
 
 def _lock_profiles(session: Session, ids: list[str]) -> None:

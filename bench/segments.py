@@ -1,0 +1,278 @@
+"""Segments benchmark: processing throughput with segments active, and backfill of a new segment.
+
+(a) Throughput: the e2e benchmark's backlog (Segment calls from synthetic customers, most of whom log
+    in so anonymous profiles merge) is drained by an in-process worker twice, on two fresh stores:
+    with no segment defined, and with `--segments` (default 50) segments of every kind (trait operators,
+    event counts in windows with property filters, first/last occurrence, segment references). Streaming
+    evaluation re-evaluates, per run, only the segments the run's events can affect.
+(b) Backfill: `--profiles` synthetic profiles (traits only) are written straight into a fresh store,
+    then a new segment is created and backfilled to the end (`service.backfill_step` in chunks, as the
+    worker and `accord segment create` do); the figure is profiles over backfill time.
+
+    .venv/bin/python bench/segments.py                        # full size, embedded SQLite
+    .venv/bin/python bench/segments.py --profiles 1000000     # the issue's 1,000,000-profile backfill
+    .venv/bin/python bench/segments.py --smoke                # a few seconds, for CI
+
+Not measured yet: the acknowledgement-to-visible latency of a segment change under load.
+The last line of the output is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common
+from accord.config import Settings
+from accord.db.base import utcnow
+from accord.pipeline.worker import Worker
+from accord.profiles.models import Profile
+from accord.runtime import Runtime
+from accord.segments import service
+from accord.segments.models import SegmentMembership
+from accord.sources.service import create_source
+from e2e import store_counts, write_backlog
+
+TARGET_EVENTS_PER_S = 10_000
+TARGET_BACKFILL_S = 10.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000, help="backlog size for throughput (default 50,000)")
+    parser.add_argument("--customers", type=int, default=5_000, help="people behind the events (default 5,000)")
+    parser.add_argument("--segments", type=int, default=50, help="segments active during the drain (default 50)")
+    parser.add_argument("--profiles", type=int, default=200_000, help="profiles to backfill (default 200,000)")
+    parser.add_argument(
+        "--database-url", default=None, help="default: embedded SQLite; a PostgreSQL URL names the server"
+    )
+    parser.add_argument(
+        "--sqlite-synchronous", default=common.default_synchronous(), help="ACCORD_SQLITE_SYNCHRONOUS for SQLite"
+    )
+    parser.add_argument("--parts", default="throughput,backfill", help="what to run (default throughput,backfill)")
+    parser.add_argument("--tmp", default=None, help="where temp data dirs go (default: the system temp dir)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: finishes in a few seconds")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.events, args.customers = min(args.events, 2_000), min(args.customers, 200)
+        args.profiles = min(args.profiles, 2_000)
+    if min(args.events, args.customers, args.profiles) < 1 or args.segments < 0:
+        parser.error("sizes must be positive")
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not args.parts or not set(args.parts) <= {"throughput", "backfill"}:
+        parser.error("--parts takes throughput, backfill")
+    return args
+
+
+def segment_definitions(count: int) -> list[tuple[str, dict[str, Any]]]:
+    """`count` segments over the synthetic data, of every kind, cycling through the kinds."""
+    now = datetime.now(UTC)
+    kinds: list[tuple[str, dict[str, Any]]] = []
+    for plan in common.PLANS:
+        kinds.append((f"plan-{plan}", {"trait": "plan", "op": "eq", "value": plan}))
+    for country in common.COUNTRIES:
+        kinds.append((f"country-{country.lower()}", {"trait": "country", "op": "eq", "value": country}))
+    for name in common.TRACKS:
+        slug = name.lower().replace(" ", "-")
+        kinds.append((f"recent-{slug}", {"event": name, "within": "7d"}))
+        kinds.append(
+            (
+                f"big-{slug}",
+                {"event": name, "where": [{"property": "price", "op": "gte", "value": 100}], "count": {"gte": 2}},
+            )
+        )
+        kinds.append((f"lapsed-{slug}", {"event": name, "occurrence": "last", "older_than": "3d"}))
+    for plan, country in (("pro", "GB"), ("enterprise", "DE"), ("basic", "FR"), ("free", "US"), ("pro", "NL")):
+        kinds.append(
+            (
+                f"{plan}-in-{country.lower()}",
+                {"all": [{"segment": f"plan-{plan}"}, {"trait": "country", "op": "in", "value": [country, "SE"]}]},
+            )
+        )
+    for plan in ("pro", "enterprise", "basic", "free", "pro"):
+        kinds.append(
+            (
+                f"{plan}-not-ordering-{len(kinds)}",
+                {"all": [{"segment": f"plan-{plan}"}, {"not": {"segment": "recent-order-completed"}}]},
+            )
+        )
+    kinds.append(("example-emails", {"trait": "email", "op": "regex", "value": r"@example\.com$"}))
+    kinds.append(("smiths", {"trait": "lastName", "op": "starts_with", "value": "Smi"}))
+    kinds.append(("has-email", {"trait": "email", "op": "exists"}))
+    window = {"from": (now - timedelta(days=2)).isoformat(), "to": now.isoformat()}
+    kinds.append(("ordered-lately", {"event": "Order Completed", "between": window, "count": {"gte": 1}}))
+    kinds.append(("viewed-once", {"event": "Product Viewed", "count": {"eq": 1}}))
+    kinds.append(
+        (
+            "quiet",
+            {"any": [{"event": "Cart Viewed", "count": {"lte": 0}}, {"trait": "plan", "op": "ne", "value": "pro"}]},
+        )
+    )
+    return (
+        kinds[:count]
+        if count <= len(kinds)
+        else kinds
+        + [
+            (f"plan-copy-{i}", {"trait": "plan", "op": "in", "value": list(common.PLANS[: 1 + i % 4])})
+            for i in range(count - len(kinds))
+        ]
+    )
+
+
+def define(rt: Runtime, definitions: list[tuple[str, dict[str, Any]]]) -> None:
+    with rt.db.unit_of_work() as session:
+        for key, condition in definitions:
+            service.create(session, key=key, name=key, description="", condition=condition, actor="bench", now=utcnow())
+    for key, _ in definitions:
+        while True:
+            with rt.db.unit_of_work() as session:
+                if service.backfill_step(session, key, now=utcnow()).finished:
+                    break
+
+
+def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int) -> dict[str, Any]:
+    with (
+        common.temp_dir("accord-bench-segments-", args.tmp) as data_dir,
+        common.scratch_store(args.database_url, data_dir, "segments") as url,
+    ):
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
+        try:
+            with rt.db.unit_of_work() as session:
+                source_id = create_source(session, name="bench").id
+            define(rt, segment_definitions(segments))
+            write_backlog(rt.log, source_id, calls)
+            worker = Worker(db=rt.db, log=rt.log, batch_size=Settings().worker_batch_size)
+            began = time.monotonic()
+            handled = worker.drain(max_runs=len(calls) + 10)
+            seconds = time.monotonic() - began
+            counts = store_counts(rt)
+            with rt.db.read() as session:
+                counts["memberships"] = int(session.scalar(select(func.count()).select_from(SegmentMembership)) or 0)
+        finally:
+            rt.close()
+    return {
+        "segments": segments,
+        "handled": handled,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(handled / seconds) if seconds > 0 else 0,
+        **counts,
+    }
+
+
+def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    with (
+        common.temp_dir("accord-bench-backfill-", args.tmp) as data_dir,
+        common.scratch_store(args.database_url, data_dir, "backfill") as url,
+    ):
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
+        try:
+            now = utcnow()
+            table = Profile.__table__
+            for start in range(0, args.profiles, 10_000):
+                rows = [
+                    {
+                        "id": str(uuid.UUID(int=rng.getrandbits(128))),
+                        "merged_into": None,
+                        "traits": common.random_traits(rng, n),
+                        "trait_versions": {},
+                        "counts": {},
+                        "identity_counts": {},
+                        "cluster_id": None,
+                        "first_seen": now,
+                        "last_seen": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for n in range(start, min(args.profiles, start + 10_000))
+                ]
+                with rt.db.unit_of_work() as session:
+                    session.execute(table.insert(), rows)
+            condition = {
+                "all": [
+                    {"trait": "plan", "op": "in", "value": ["pro", "enterprise"]},
+                    {"trait": "country", "op": "ne", "value": "US"},
+                ]
+            }
+            began = time.monotonic()
+            with rt.db.unit_of_work() as session:
+                service.create(
+                    session, key="new", name="new", description="", condition=condition, actor="bench", now=utcnow()
+                )
+            steps = 0
+            while True:
+                with rt.db.unit_of_work() as session:
+                    step = service.backfill_step(session, "new", now=utcnow())
+                steps += 1
+                if step.finished:
+                    break
+            seconds = time.monotonic() - began
+            with rt.db.read() as session:
+                members = service.size(session, "new")
+        finally:
+            rt.close()
+    return {
+        "profiles": args.profiles,
+        "members": members,
+        "transactions": steps,
+        "seconds": round(seconds, 3),
+        "profiles_per_s": round(args.profiles / seconds) if seconds > 0 else 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = {
+        "events": args.events,
+        "customers": args.customers,
+        "segments": args.segments,
+        "profiles": args.profiles,
+    }
+    info = common.header("Accord segments benchmark: throughput with segments active, and backfill", args, settings)
+    payload: dict[str, Any] = {"benchmark": "segments", "machine": info, "settings": settings}
+    ok = True
+    if "throughput" in args.parts:
+        calls = common.customer_journeys(random.Random(args.seed), args.events, args.customers)
+        runs = [drain(args, calls, 0), drain(args, calls, args.segments)]
+        payload["throughput"] = runs
+        for run in runs:
+            ok = ok and run["pending"] == 0 and run["events_stored"] + run["quarantined"] == len(calls)
+        print(
+            "\nthroughput (Worker.drain() in-process, the e2e backlog)\n"
+            + "".join(
+                f"  {r['segments']:>3} segments: {r['handled']:,} events in {r['seconds']:.2f} s = "
+                f"{r['events_per_s']:,} events/s ({r['profiles']:,} live profiles, {r['memberships']:,} memberships)\n"
+                for r in runs
+            )
+            + f"  target >= {TARGET_EVENTS_PER_S:,} events/s with segments: "
+            f"{'met' if runs[1]['events_per_s'] >= TARGET_EVENTS_PER_S else 'NOT met'}"
+        )
+    if "backfill" in args.parts:
+        b = payload["backfill"] = run_backfill(args)
+        print(
+            f"\nbackfill of a new segment over {b['profiles']:,} profiles: {b['seconds']:.2f} s = "
+            f"{b['profiles_per_s']:,} profiles/s, {b['members']:,} members, {b['transactions']} transactions\n"
+            f"  target < {TARGET_BACKFILL_S:g} s for 1,000,000: "
+            + (
+                "met"
+                if b["profiles"] >= 1_000_000 and b["seconds"] < TARGET_BACKFILL_S
+                else "NOT met (or not at 1,000,000)"
+            )
+        )
+    common.print_json_line(payload)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
