@@ -222,6 +222,7 @@ def test_erasure_end_to_end(person: Person, tmp_path: Path) -> None:
         "merges": 1,
         "quarantined": 1,
         "pending_events": 1,
+        "notes": 0,
     }
 
     after = database_text(rt, tmp_path)

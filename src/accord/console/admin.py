@@ -102,7 +102,13 @@ async def sources_page(request: Request, login: Admin, done: str = "") -> Respon
 @router.post("/console/admin/sources")
 async def create_source(request: Request, login: Admin) -> Response:
     name = auth.field(await auth.form(request), "name", max_length=200)
-    created = await _run(request, lambda session: sources.create_source(session, name=name))
+
+    def create(session: Session) -> sources.CreatedSource:
+        created = sources.create_source(session, name=name)
+        auth.audit(session, request, login, "source.create", "source", created.id, name=created.name)
+        return created
+
+    created = await _run(request, create)
     return await _sources_page(request, login, created=created)
 
 
@@ -115,6 +121,7 @@ async def change_source(request: Request, source_id: Id, login: Admin) -> Respon
         if not found:
             raise ConsoleError(404, "No such source", "This source does not exist.")
         sources.set_enabled(session, name=found[0].name, enabled=enabled)
+        auth.audit(session, request, login, "source.enable" if enabled else "source.disable", "source", source_id)
 
     await _run(request, change)
     return RedirectResponse("/console/admin/sources?done=source", status_code=303)
@@ -156,9 +163,12 @@ async def create_user(request: Request, login: Admin) -> Response:
     email = auth.field(values, "email", max_length=users.MAX_EMAIL)
     role = auth.field(values, "role", max_length=20)
     password = auth.field(values, "password", max_length=users.MAX_PASSWORD)
-    await _run(
-        request, lambda session: users.create_user(session, email=email, role=role, password=password, now=utcnow())
-    )
+
+    def create(session: Session) -> None:
+        user = users.create_user(session, email=email, role=role, password=password, now=utcnow())
+        auth.audit(session, request, login, "user.create", "user", user.id, role=user.role)
+
+    await _run(request, create)
     return RedirectResponse("/console/admin/users?done=user", status_code=303)
 
 
@@ -176,8 +186,10 @@ async def change_user(request: Request, user_id: Id, login: Admin) -> Response:
             raise ConsoleError(404, "No such user", "This user does not exist.")
         if action in {"disable", "enable"}:
             users.set_disabled(session, email=user.email, disabled=action == "disable", now=utcnow())
+            auth.audit(session, request, login, f"user.{action}", "user", user.id, role=user.role)
         elif action == "role":
             users.set_role(session, email=user.email, role=role)
+            auth.audit(session, request, login, "user.set_role", "user", user.id, role=role)
         else:
             raise ConsoleError(422, "Unknown action", "Disable, enable or change the role.")
 
@@ -194,9 +206,14 @@ async def create_token(request: Request, login: Admin) -> Response:
     if days and (not days.isdigit() or not 1 <= int(days) <= 3650):
         raise ConsoleError(422, "Not saved", "Expiry is a number of days from 1 to 3650, or empty for never.")
     expires = timedelta(days=int(days)) if days else None
-    created = await _run(
-        request, lambda session: tokens.create_token(session, role=role, description=description, expires_in=expires)
-    )
+
+    def create(session: Session) -> tokens.CreatedToken:
+        made = tokens.create_token(session, role=role, description=description, expires_in=expires)
+        expires_at = made.expires_at.isoformat() if made.expires_at else None
+        auth.audit(session, request, login, "token.create", "token", made.id, role=made.role, expires_at=expires_at)
+        return made
+
+    created = await _run(request, create)
     return await _people_page(request, login, status=201, created_token=created)
 
 
@@ -207,6 +224,7 @@ async def revoke_token(request: Request, token_id: Id, login: Admin) -> Response
             tokens.revoke_token(session, token_id=token_id)
         except tokens.TokenNotFound:
             raise ConsoleError(404, "No such token", "This token does not exist.") from None
+        auth.audit(session, request, login, "token.revoke", "token", token_id)
 
     await _run(request, revoke)
     return RedirectResponse("/console/admin/users?done=token", status_code=303)
@@ -259,9 +277,9 @@ async def put_purpose(request: Request, login: Admin) -> Response:
         )
     except ValidationError as error:
         raise _invalid(error) from None
-    await _run(
-        request,
-        lambda session: catalogue.put_purpose(
+
+    def put(session: Session) -> None:
+        view, created = catalogue.put_purpose(
             session,
             key=key,
             name=body.name,
@@ -270,8 +288,11 @@ async def put_purpose(request: Request, login: Admin) -> Response:
             expires_after_days=body.expires_after_days,
             channels=body.channels,
             now=utcnow(),
-        ),
-    )
+        )
+        details = {"version": view.version, "created": created, "legal_basis": view.legal_basis}
+        auth.audit(session, request, login, "consent.purpose.put", "purpose", view.key, **details)
+
+    await _run(request, put)
     return RedirectResponse("/console/admin/consent?done=purpose", status_code=303)
 
 
@@ -285,9 +306,14 @@ async def add_channel(request: Request, login: Admin) -> Response:
         )
     except ValidationError as error:
         raise _invalid(error) from None
-    added = await _run(
-        request, lambda session: catalogue.add_channel(session, key=body.key, name=body.name, now=utcnow())
-    )
+
+    def add(session: Session) -> bool:
+        added = catalogue.add_channel(session, key=body.key, name=body.name, now=utcnow())
+        if added:
+            auth.audit(session, request, login, "consent.channel.add", "channel", body.key)
+        return added
+
+    added = await _run(request, add)
     if not added:
         raise ConsoleError(409, "Not saved", f"The channel {body.key} exists already.")
     return RedirectResponse("/console/admin/consent?done=channel", status_code=303)
@@ -307,9 +333,9 @@ async def add_notice(request: Request, login: Admin) -> Response:
         )
     except ValidationError as error:
         raise _invalid(error) from None
-    await _run(
-        request,
-        lambda session: catalogue.add_notice_version(
+
+    def publish(session: Session) -> None:
+        row = catalogue.add_notice_version(
             session,
             key=body.key,
             language=body.language,
@@ -318,6 +344,9 @@ async def add_notice(request: Request, login: Admin) -> Response:
             purposes=body.purposes,
             url=body.url,
             now=utcnow(),
-        ),
-    )
+        )
+        details = {"version": row.version, "language": row.language, "sha256": row.sha256}
+        auth.audit(session, request, login, "consent.notice.add", "notice", row.key, **details)
+
+    await _run(request, publish)
     return RedirectResponse("/console/admin/consent?done=notice", status_code=303)

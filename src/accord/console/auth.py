@@ -17,7 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
+from accord.audit.service import Actor, record_audit
 from accord.console.render import ConsoleError, LoginRequired
 from accord.db.base import utcnow
 from accord.runtime import Runtime
@@ -140,3 +142,32 @@ def require_login(*roles: str) -> Callable[[Request], Coroutine[Any, Any, Login]
         return login
 
     return dependency
+
+
+def actor(request: Request, login: Login) -> Actor:
+    """Who an audit record names for a console request: the user, their role and the client's address."""
+    ip = request.client.host if request.client else None
+    return Actor("user", login.user_id, login.role, ip[:64] if ip else None)
+
+
+def audit(
+    session: Session,
+    request: Request,
+    login: Login,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    **details: Any,
+) -> None:
+    """Record a console action in the caller's transaction. `details` hold ids, keys and counts, never
+    personal data."""
+    rt: Runtime = request.app.state.runtime
+    record_audit(
+        session,
+        key=rt.signing,
+        actor=actor(request, login),
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+    )

@@ -80,7 +80,12 @@ async def search(request: Request, login: Reader) -> Response:
     def load() -> tuple[list[console_service.Found], list[console_service.Found]]:
         with rt.db.read() as session:
             found = console_service.find_customers(session, query)
-            return found, console_service.recently_viewed(session, user_id=login.user_id)
+            recent = console_service.recently_viewed(session, user_id=login.user_id)
+        if found:  # names and identifiers of these people are on the page now
+            with rt.db.unit_of_work() as session:
+                ids = [hit.profile_id for hit in found]
+                auth.audit(session, request, login, "profile.search", None, None, profile_ids=ids)
+        return found, recent
 
     results, recent = await run_in_threadpool(load)
     if _is_htmx(request):
@@ -180,6 +185,7 @@ async def _customer_page(
             context = customer_context(session, profile, login)
         with rt.db.unit_of_work() as session:
             console_service.remember_view(session, user_id=login.user_id, profile_id=profile.id, now=utcnow())
+            auth.audit(session, request, login, "profile.read", "profile", profile.id, via="console")
         return context
 
     loaded = await run_in_threadpool(load)
@@ -300,13 +306,24 @@ async def record_consent(request: Request, profile_id: ProfileId, login: Agent) 
     def run() -> None:
         with rt.db.unit_of_work() as session:
             profile = _live_profile(session, profile_id)
-            consent.record(
+            (recorded,) = consent.record(
                 session,
                 [(profile.id, statement)],
                 actor={"type": "agent", "id": login.user_id},
                 key=rt.signing,
                 settings=rt.settings,
                 now=utcnow(),
+            )
+            body = recorded.body
+            auth.audit(
+                session,
+                request,
+                login,
+                "consent.record",
+                "profile",
+                profile.id,
+                **{k: body[k] for k in ("purpose", "channel", "status", "method")},
+                record_id=body["id"],
             )
 
     try:
@@ -336,6 +353,17 @@ async def correct_trait(request: Request, profile_id: ProfileId, login: Agent) -
                 user_id=login.user_id,
                 now=utcnow(),
             )
+            message_id = record.events[0]["messageId"]
+            auth.audit(
+                session,
+                request,
+                login,
+                "profile.trait.correct",
+                "profile",
+                profile.id,
+                trait=name,
+                message_id=message_id,
+            )
         rt.log.append(record)
 
     try:
@@ -353,7 +381,7 @@ async def add_note(request: Request, profile_id: ProfileId, login: Agent) -> Res
     def run() -> None:
         with rt.db.unit_of_work() as session:
             profile = _live_profile(session, profile_id)
-            console_service.add_note(
+            note = console_service.add_note(
                 session,
                 profile_id=profile.id,
                 author_id=login.user_id,
@@ -361,6 +389,7 @@ async def add_note(request: Request, profile_id: ProfileId, login: Agent) -> Res
                 text=text,
                 now=utcnow(),
             )
+            auth.audit(session, request, login, "profile.note.add", "profile", profile.id, note_id=note.id)
 
     try:
         await run_in_threadpool(run)
@@ -379,13 +408,24 @@ async def unmerge(request: Request, profile_id: ProfileId, login: Admin) -> Resp
     def run() -> None:
         with rt.db.unit_of_work() as session:
             profile = _live_profile(session, profile_id)
-            identity_history.unmerge(
+            done = identity_history.unmerge(
                 session,
                 profile,
                 merge_id=int(merge_id),
                 actor=f"console:{login.user_id}",
                 now=utcnow(),
                 lock_rows=rt.db.dialect == "postgresql",
+            )
+            auth.audit(
+                session,
+                request,
+                login,
+                "profile.unmerge",
+                "profile",
+                profile.id,
+                merge_id=done.merge_id,
+                unmerge_id=done.unmerge_id,
+                profiles=list(done.profiles),
             )
 
     try:
@@ -410,7 +450,10 @@ async def receipt(
             profile = _live_profile(session, profile_id)
             ids = consent.person_ids(session, profile.id)
             found = consent.receipt_of(session, ids, record_id)
-            return found.jws if found else None
+        if found is not None:
+            with rt.db.unit_of_work() as session:
+                auth.audit(session, request, login, "profile.consents.read", "profile", profile.id, record_id=record_id)
+        return found.jws if found else None
 
     token = await run_in_threadpool(load)
     if token is None:

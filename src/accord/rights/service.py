@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 from accord.consent import service as consent
 from accord.consent.keys import SigningKey
 from accord.consent.models import ConsentState, Evidence, LedgerRecord, Receipt, Subject
+from accord.console import service as console
+from accord.console.models import Note, RecentView
 from accord.db.engine import Database
 from accord.hashchain import iso
 from accord.identity import history as identity_history
@@ -65,6 +67,7 @@ def export(
     history = consent.history(session, ids, limit=10**9)
     receipts = consent.receipts_of(session, ids, limit=10**9)
     merges = identity_history.history(session, profile, limit=10**9)
+    notes = console.notes(session, ids, limit=10**9)
     return {
         "format": FORMAT,
         "exported_at": iso(now),
@@ -114,6 +117,10 @@ def export(
                 for r in receipts
             ],
         },
+        "notes": [
+            {"id": n.id, "profile_id": n.profile_id, "author_id": n.author_id, "at": iso(n.created_at), "text": n.text}
+            for n in notes
+        ],
         "merges": [
             {
                 "id": m.id,
@@ -199,6 +206,7 @@ class Erased:
     merges: int = 0
     quarantined: int = 0
     pending_events: int = 0
+    notes: int = 0
     keys: set[Key] = field(default_factory=set)
 
     def counts(self) -> dict[str, int]:
@@ -212,6 +220,7 @@ class Erased:
             "merges": self.merges,
             "quarantined": self.quarantined,
             "pending_events": self.pending_events,
+            "notes": self.notes,
         }
 
 
@@ -267,6 +276,9 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
     session.execute(delete(MatchReview).where(or_(MatchReview.left_id.in_(ids), MatchReview.right_id.in_(ids))))
     session.execute(delete(SegmentMembership).where(SegmentMembership.profile_id.in_(ids)))
     session.execute(delete(SegmentTransition).where(SegmentTransition.profile_id.in_(ids)))
+    # What agents wrote about them in the console, and who looked them up lately.
+    done.notes = _count(session.execute(delete(Note).where(Note.profile_id.in_(ids))))
+    session.execute(delete(RecentView).where(RecentView.profile_id.in_(ids)))
     # The rows themselves: timeline, identifiers, profiles.
     done.events = _count(session.execute(delete(EVENTS).where(EVENTS.c.profile_id.in_(ids))))
     done.identifiers = _count(session.execute(delete(Identity).where(_theirs(ids))))
