@@ -37,7 +37,6 @@ from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
 from accord.security import service as security
 from accord.security import users
-from accord.security.models import User
 from accord.segments import cli as segment_cli
 from accord.sources import service as sources
 
