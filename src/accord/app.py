@@ -70,6 +70,7 @@ def create_app(
             )
             thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
+        app.state.import_jobs.resume_interrupted()  # uploads and replays a stopped API process left
         yield
         # Shutdown runs here, before uvicorn re-raises the signal that stopped it.
         await run_in_threadpool(app.state.import_jobs.stop)

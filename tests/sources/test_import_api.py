@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from accord.runtime import Runtime
+from accord.sources.models import ImportReject
 from conftest import LiveAccord, make_settings, running_accord
 from sources.importing import LOYALTY, LOYALTY_CSV, source
 
@@ -172,3 +174,37 @@ def test_an_upload_over_the_limit_is_refused(small_uploads: LiveAccord) -> None:
         answer = upload(api, "loyalty", b"a\n" + b"1\n" * 200_000)
         assert (answer.status_code, answer.json()["code"]) == (413, "request_too_large")
         assert upload(api, "loyalty", LOYALTY_CSV.encode()).status_code == 202
+
+
+def test_an_interrupted_upload_resumes_when_accord_starts_again(rt: Runtime) -> None:
+    """The API process that ran an upload stopped part way: the next start carries the run on."""
+    from sqlalchemy import update
+
+    from accord.sources.models import ImportRun
+
+    with running_accord(rt) as accord:
+        source(rt, "loyalty")
+        with accord.api() as api:
+            run = wait_done(
+                api, f"/api/v1/sources/loyalty/imports/{upload(api, 'loyalty', LOYALTY_CSV.encode()).json()['id']}"
+            )
+    # As a kill would have left it: running, its heartbeat old, nothing counted yet.
+    with rt.db.unit_of_work() as session:
+        session.execute(
+            update(ImportRun)
+            .where(ImportRun.id == run["id"])
+            .values(
+                status="running",
+                read=0,
+                imported=0,
+                appended=0,
+                rejected=0,
+                checkpoint=0,
+                heartbeat_at=datetime(2026, 1, 1, tzinfo=UTC),
+                finished_at=None,
+            )
+        )
+        session.execute(ImportReject.__table__.delete())
+    with running_accord(rt) as accord, accord.api() as api:
+        resumed = wait_done(api, f"/api/v1/sources/loyalty/imports/{run['id']}")
+        assert (resumed["status"], resumed["read"], resumed["imported"], resumed["rejected"]) == ("done", 3, 2, 1)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import threading
 
 import structlog
+from sqlalchemy import or_, select, update
 
+from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.log.port import EventLog
 from accord.sources import imports
-from accord.sources.connectors import Input
+from accord.sources.connectors import Input, InputError
+from accord.sources.models import ImportRun
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +44,55 @@ class ImportJobs:
                     imports.mark_replayed(session, run)
         except Exception as error:  # the thread must not die silently; rows are PII, so the type only
             log.warning("import job failed", run=run_id, error=type(error).__name__)
+
+    def resume_interrupted(self) -> None:
+        """Carry on, in the background, the upload and replay runs that no process is running (the API
+        process that ran them stopped). Each is claimed atomically, so that several API processes
+        resume each run once; an upload whose file is on another host is left to that host."""
+        threading.Thread(target=self._resume_all, name="accord-import-resume", daemon=True).start()
+
+    def _resume_all(self) -> None:
+        try:
+            now = utcnow()
+            with self.db.read() as session:
+                candidates = session.scalars(
+                    select(ImportRun.id).where(
+                        ImportRun.kind.in_(("upload", "replay")),
+                        ImportRun.status.in_(("queued", "running", "interrupted")),
+                    )
+                ).all()
+            for run_id in candidates:
+                if self._stop.is_set():
+                    return
+                with self.db.unit_of_work() as session:
+                    claimed = session.execute(
+                        update(ImportRun)
+                        .where(
+                            ImportRun.id == run_id,
+                            ImportRun.status.in_(("queued", "running", "interrupted")),
+                            # Not heard of for a while: an interrupted run, a running one whose heartbeat
+                            # stopped, or one queued long ago (a fresh one belongs to the process starting it).
+                            or_(
+                                ImportRun.status == "interrupted",
+                                (ImportRun.status == "running") & (ImportRun.heartbeat_at < now - imports.STALE_AFTER),
+                                (ImportRun.status == "queued") & (ImportRun.created_at < now - imports.STALE_AFTER),
+                            ),
+                        )
+                        .values(status="running", heartbeat_at=now)
+                    )
+                    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                        continue
+                    run = session.get(ImportRun, run_id)
+                    assert run is not None
+                    try:
+                        source = imports.input_for(session, run)
+                    except (imports.ImportFailed, InputError):
+                        run.status = "interrupted"  # its file is elsewhere: leave it to its host
+                        continue
+                log.info("resuming import run", run=run_id)
+                self.start(run_id, source)
+        except Exception as error:  # resuming is best effort; `accord imports resume` remains
+            log.warning("resuming import runs failed", error=type(error).__name__)
 
     def wait(self, run_id: str, timeout: float | None = None) -> None:
         thread = self._threads.get(run_id)
