@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-smoke demo clean
+.PHONY: run test lint typecheck bench bench-smoke demo screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ test: lint typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src
@@ -37,6 +37,10 @@ bench: $(STAMP)
 ## demo: send synthetic customers to a running Accord (start it with `make run` first)
 demo: $(STAMP)
 	$(BIN)/accord demo
+
+## screenshots: the console's pages into docs/console/ (needs /usr/bin/chromium: apt-get install -y chromium)
+screenshots: $(STAMP)
+	$(BIN)/python scripts/console_screenshots.py
 
 clean:
 	rm -rf $(VENV) .accord .pytest_cache .mypy_cache .ruff_cache
