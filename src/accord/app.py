@@ -37,6 +37,7 @@ from accord.security.service import ROLES
 from accord.segments import api as segments_api
 from accord.sources import api as sources_api
 from accord.sources.jobs import ImportJobs
+from accord.sources.schedules import SchedulePoller
 
 MAX_API_BODY_BYTES = 1024 * 1024
 AnyRole = Annotated[Principal, Depends(require_role(*ROLES))]
@@ -71,7 +72,10 @@ def create_app(
             thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
         app.state.import_jobs.resume_interrupted()  # uploads and replays a stopped API process left
+        poller = SchedulePoller(rt.db, rt.log, data_dir=settings.data_dir, every=settings.schedule_poll_seconds)
+        poller.start()
         yield
+        await run_in_threadpool(poller.stop)
         # Shutdown runs here, before uvicorn re-raises the signal that stopped it.
         await run_in_threadpool(app.state.import_jobs.stop)
         if child is not None:

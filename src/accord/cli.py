@@ -626,6 +626,80 @@ def computed_trait(
     _print({"name": done.name, "rows": done.rows, "appended": done.appended, "skipped": done.skipped}, as_json)
 
 
+schedule_app = typer.Typer(help="Recurring table imports and computed traits.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+Every = Annotated[int, typer.Option(min=1, max=527_040, help="Minutes between runs")]
+
+
+@schedule_app.command("add-table")
+def schedule_add_table(
+    name: str,
+    every: Every,
+    url_env: Annotated[str, typer.Option(help="The environment variable holding the database URL (not stored)")],
+    mapping: Annotated[Path, typer.Option("--mapping", help="The mapping (YAML or JSON)")],
+    table: Annotated[str | None, typer.Option(help="A table, optionally schema.table")] = None,
+    query: Annotated[str | None, typer.Option(help="A SELECT query, instead of a table")] = None,
+    cursor: Annotated[
+        str | None, typer.Option(help="A column that grows: each run reads from where the last stopped")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Source name or id (default: the mapping's, or its name)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a table or query every N minutes (the API processes run it; first run at once)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.schedule_table(
+        name,
+        every,
+        url_env,
+        mapping,
+        table=table,
+        query=query,
+        cursor=cursor,
+        source=source,
+        as_json=as_json,
+        console=console,
+    )
+
+
+@schedule_app.command("add-computed")
+def schedule_add_computed(
+    name: str,
+    every: Every,
+    trait: Annotated[str, typer.Option(help="The trait to set")],
+    sql: Annotated[str, typer.Option(help="A SELECT returning profile_id and value")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Compute a trait every N minutes."""
+    from accord.sources import cli as import_cli
+
+    import_cli.schedule_computed(name, every, trait, sql, as_json=as_json, console=console)
+
+
+@schedule_app.command("list")
+def schedule_list(as_json: JsonFlag = False) -> None:
+    """Schedules, when each runs next and how its last run went."""
+    from accord.sources import cli as import_cli
+
+    import_cli.schedule_list(as_json=as_json, console=console)
+
+
+@schedule_app.command("remove")
+def schedule_remove(name: str) -> None:
+    """Stop and forget a schedule."""
+    from accord.sources import cli as import_cli
+
+    import_cli.schedule_remove(name, console=console)
+
+
+@schedule_app.command("run-due")
+def schedule_run_due(as_json: JsonFlag = False) -> None:
+    """Run the schedules that are due now, here (what each API process does every ACCORD_SCHEDULE_POLL_SECONDS)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.schedule_run_due(as_json=as_json, console=console)
+
+
 @imports_app.command("list")
 def imports_list(
     source: Annotated[str | None, typer.Option(help="Only this source's runs")] = None,

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="... or when the last checkpoint is older than this and records were added."
     )
     preference_link_days: int = Field(default=30, ge=1, le=366, description="How long a preference-centre link works.")
+    schedule_poll_seconds: float = Field(
+        default=30.0, ge=0, description="How often each API process runs due schedules; 0: never (no poller)."
+    )
     import_max_bytes: int = Field(
         default=2 * 1024**3, ge=1024, description="Largest file an import upload may send (bytes)."
     )

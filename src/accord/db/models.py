@@ -22,7 +22,7 @@ from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
 from accord.security.models import ApiToken, ConsoleSession, User
 from accord.segments.models import Segment, SegmentMembership, SegmentTransition, SegmentVersion
-from accord.sources.models import ImportReject, ImportRun, Source, SourceMapping
+from accord.sources.models import ImportReject, ImportRun, Schedule, Source, SourceMapping
 
 __all__ = [
     "ApiToken",
@@ -55,6 +55,7 @@ __all__ = [
     "QuarantinedEvent",
     "Receipt",
     "RecentView",
+    "Schedule",
     "Segment",
     "SegmentMembership",
     "SegmentTransition",

@@ -338,3 +338,116 @@ def import_table(
         raise typer.Exit(1)
     if run.status == "interrupted":
         raise typer.Exit(130)
+
+
+# -- schedules ---------------------------------------------------------------------------------------------
+def _schedule_document(row: Any) -> dict[str, Any]:
+    spec = dict(row.spec)
+    spec.pop("mapping", None)
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "every_minutes": row.every_seconds // 60,
+        "next_at": row.next_at.isoformat(),
+        "enabled": row.enabled,
+        "last_started_at": row.last_started_at.isoformat() if row.last_started_at else None,
+        "last_status": row.last_status,
+        "last_result": row.last_result,
+        "spec": spec,
+    }
+
+
+def schedule_table(
+    name: str,
+    every: int,
+    url_env: str,
+    mapping_path: Path,
+    *,
+    table: str | None,
+    query: str | None,
+    cursor: str | None,
+    source: str | None,
+    as_json: bool,
+    console: Console,
+) -> None:
+    from accord.sources import schedules
+
+    mapping = _mapping(mapping_path, console)
+    with _runtime() as rt:
+        try:
+            with rt.db.unit_of_work() as session:
+                label = source or mapping.source or mapping.name
+                row = imports.find_source(session, label)
+                source_id = row.id if row is not None else sources.create_source(session, name=label).id
+                added = schedules.add_table(
+                    session,
+                    name=name,
+                    every_seconds=every * 60,
+                    url_env=url_env,
+                    table=table,
+                    query=query,
+                    cursor=cursor,
+                    mapping=mapping,
+                    source_id=source_id,
+                    now=utcnow(),
+                )
+                data = _schedule_document(added)
+        except schedules.ScheduleError as error:
+            _fail(console, str(error))
+    _print(data, as_json, console)
+
+
+def schedule_computed(name: str, every: int, trait: str, sql: str, *, as_json: bool, console: Console) -> None:
+    from accord.sources import schedules
+
+    with _runtime() as rt:
+        try:
+            with rt.db.unit_of_work() as session:
+                added = schedules.add_computed(
+                    session, name=name, every_seconds=every * 60, trait=trait, sql=sql[:20_000], now=utcnow()
+                )
+                data = _schedule_document(added)
+        except schedules.ScheduleError as error:
+            _fail(console, str(error))
+    _print(data, as_json, console)
+
+
+def schedule_list(*, as_json: bool, console: Console) -> None:
+    from accord.sources import schedules
+
+    with _runtime() as rt, rt.db.read() as session:
+        rows = [_schedule_document(r) for r in schedules.list_schedules(session)]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("name", "kind", "every (min)", "next", "last", "result")
+    for r in rows:
+        table.add_row(
+            r["name"], r["kind"], str(r["every_minutes"]), r["next_at"], r["last_status"] or "", r["last_result"] or ""
+        )
+    console.print(table)
+
+
+def schedule_remove(name: str, *, console: Console) -> None:
+    from accord.sources import schedules
+
+    with _runtime() as rt:
+        try:
+            with rt.db.unit_of_work() as session:
+                schedules.remove(session, name)
+        except schedules.ScheduleError as error:
+            _fail(console, str(error))
+    console.print(f"schedule {name!r} removed", highlight=False)
+
+
+def schedule_run_due(*, as_json: bool, console: Console) -> None:
+    from accord.sources import schedules
+
+    with _runtime() as rt:
+        done = schedules.run_due(rt.db, rt.log, data_dir=rt.settings.data_dir)
+    rows = [{"name": o.name, "status": o.status, "result": o.result} for o in done]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        console.print(f"{row['name']}: {row['status']} ({row['result']})", highlight=False)

@@ -87,3 +87,21 @@ class SourceMapping(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("source_id", "name", "version"),)
+
+
+class Schedule(Base):
+    """A recurring import of a table or query, or a recurring computed trait. Database URLs are never
+    stored: a table schedule names the environment variable that holds the URL."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # table or computed
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    every_seconds: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    last_result: Mapped[str | None] = mapped_column(Text, nullable=True)  # a run id, counts or the error
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

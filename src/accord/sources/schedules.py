@@ -1,0 +1,198 @@
+"""Schedules: recurring imports of a table or query, and recurring computed traits.
+
+Each API process (`accord up`, `accord serve`) checks every `ACCORD_SCHEDULE_POLL_SECONDS` for schedules
+that are due. A due schedule is claimed by moving its `next_at` on in one conditional UPDATE, so that of
+several processes exactly one runs it. A table schedule names the environment variable holding the
+database URL: the URL, with its credentials, is never stored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from accord.db.base import utcnow
+from accord.db.engine import Database
+from accord.log.port import EventLog
+from accord.sources.mapping import Mapping, parse_mapping
+from accord.sources.models import Schedule
+
+log = structlog.get_logger(__name__)
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+MIN_EVERY = 60
+MAX_EVERY = 366 * 24 * 3600
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be kept; the message says why."""
+
+
+def _check(name: str, every_seconds: int) -> None:
+    if not NAME.match(name):
+        raise ScheduleError("a schedule's name is 1 to 100 letters, digits, _, . or -")
+    if not MIN_EVERY <= every_seconds <= MAX_EVERY:
+        raise ScheduleError(f"every must be from {MIN_EVERY // 60} minute to 366 days")
+
+
+def _add(session: Session, name: str, kind: str, spec: dict[str, Any], every_seconds: int, now: datetime) -> Schedule:
+    _check(name, every_seconds)
+    if session.get(Schedule, name) is not None:
+        raise ScheduleError(f"a schedule named {name!r} exists already")
+    row = Schedule(
+        name=name, kind=kind, spec=spec, every_seconds=every_seconds, next_at=now, enabled=True, created_at=now
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def add_table(
+    session: Session,
+    *,
+    name: str,
+    every_seconds: int,
+    url_env: str,
+    table: str | None,
+    query: str | None,
+    cursor: str | None,
+    mapping: Mapping,
+    source_id: str,
+    now: datetime,
+) -> Schedule:
+    if not ENV_NAME.match(url_env):
+        raise ScheduleError("the URL's environment variable is upper-case letters, digits and _")
+    if (table is None) == (query is None):
+        raise ScheduleError("give a table or a query (one of them)")
+    spec = {
+        "url_env": url_env,
+        "table": table,
+        "query": query,
+        "cursor": cursor,
+        "mapping": mapping.document(),
+        "source_id": source_id,
+    }
+    return _add(session, name, "table", spec, every_seconds, now)
+
+
+def add_computed(session: Session, *, name: str, every_seconds: int, trait: str, sql: str, now: datetime) -> Schedule:
+    return _add(session, name, "computed", {"trait": trait, "sql": sql}, every_seconds, now)
+
+
+def list_schedules(session: Session) -> Sequence[Schedule]:
+    return session.scalars(select(Schedule).order_by(Schedule.name)).all()
+
+
+def remove(session: Session, name: str) -> None:
+    row = session.get(Schedule, name)
+    if row is None:
+        raise ScheduleError(f"no schedule named {name[:100]!r}")
+    session.delete(row)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    name: str
+    status: str  # done, failed
+    result: str
+
+
+def run_due(db: Database, event_log: EventLog, *, data_dir: Path, now: datetime | None = None) -> list[Outcome]:
+    """Run every schedule that is due and that this process claims; returns what each did."""
+    now = now or utcnow()
+    with db.read() as session:
+        due = [
+            (s.name, s.next_at)
+            for s in session.scalars(select(Schedule).where(Schedule.enabled.is_(True), Schedule.next_at <= now))
+        ]
+    outcomes: list[Outcome] = []
+    for name, next_at in due:
+        with db.unit_of_work() as session:
+            row = session.get(Schedule, name)
+            if row is None:
+                continue
+            claimed = session.execute(
+                update(Schedule)
+                .where(Schedule.name == name, Schedule.next_at == next_at)
+                .values(next_at=now + timedelta(seconds=row.every_seconds), last_started_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                continue  # another process took it
+            kind, spec = row.kind, dict(row.spec)
+        try:
+            status, result = _run(db, event_log, kind, spec, data_dir, now)
+        except Exception as error:  # a schedule's failure is recorded, never raised into the poller
+            status, result = "failed", f"{type(error).__name__}: {str(error)[:500]}"
+        with db.unit_of_work() as session:
+            session.execute(
+                update(Schedule).where(Schedule.name == name).values(last_status=status, last_result=result[:2000])
+            )
+        outcomes.append(Outcome(name, status, result))
+    return outcomes
+
+
+def _run(
+    db: Database, event_log: EventLog, kind: str, spec: dict[str, Any], data_dir: Path, now: datetime
+) -> tuple[str, str]:
+    if kind == "computed":
+        from accord.profiles.computed import run_computed_trait
+
+        done = run_computed_trait(
+            db, event_log, name=spec["trait"], sql=spec["sql"], folder=data_dir / "imports", now=now
+        )
+        return "done", f"rows {done.rows}, appended {done.appended}, skipped {done.skipped}"
+    from accord.sources import tables
+
+    url = os.environ.get(str(spec["url_env"]))
+    if not url:
+        return "failed", f"the environment variable {spec['url_env']} holding the database URL is not set"
+    run = tables.run_table_import(
+        db,
+        event_log,
+        source_id=spec["source_id"],
+        mapping=parse_mapping(spec["mapping"]),
+        spec=tables.TableSpec(url=url, table=spec.get("table"), query=spec.get("query"), cursor=spec.get("cursor")),
+        data_dir=data_dir,
+    )
+    summary = f"run {run.id}: read {run.read}, imported {run.imported}, rejected {run.rejected}"
+    return ("done" if run.status == "done" else "failed"), summary + (f"; {run.error}" if run.error else "")
+
+
+class SchedulePoller:
+    """The thread of an API process that runs due schedules."""
+
+    def __init__(self, db: Database, event_log: EventLog, *, data_dir: Path, every: float) -> None:
+        self.db = db
+        self.log = event_log
+        self.data_dir = data_dir
+        self.every = every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.every <= 0:
+            return
+        self._thread = threading.Thread(target=self._loop, name="accord-schedules", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                run_due(self.db, self.log, data_dir=self.data_dir)
+            except Exception as error:  # the database went away, say: try again next time
+                log.warning("schedules poll failed", error=type(error).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
