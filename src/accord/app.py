@@ -72,7 +72,13 @@ def create_app(
             thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()
         app.state.import_jobs.resume_interrupted()  # uploads and replays a stopped API process left
-        poller = SchedulePoller(rt.db, rt.log, data_dir=settings.data_dir, every=settings.schedule_poll_seconds)
+        poller = SchedulePoller(
+            rt.db,
+            rt.log,
+            data_dir=settings.data_dir,
+            every=settings.schedule_poll_seconds,
+            rejects_days=settings.import_rejects_days,
+        )
         poller.start()
         yield
         await run_in_threadpool(poller.stop)

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     schedule_poll_seconds: float = Field(
         default=30.0, ge=0, description="How often each API process runs due schedules; 0: never (no poller)."
     )
+    import_rejects_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days an import run's rejected rows (which may hold personal data) are kept.",
+    )
     import_max_bytes: int = Field(
         default=2 * 1024**3, ge=1024, description="Largest file an import upload may send (bytes)."
     )

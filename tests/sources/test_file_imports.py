@@ -180,3 +180,24 @@ def test_preview_shows_rows_errors_and_matching_profiles_and_writes_nothing(rt: 
     assert second.input["points"] == "abc"
     assert stored_events(rt) == events
     assert reconciles(run_import(rt, path, LOYALTY))
+
+
+def test_rejected_rows_are_purged_after_their_retention(rt: Runtime, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from accord.db.base import utcnow
+    from accord.sources.models import ImportRun
+
+    run = run_import(rt, write(tmp_path, "loyalty.csv", LOYALTY_CSV), LOYALTY)
+    with rt.db.unit_of_work() as session:
+        assert imports.purge_rejects(session, finished_before=utcnow() - timedelta(days=30)) == 0
+        stored = session.get(ImportRun, run.id)
+        assert stored is not None
+        stored.finished_at = utcnow() - timedelta(days=31)
+    with rt.db.unit_of_work() as session:
+        assert imports.purge_rejects(session, finished_before=utcnow() - timedelta(days=30)) == 1
+    with rt.db.read() as session:
+        assert imports.rejects(session, run.id) == []
+        kept = session.get(ImportRun, run.id)
+        assert kept is not None
+        assert (kept.read, kept.rejected) == (3, 1)  # the run keeps its counts

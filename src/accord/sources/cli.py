@@ -441,10 +441,14 @@ def schedule_remove(name: str, *, console: Console) -> None:
 
 
 def schedule_run_due(*, as_json: bool, console: Console) -> None:
+    from datetime import timedelta
+
     from accord.sources import schedules
 
     with _runtime() as rt:
         done = schedules.run_due(rt.db, rt.log, data_dir=rt.settings.data_dir)
+        with rt.db.unit_of_work() as session:
+            imports.purge_rejects(session, finished_before=utcnow() - timedelta(days=rt.settings.import_rejects_days))
     rows = [{"name": o.name, "status": o.status, "result": o.result} for o in done]
     if as_json:
         typer.echo(json.dumps(rows))

@@ -576,3 +576,11 @@ def input_for(session: Session, run: ImportRun) -> Input:
     if run.kind == "replay":
         return replay_input(session, run)
     raise ImportFailed("import_not_resumable", f"run {run.id} reads {run.kind}; import it again to carry on")
+
+
+def purge_rejects(session: Session, *, finished_before: datetime) -> int:
+    """Delete the rejected rows of runs that finished before `finished_before` (the rows may hold personal
+    data; the runs keep their counts). Returns how many were deleted."""
+    old = select(ImportRun.id).where(ImportRun.finished_at.is_not(None), ImportRun.finished_at < finished_before)
+    result = session.execute(REJECTS.delete().where(REJECTS.c.run_id.in_(old)))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.log.port import EventLog
+from accord.sources import imports
 from accord.sources.mapping import Mapping, parse_mapping
 from accord.sources.models import Schedule
 
@@ -171,8 +172,11 @@ def _run(
 class SchedulePoller:
     """The thread of an API process that runs due schedules."""
 
-    def __init__(self, db: Database, event_log: EventLog, *, data_dir: Path, every: float) -> None:
+    def __init__(
+        self, db: Database, event_log: EventLog, *, data_dir: Path, every: float, rejects_days: int = 30
+    ) -> None:
         self.db = db
+        self.rejects_days = rejects_days
         self.log = event_log
         self.data_dir = data_dir
         self.every = every
@@ -189,6 +193,8 @@ class SchedulePoller:
         while not self._stop.wait(self.every):
             try:
                 run_due(self.db, self.log, data_dir=self.data_dir)
+                with self.db.unit_of_work() as session:
+                    imports.purge_rejects(session, finished_before=utcnow() - timedelta(days=self.rejects_days))
             except Exception as error:  # the database went away, say: try again next time
                 log.warning("schedules poll failed", error=type(error).__name__)
 
