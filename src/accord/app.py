@@ -130,6 +130,7 @@ def create_app(
     console_mount.install(app)
     app.include_router(segments_api.router)
     app.include_router(segments_api.profiles)
+    app.include_router(segments_api.computed)
     app.include_router(audit_api.router)
     app.include_router(rights_api.router)
 

@@ -71,6 +71,16 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("DELETE", "/api/v1/segments/{key}"): ("/api/v1/segments/vip", None),  # last of the segment rows
     ("GET", "/api/v1/segments/{key}/versions"): ("/api/v1/segments/vip/versions", None),
     ("GET", "/api/v1/segments/{key}/members"): ("/api/v1/segments/vip/members", None),
+    ("POST", "/api/v1/computed-traits"): (
+        "/api/v1/computed-traits",
+        {"key": "posted", "definition": {"event": "E", "function": "count"}},
+    ),
+    ("GET", "/api/v1/computed-traits/{key}"): ("/api/v1/computed-traits/orders", None),
+    ("PUT", "/api/v1/computed-traits/{key}"): (
+        "/api/v1/computed-traits/orders",
+        {"definition": {"event": "E", "function": "count", "within": "7d"}},
+    ),
+    ("DELETE", "/api/v1/computed-traits/{key}"): ("/api/v1/computed-traits/orders", None),
     ("GET", "/api/v1/segments/{key}/export"): ("/api/v1/segments/vip/export?purpose=marketing&channel=email", None),
     ("POST", "/api/v1/identity/match"): ("/api/v1/identity/match", {"traits": {"firstName": "Ann"}}),
     ("POST", "/api/v1/identity/reviews/{review_id}/accept"): ("/api/v1/identity/reviews/1/accept", {"reason": "r"}),
@@ -101,6 +111,15 @@ def _catalogue(rt: Runtime) -> None:
         )
         catalogue.add_notice_version(
             session, key="privacy", language="en", title="Privacy", text="v1", purposes=["marketing"], url=None, now=now
+        )
+        segments.computed_save(
+            session,
+            key="orders",
+            name="Orders",
+            definition={"event": "E", "function": "count"},
+            actor="test",
+            now=now,
+            create=True,
         )
         segments.create(
             session,

@@ -110,3 +110,37 @@ def test_duplicates_and_oversized(env: dict[str, str]) -> None:
     assert code == 1
     assert "at most" in output
     assert run(env, "segment", "create")[0] == 2  # usage
+
+
+def test_computed_traits_from_the_cli(env: dict[str, str], rt: Runtime) -> None:
+    moment = datetime.now(UTC).isoformat()
+    send(rt, [{"type": "track", "userId": "u1", "event": "Bought", "properties": {"total": 70}, "timestamp": moment}])
+    process(rt)
+    spend = '{"event": "Bought", "function": "sum", "property": "total", "within": "30d"}'
+    code, output = run(env, "computed", "create", "spend", "--definition", spend, "--json")
+    assert code == 0, output
+    assert json.loads(output)["version"] == 1
+    big = '{"computed": "spend", "op": "gte", "value": 50}'
+    assert json.loads(run(env, "segment", "create", "big", "--condition", big, "--json")[1])["size"] == 1
+    code, output = run(
+        env, "computed", "update", "spend", "--definition", "-", "--json", stdin=spend.replace("sum", "max")
+    )
+    assert code == 0, output
+    assert json.loads(output)["version"] == 2
+    assert [c["key"] for c in json.loads(run(env, "computed", "list", "--json")[1])] == ["spend"]
+    assert json.loads(run(env, "computed", "show", "spend", "--json")[1])["definition"]["function"] == "max"
+    code, output = run(env, "computed", "delete", "spend")
+    assert code == 1
+    assert "read by big" in output
+    assert run(env, "segment", "delete", "big")[0] == 0
+    assert json.loads(run(env, "computed", "delete", "spend", "--json")[1]) == {"deleted": "spend"}
+    for args, words in (
+        (("computed", "create", "x", "--definition", '{"event": "E", "function": "sum"}'), "needs a property"),
+        (("computed", "create", "Bad Key", "--definition", spend), "key"),
+        (("computed", "show", "nope"), "no computed trait"),
+        (("computed", "update", "nope", "--definition", spend), "no computed trait"),
+        (("computed", "delete", "nope"), "no computed trait"),
+    ):
+        code, output = run(env, *args)
+        assert code == 1, args
+        assert words in output, args

@@ -38,8 +38,14 @@ SEGMENTS: dict[str, dict[str, Any]] = {
         ]
     },
     "g-plans": {"trait": "plan", "op": "regex", "value": "^g"},
+    "spenders": {"computed": "spend", "op": "gte", "value": 100},
+    "mostly-big": {"computed": "usual", "op": "eq", "value": 99},
 }
-ORDER = ["gold", "adult", "big", "rare", "lapsed", "gold-not-big", "mixed", "g-plans"]
+ORDER = ["gold", "adult", "big", "rare", "lapsed", "gold-not-big", "mixed", "g-plans", "spenders", "mostly-big"]
+COMPUTED = {
+    "spend": {"event": "Bought", "function": "sum", "property": "total", "within": "30d"},
+    "usual": {"event": "Bought", "function": "most_frequent", "property": "total"},
+}
 
 
 def run(rt: Runtime, events: list[dict[str, Any]], now: datetime = NOW) -> None:
@@ -52,6 +58,10 @@ def run(rt: Runtime, events: list[dict[str, Any]], now: datetime = NOW) -> None:
 
 def define(rt: Runtime, keys: list[str], now: datetime = NOW) -> None:
     with rt.db.unit_of_work() as session:
+        for key, definition in COMPUTED.items():
+            if service.computed_listing(session) and key in {c.key for c in service.computed_listing(session)}:
+                continue
+            service.computed_save(session, key=key, name=key, definition=definition, actor="t", now=now, create=True)
         for key in keys:
             service.create(session, key=key, name=key, description="", condition=SEGMENTS[key], actor="t", now=now)
     for key in keys:
@@ -98,9 +108,9 @@ def test_events_move_profiles_in_and_out(rt: Runtime) -> None:
         for t, d in ((60, 2), (80, 3))
     ]
     run(rt, buys)
-    assert {k for k, p in stored(rt) if p == ann} == {"gold", "adult", "rare", "big", "g-plans"}
+    assert {k for k, p in stored(rt) if p == ann} == {"gold", "adult", "rare", "big", "g-plans", "spenders"}
     run(rt, [{"type": "identify", "userId": "ann", "traits": {"plan": "silver"}, "timestamp": at(0.5)}])
-    assert {k for k, p in stored(rt) if p == ann} == {"adult", "rare", "big", "mixed"}
+    assert {k for k, p in stored(rt) if p == ann} == {"adult", "rare", "big", "mixed", "spenders"}
     with rt.db.read() as session:
         history = [
             (t.segment_key, t.kind) for t in session.scalars(select(SegmentTransition).order_by(SegmentTransition.id))

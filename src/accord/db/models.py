@@ -21,7 +21,7 @@ from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
 from accord.security.models import ApiToken, ConsoleSession, User
-from accord.segments.models import Segment, SegmentMembership, SegmentTransition, SegmentVersion
+from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition, SegmentVersion
 from accord.sources.models import ImportReject, ImportRun, Schedule, Source, SourceMapping
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ChainHead",
     "Channel",
     "Checkpoint",
+    "ComputedTrait",
     "ConsentState",
     "ConsoleSession",
     "ErasedIdentifier",

@@ -20,12 +20,17 @@ from accord.runtime import Runtime, runtime
 from accord.security.auth import Principal, actor_of, require_role
 from accord.security.service import ROLES
 from accord.segments import conditions, service
-from accord.segments.models import Segment
+from accord.segments.models import ComputedTrait, Segment
 from accord.segments.schemas import (
     Backfill,
+    ComputedCreate,
+    ComputedList,
+    ComputedRead,
+    ComputedUpdate,
     MemberPage,
     MemberRead,
     MembershipRead,
+    ProfileComputed,
     ProfileSegments,
     SegmentCreate,
     SegmentList,
@@ -39,6 +44,7 @@ from accord.segments.schemas import (
 
 router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
 profiles = APIRouter(prefix="/api/v1/profiles", tags=["segments"])
+computed = APIRouter(prefix="/api/v1/computed-traits", tags=["segments"])
 Rt = Annotated[Runtime, Depends(runtime)]
 Anyone = Annotated[Principal, Depends(require_role(*ROLES))]
 Reader = Annotated[Principal, Depends(require_role("analyst", "agent"))]
@@ -49,9 +55,9 @@ WRITE_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
 KeyPath = Annotated[str, Path(max_length=100, description="The segment's key")]
 
 
-def _fail(error: service.SegmentError | conditions.ConditionError) -> ApiError:
+def _fail(error: service.SegmentError | conditions.ConditionError, code: str = "invalid_condition") -> ApiError:
     if isinstance(error, conditions.ConditionError):
-        return ApiError(422, "invalid_condition", str(error))
+        return ApiError(422, code, str(error))
     return ApiError(error.status, error.code, str(error))
 
 
@@ -91,7 +97,7 @@ def _audit(
         key=rt.signing,
         actor=actor_of(request, principal),
         action=action,
-        target_type="segment",
+        target_type=action.split(".", 1)[0],
         target_id=key,
         details=details,
     )
@@ -309,3 +315,98 @@ def get_profile_transitions(
                 TransitionRead(id=t.id, segment=t.segment_key, kind=t.kind, version=t.version, at=t.at) for t in rows
             ],
         )
+
+
+def _computed(row: ComputedTrait) -> ComputedRead:
+    return ComputedRead(
+        key=row.key,
+        name=row.name,
+        version=row.version,
+        definition=row.definition,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        actor=row.actor,
+    )
+
+
+@computed.get("", response_model=ComputedList, responses=ERRORS, summary="Every computed trait")
+def list_computed(rt: Rt, _: Reader) -> ComputedList:
+    with rt.db.read() as session:
+        return ComputedList(data=[_computed(row) for row in service.computed_listing(session)])
+
+
+@computed.post(
+    "", response_model=ComputedRead, status_code=201, responses=WRITE_ERRORS, summary="Define a computed trait"
+)
+def create_computed(request: Request, body: ComputedCreate, rt: Rt, principal: Editor) -> ComputedRead:
+    try:
+        with rt.db.unit_of_work() as session:
+            row = service.computed_save(
+                session,
+                key=body.key,
+                name=body.name,
+                definition=body.definition,
+                actor=f"token:{principal.token_id}",
+                now=utcnow(),
+                create=True,
+            )
+            _audit(session, rt, request, principal, "computed_trait.create", row.key, version=row.version)
+            return _computed(row)
+    except (service.SegmentError, conditions.ConditionError) as error:
+        raise _fail(error, "invalid_computed_trait") from None
+
+
+@computed.get("/{key}", response_model=ComputedRead, responses=ERRORS, summary="One computed trait")
+def get_computed(key: KeyPath, rt: Rt, _: Reader) -> ComputedRead:
+    try:
+        with rt.db.read() as session:
+            return _computed(service.computed_get(session, key))
+    except service.SegmentError as error:
+        raise _fail(error) from None
+
+
+@computed.put(
+    "/{key}",
+    response_model=ComputedRead,
+    responses=WRITE_ERRORS,
+    summary="Change a computed trait (a new version; the segments that read it are backfilled again)",
+)
+def put_computed(request: Request, key: KeyPath, body: ComputedUpdate, rt: Rt, principal: Editor) -> ComputedRead:
+    try:
+        with rt.db.unit_of_work() as session:
+            row = service.computed_save(
+                session,
+                key=key,
+                name=body.name,
+                definition=body.definition,
+                actor=f"token:{principal.token_id}",
+                now=utcnow(),
+                create=False,
+            )
+            _audit(session, rt, request, principal, "computed_trait.update", row.key, version=row.version)
+            return _computed(row)
+    except (service.SegmentError, conditions.ConditionError) as error:
+        raise _fail(error, "invalid_computed_trait") from None
+
+
+@computed.delete("/{key}", status_code=204, responses=WRITE_ERRORS, summary="Delete a computed trait")
+def delete_computed(request: Request, key: KeyPath, rt: Rt, principal: Editor) -> Response:
+    try:
+        with rt.db.unit_of_work() as session:
+            service.computed_remove(session, key=key)
+            _audit(session, rt, request, principal, "computed_trait.delete", key)
+    except service.SegmentError as error:
+        raise _fail(error) from None
+    return Response(status_code=204)
+
+
+@profiles.get(
+    "/{ref}/computed-traits",
+    response_model=ProfileComputed,
+    responses=ERRORS,
+    summary="The profile's computed traits, evaluated now from its events",
+)
+def get_profile_computed(ref: Ref, rt: Rt, _: Reader) -> ProfileComputed:
+    with rt.db.read() as session:
+        profile = resolve_or_404(session, ref)
+        return ProfileComputed(profile_id=profile.id, traits=service.computed_values(session, profile.id, now=utcnow()))

@@ -237,3 +237,98 @@ def sweep(as_json: JsonFlag = False) -> None:
         typer.echo(json.dumps({"swept_chunks": profiles}))
     else:
         console.print(f"swept {profiles} chunks of profiles")
+
+
+computed_app = typer.Typer(help="Computed traits: define, list, show, delete.", no_args_is_help=True)
+
+
+def _computed_data(row: Any) -> dict[str, Any]:
+    return {
+        "key": row.key,
+        "name": row.name,
+        "version": row.version,
+        "definition": row.definition,
+        "updated_at": row.updated_at.isoformat(),
+        "actor": row.actor,
+    }
+
+
+def _save_computed(key: str, definition: str, name: str | None, as_json: bool, *, create: bool) -> None:
+    document = _document(definition)
+    with _database() as db:
+        try:
+            with db.unit_of_work() as session:
+                row = service.computed_save(
+                    session, key=key, name=name, definition=document, actor="cli", now=utcnow(), create=create
+                )
+                data = _computed_data(row)
+        except (service.SegmentError, conditions.ConditionError) as error:
+            _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        console.print(f"computed trait {key!r} at version {data['version']}")
+
+
+@computed_app.command("create")
+def computed_create(
+    key: Annotated[str, typer.Argument(help="The computed trait's key (a-z, 0-9, _ . -)")],
+    definition: Annotated[str, typer.Option(help="The definition: JSON, @file or - for standard input")],
+    name: Annotated[str | None, typer.Option(help="A readable name")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Define a computed trait."""
+    _save_computed(key, definition, name, as_json, create=True)
+
+
+@computed_app.command("update")
+def computed_update(
+    key: Annotated[str, typer.Argument(help="The computed trait's key")],
+    definition: Annotated[str, typer.Option(help="The new definition: JSON, @file or -")],
+    name: Annotated[str | None, typer.Option(help="A new name")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a computed trait (a new version; the segments that read it are backfilled again)."""
+    _save_computed(key, definition, name, as_json, create=False)
+
+
+@computed_app.command("list")
+def computed_list(as_json: JsonFlag = False) -> None:
+    """List computed traits."""
+    with _database() as db, db.read() as session:
+        data = [_computed_data(row) for row in service.computed_listing(session)]
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    table = Table("key", "name", "version", "definition")
+    for row in data:
+        table.add_row(row["key"], row["name"], str(row["version"]), json.dumps(row["definition"]))
+    console.print(table)
+
+
+@computed_app.command("show")
+def computed_show(
+    key: Annotated[str, typer.Argument(help="The computed trait's key")], as_json: JsonFlag = False
+) -> None:
+    """Show one computed trait."""
+    with _database() as db:
+        try:
+            with db.read() as session:
+                data = _computed_data(service.computed_get(session, key))
+        except service.SegmentError as error:
+            _fail(str(error))
+    typer.echo(json.dumps(data)) if as_json else console.print_json(json.dumps(data))
+
+
+@computed_app.command("delete")
+def computed_delete(
+    key: Annotated[str, typer.Argument(help="The computed trait's key")], as_json: JsonFlag = False
+) -> None:
+    """Delete a computed trait (refused while a segment reads it)."""
+    with _database() as db:
+        try:
+            with db.unit_of_work() as session:
+                service.computed_remove(session, key=key)
+        except service.SegmentError as error:
+            _fail(str(error))
+    typer.echo(json.dumps({"deleted": key})) if as_json else console.print(f"computed trait {key!r} deleted")

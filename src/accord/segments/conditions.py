@@ -198,6 +198,15 @@ class EventCondition(_Node):
         return self.within is not None or self.older_than is not None
 
 
+class ComputedCondition(_Node):
+    """A computed trait (see docs/segments.md) compared with a value."""
+
+    computed: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$", description="The computed trait's key")
+    op: Op
+    value: Any = OPERAND
+    _value = field_validator("value")(_operand)
+
+
 class SegmentCondition(_Node):
     """Membership of another segment."""
 
@@ -228,7 +237,7 @@ class NotCondition(_Node):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-_KINDS = ("all", "any", "not", "trait", "event", "segment", "consent")
+_KINDS = ("all", "any", "not", "trait", "computed", "event", "segment", "consent")
 _TAGS = {kind: f"<{kind}>" for kind in _KINDS}
 
 
@@ -246,6 +255,7 @@ Condition = Annotated[
     | Annotated[AnyOf, Tag(_TAGS["any"])]
     | Annotated[NotCondition, Tag(_TAGS["not"])]
     | Annotated[TraitCondition, Tag(_TAGS["trait"])]
+    | Annotated[ComputedCondition, Tag(_TAGS["computed"])]
     | Annotated[EventCondition, Tag(_TAGS["event"])]
     | Annotated[SegmentCondition, Tag(_TAGS["segment"])]
     | Annotated[ConsentCondition, Tag(_TAGS["consent"])],
@@ -259,7 +269,16 @@ AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotCondition.model_rebuild()
 CONDITION: TypeAdapter[Any] = TypeAdapter(Condition)
-Node = AllOf | AnyOf | NotCondition | TraitCondition | EventCondition | SegmentCondition | ConsentCondition
+Node = (
+    AllOf
+    | AnyOf
+    | NotCondition
+    | TraitCondition
+    | ComputedCondition
+    | EventCondition
+    | SegmentCondition
+    | ConsentCondition
+)
 
 
 def _kind_of(node: BaseModel) -> str:
@@ -268,6 +287,7 @@ def _kind_of(node: BaseModel) -> str:
         AnyOf: "any",
         NotCondition: "not",
         TraitCondition: "trait",
+        ComputedCondition: "computed",
         EventCondition: "event",
         SegmentCondition: "segment",
         ConsentCondition: "consent",
@@ -332,6 +352,7 @@ class References:
     events: frozenset[str] = frozenset()
     segments: frozenset[str] = frozenset()
     purposes: frozenset[str] = frozenset()
+    computed: frozenset[str] = frozenset()
     timed: bool = False  # time passing alone can change it (a within / older_than window)
     needs_properties: bool = False  # some event leaf filters on properties
 
@@ -341,6 +362,7 @@ def references(node: Node) -> References:
     events: set[str] = set()
     segments: set[str] = set()
     purposes: set[str] = set()
+    computed: set[str] = set()
     timed = needs_properties = False
     for _, part in walk(node):
         if isinstance(part, TraitCondition):
@@ -353,8 +375,16 @@ def references(node: Node) -> References:
             segments.add(part.segment)
         elif isinstance(part, ConsentCondition):
             purposes.add(part.consent.purpose)
+        elif isinstance(part, ComputedCondition):
+            computed.add(part.computed)
     return References(
-        frozenset(traits), frozenset(events), frozenset(segments), frozenset(purposes), timed, needs_properties
+        frozenset(traits),
+        frozenset(events),
+        frozenset(segments),
+        frozenset(purposes),
+        frozenset(computed),
+        timed,
+        needs_properties,
     )
 
 
@@ -370,6 +400,7 @@ class Facts:
     events: Mapping[str, list[tuple[datetime, Mapping[str, Any]]]] = field(default_factory=dict)
     segments: set[str] = field(default_factory=set)
     allowed: Callable[[str, str], bool] = lambda _purpose, _channel: False
+    computed: Callable[[str], Any] = lambda _key: None
 
 
 _MISSING = object()
@@ -466,6 +497,9 @@ def evaluate(node: Node, facts: Facts, now: datetime) -> bool:
         return not evaluate(node.not_, facts, now)
     if isinstance(node, TraitCondition):
         return compare(node.op, lookup(facts.traits, node.trait), node.value)
+    if isinstance(node, ComputedCondition):
+        value = facts.computed(node.computed)
+        return compare(node.op, _MISSING if value is None else value, node.value)
     if isinstance(node, EventCondition):
         return _performed(node, facts.events.get(node.event, ()), now)
     if isinstance(node, SegmentCondition):

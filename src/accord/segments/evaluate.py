@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -19,9 +19,11 @@ from accord.consent import catalogue as consent_catalogue
 from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
 from accord.profiles.models import Profile, ProfileEvent
+from accord.segments import computed as computed_traits
 from accord.segments import conditions
+from accord.segments.computed import ComputedDefinition
 from accord.segments.conditions import Facts, Node, References
-from accord.segments.models import Segment, SegmentMembership, SegmentTransition
+from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition
 
 PROFILES = cast(Table, Profile.__table__)
 EVENTS = cast(Table, ProfileEvent.__table__)
@@ -50,6 +52,7 @@ class Active:
     consent: set[str] = field(default_factory=set)
     timed: set[str] = field(default_factory=set)  # may change with time alone (windows, consent expiry)
     dependents: dict[str, set[str]] = field(default_factory=dict)
+    computed: dict[str, ComputedDefinition] = field(default_factory=dict)
 
     def closure(self, keys: Iterable[str]) -> set[str]:
         """These segments and every segment that reads them, transitively."""
@@ -69,25 +72,33 @@ _lock = threading.Lock()
 
 def active(session: Session) -> Active:
     """The segments in force: one small aggregate read; compiled again only after a change."""
-    s = Segment.__table__.c
-    # (key, version, updated_at) of every segment: a handful of rows; a version is never reused for a key.
+    s, c = Segment.__table__.c, ComputedTrait.__table__.c
+    # (key, version, updated_at) of every segment and computed trait: a handful of rows.
     stamp = tuple((k, v, u) for k, v, u in session.execute(select(s.key, s.version, s.updated_at).order_by(s.key)))
+    stamp += tuple(
+        ("~" + k, v, u) for k, v, u in session.execute(select(c.key, c.version, c.updated_at).order_by(c.key))
+    )
     bind = str(session.get_bind().engine.url)
     cached = _cache.get(bind)
     if cached is not None and cached.stamp == stamp:
         return cached
     rows = session.execute(select(s.key, s.version, s.condition).order_by(s.key)).all()
-    compiled = compile_segments([(key, version, condition) for key, version, condition in rows], stamp)
+    definitions = {key: computed_traits.parse(doc) for key, doc in session.execute(select(c.key, c.definition))}
+    compiled = compile_segments([(key, version, condition) for key, version, condition in rows], stamp, definitions)
     with _lock:
         _cache[bind] = compiled
     return compiled
 
 
-def compile_segments(rows: list[tuple[str, int, dict[str, Any]]], stamp: tuple[Any, ...] = ()) -> Active:
-    result = Active(stamp=stamp)
+def compile_segments(
+    rows: list[tuple[str, int, dict[str, Any]]],
+    stamp: tuple[Any, ...] = (),
+    definitions: Mapping[str, ComputedDefinition] | None = None,
+) -> Active:
+    result = Active(stamp=stamp, computed=dict(definitions or {}))
     for key, version, document in rows:
         node = conditions.parse(document)
-        result.by_key[key] = Compiled(key, version, node, conditions.references(node))
+        result.by_key[key] = Compiled(key, version, node, with_computed(conditions.references(node), result.computed))
     for key, item in result.by_key.items():
         for trait in item.refs.traits:
             result.by_trait.setdefault(trait, set()).add(key)
@@ -103,6 +114,19 @@ def compile_segments(rows: list[tuple[str, int, dict[str, Any]]], stamp: tuple[A
     result.ordered = [result.by_key[key] for key in dependency_order(result.by_key)]
     result.timed = result.closure(result.timed)
     return result
+
+
+def with_computed(refs: References, definitions: Mapping[str, ComputedDefinition]) -> References:
+    """What a condition reads once its computed traits are resolved to the events they aggregate."""
+    found = [definitions[key] for key in refs.computed if key in definitions]
+    if not found:
+        return refs
+    return replace(
+        refs,
+        events=refs.events | {d.event for d in found},
+        timed=refs.timed or any(d.within is not None for d in found),
+        needs_properties=refs.needs_properties or any(d.where or d.property for d in found),
+    )
 
 
 def dependency_order(segments: Mapping[str, Compiled]) -> list[str]:
@@ -134,10 +158,15 @@ def _chunks(values: list[str], size: int = CHUNK) -> Iterable[list[str]]:
 
 
 def load_facts(
-    session: Session, profile_ids: list[str], segments: Iterable[Compiled], now: datetime
+    session: Session,
+    profile_ids: list[str],
+    segments: Iterable[Compiled],
+    now: datetime,
+    definitions: Mapping[str, ComputedDefinition] | None = None,
 ) -> dict[str, Facts]:
     """The facts the given segments read, for the live profiles among `profile_ids`."""
     wanted = list(segments)
+    definitions = definitions or {}
     names = sorted({name for item in wanted for name in item.refs.events})
     properties = any(item.refs.needs_properties for item in wanted)
     purposes = {purpose for item in wanted for purpose in item.refs.purposes}
@@ -162,7 +191,23 @@ def load_facts(
                     )
     if purposes and facts:
         _load_consent(session, facts, purposes, now)
+    if definitions and any(item.refs.computed for item in wanted):
+        for found in facts.values():
+            found.computed = _computer(found, definitions, now)
     return facts
+
+
+def _computer(found: Facts, definitions: Mapping[str, ComputedDefinition], now: datetime) -> Any:
+    cache: dict[str, Any] = {}
+
+    def value(key: str) -> Any:
+        if key not in cache:
+            definition = definitions.get(key)
+            events = found.events.get(definition.event, []) if definition else []
+            cache[key] = None if definition is None else computed_traits.compute(definition, events, now)
+        return cache[key]
+
+    return value
 
 
 def _load_consent(session: Session, facts: dict[str, Facts], purposes: set[str], now: datetime) -> None:
@@ -227,9 +272,8 @@ def refresh(
     }
     needed = {key for keys in per_profile.values() for key in keys}
     stored = memberships(session, list(wanted))
-    facts = load_facts(
-        session, [pid for pid, keys in per_profile.items() if keys], (segments.by_key[k] for k in needed), now
-    )
+    evaluated = [pid for pid, keys in per_profile.items() if keys]
+    facts = load_facts(session, evaluated, (segments.by_key[k] for k in needed), now, segments.computed)
     gone: list[str] = []
     for profile_id, keys in per_profile.items():
         current = stored.get(profile_id, {})
@@ -312,7 +356,7 @@ def recompute(session: Session, now: datetime, *, segments: Active | None = None
         ids, last, _ = profiles_after(session, after, CHUNK)
         if last is None:
             return result
-        facts = load_facts(session, ids, segments.ordered, now)
+        facts = load_facts(session, ids, segments.ordered, now, segments.computed)
         for profile_id, found in facts.items():
             found.segments = set()
             for item in segments.ordered:

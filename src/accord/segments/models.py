@@ -69,3 +69,17 @@ class SegmentTransition(Base):
         Index("ix_segment_transitions_profile", "profile_id", "id"),
         Index("ix_segment_transitions_segment", "segment_key", "at"),
     )
+
+
+class ComputedTrait(Base):
+    """A computed trait's definition (see accord.segments.computed); `version` counts its changes."""
+
+    __tablename__ = "computed_traits"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(100))

@@ -98,3 +98,39 @@ class MemberPage(BaseModel):
     size: int
     data: list[MemberRead]
     next_cursor: str | None = Field(description="Pass as ?after= for the next page; null at the end")
+
+
+class ComputedCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Key
+    name: str = Field(default="", max_length=200)
+    definition: dict[str, Any] = Field(
+        description='{"event", "function", "property", "where", "within"}: see docs/segments.md#computed-traits'
+    )
+
+
+class ComputedUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200)
+    definition: dict[str, Any]
+
+
+class ComputedRead(BaseModel):
+    key: str
+    name: str
+    version: int
+    definition: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    actor: str
+
+
+class ComputedList(BaseModel):
+    data: list[ComputedRead]
+
+
+class ProfileComputed(BaseModel):
+    profile_id: str
+    traits: dict[str, Any] = Field(description="Each computed trait's value now (null: no event counted)")

@@ -12,9 +12,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from accord.consent import catalogue as consent_catalogue
-from accord.segments import conditions, evaluate
+from accord.segments import computed, conditions, evaluate
 from accord.segments.conditions import ConditionError
-from accord.segments.models import Segment, SegmentMembership, SegmentTransition, SegmentVersion
+from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition, SegmentVersion
 
 KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 BACKFILL_CHUNK = 2000
@@ -47,6 +47,8 @@ def check_condition(session: Session, key: str, document: Any) -> dict[str, Any]
                 raise ConditionError(f"{path}.segment", f"no segment {part.segment!r}")
             if key in _reads(others, part.segment):
                 raise ConditionError(f"{path}.segment", f"segment {part.segment!r} reads {key!r}: a cycle")
+        elif isinstance(part, conditions.ComputedCondition) and session.get(ComputedTrait, part.computed) is None:
+            raise ConditionError(f"{path}.computed", f"no computed trait {part.computed!r}")
         elif (
             isinstance(part, conditions.ConsentCondition)
             and consent_catalogue.get_purpose(session, part.consent.purpose) is None
@@ -131,10 +133,7 @@ def change(
         stored = check_condition(session, key, condition)
         if stored != row.condition:
             row.condition = stored
-            row.status = "backfilling"
-            row.backfill_after = None
-            row.backfill_done = 0
-            row.backfill_total = evaluate.count_live(session)
+            _restart_backfill(row, session)
     if name is not None:
         row.name = name or key
     if description is not None:
@@ -174,6 +173,13 @@ def remove(session: Session, *, key: str, actor: str, now: datetime) -> int:
     session.delete(row)
     session.flush()
     return gone
+
+
+def _restart_backfill(row: Segment, session: Session) -> None:
+    row.status = "backfilling"
+    row.backfill_after = None
+    row.backfill_done = 0
+    row.backfill_total = evaluate.count_live(session)
 
 
 def get(session: Session, key: str, *, lock: bool = False) -> Segment:
@@ -340,3 +346,76 @@ def export(
                     {name: found.traits[name] for name in traits if name in found.traits},
                 )
         after = page[-1].profile_id
+
+
+# --- computed traits ---------------------------------------------------------------------------------------
+
+
+def computed_get(session: Session, key: str) -> ComputedTrait:
+    row = session.get(ComputedTrait, key) if KEY.match(key) else None
+    if row is None:
+        raise SegmentError(404, "computed_trait_not_found", f"no computed trait {key[:100]!r}")
+    return row
+
+
+def computed_listing(session: Session) -> Sequence[ComputedTrait]:
+    return session.scalars(select(ComputedTrait).order_by(ComputedTrait.key)).all()
+
+
+def _readers(session: Session, key: str) -> list[str]:
+    """Segments whose condition reads computed trait `key`."""
+    return sorted(
+        row.key
+        for row in session.scalars(select(Segment))
+        if key in conditions.references(conditions.parse(row.condition)).computed
+    )
+
+
+def computed_save(
+    session: Session, *, key: str, name: str | None, definition: Any, actor: str, now: datetime, create: bool
+) -> ComputedTrait:
+    """Create (or change: a new version) a computed trait. A change backfills the segments that read it."""
+    check_key(key)
+    stored = computed.dump(computed.parse(definition))
+    row = session.get(ComputedTrait, key)
+    if create and row is not None:
+        raise SegmentError(409, "computed_trait_exists", f"computed trait {key!r} exists; change it with PUT")
+    if not create and row is None:
+        raise SegmentError(404, "computed_trait_not_found", f"no computed trait {key[:100]!r}")
+    if row is None:
+        row = ComputedTrait(
+            key=key, name=name or key, version=1, definition=stored, created_at=now, updated_at=now, actor=actor[:100]
+        )
+        session.add(row)
+    else:
+        if stored != row.definition:
+            for reader in _readers(session, key):
+                _restart_backfill(get(session, reader, lock=True), session)
+        row.definition = stored
+        row.name = name if name is not None else row.name
+        row.version += 1
+        row.updated_at = now
+        row.actor = actor[:100]
+    session.flush()
+    return row
+
+
+def computed_remove(session: Session, *, key: str) -> None:
+    row = computed_get(session, key)
+    readers = _readers(session, key)
+    if readers:
+        raise SegmentError(409, "computed_trait_in_use", f"computed trait {key!r} is read by {', '.join(readers[:10])}")
+    session.delete(row)
+    session.flush()
+
+
+def computed_values(session: Session, profile_id: str, *, now: datetime) -> dict[str, Any]:
+    """Every computed trait's value for this profile, from its stored events."""
+    definitions = {row.key: computed.parse(row.definition) for row in computed_listing(session)}
+    if not definitions:
+        return {}
+    probe = conditions.AnyOf(any=[conditions.ComputedCondition(computed=k, op="exists") for k in definitions])
+    refs = evaluate.with_computed(conditions.references(probe), definitions)
+    facts = evaluate.load_facts(session, [profile_id], [evaluate.Compiled("", 0, probe, refs)], now, definitions)
+    found = facts.get(profile_id)
+    return {key: found.computed(key) if found else None for key in definitions}
