@@ -30,6 +30,7 @@ from accord.profiles import service as profiles
 from accord.profiles.models import Profile, ProfileEvent
 from accord.runtime import Runtime
 from accord.security.users import Login
+from accord.segments import service as segment_service
 
 router = APIRouter(include_in_schema=False)
 Anyone = Annotated[Login, Depends(auth.require_login("analyst", "agent", "auditor"))]
@@ -167,6 +168,7 @@ def customer_context(session: Session, profile: Profile, login: Login) -> dict[s
         "notices": catalogue.list_notices(session),
         "merges": identity_history.history(session, profile, limit=100),
         "notes": console_service.notes(session, ids),
+        "segments": segment_service.profile_memberships(session, profile.id),
         "can_act": login.role in {"admin", "agent"},
         "can_unmerge": login.role == "admin",
     }
