@@ -35,6 +35,7 @@ from accord.security.auth import BearerAuthentication, Principal, require_role
 from accord.security.headers import BodyLimit, SecurityHeaders, TrackingCors
 from accord.security.service import ROLES
 from accord.segments import api as segments_api
+from accord.segments import live as segments_live
 from accord.sources import api as sources_api
 from accord.sources.jobs import ImportJobs
 from accord.sources.schedules import SchedulePoller
@@ -131,6 +132,7 @@ def create_app(
     app.include_router(segments_api.router)
     app.include_router(segments_api.profiles)
     app.include_router(segments_api.computed)
+    app.include_router(segments_live.router)
     app.include_router(audit_api.router)
     app.include_router(rights_api.router)
 

@@ -419,3 +419,27 @@ def computed_values(session: Session, profile_id: str, *, now: datetime) -> dict
     facts = evaluate.load_facts(session, [profile_id], [evaluate.Compiled("", 0, probe, refs)], now, definitions)
     found = facts.get(profile_id)
     return {key: found.computed(key) if found else None for key in definitions}
+
+
+def transitions_since(
+    session: Session, *, after: int, profile_id: str | None = None, segment: str | None = None, limit: int = 200
+) -> Sequence[SegmentTransition]:
+    """Entries and exits stored with an id above `after`, oldest first; of one profile or segment if given."""
+    query = select(SegmentTransition).where(SegmentTransition.id > after)
+    if profile_id is not None:
+        query = query.where(SegmentTransition.profile_id == profile_id)
+    if segment is not None:
+        query = query.where(SegmentTransition.segment_key == segment)
+    return session.scalars(query.order_by(SegmentTransition.id).limit(limit)).all()
+
+
+def events_since(session: Session, profile_id: str, *, after: int, limit: int = 200) -> Sequence[Any]:
+    """The profile's timeline events stored with an id above `after`, oldest first."""
+    from accord.profiles.models import ProfileEvent
+
+    return session.scalars(
+        select(ProfileEvent)
+        .where(ProfileEvent.profile_id == profile_id, ProfileEvent.id > after)
+        .order_by(ProfileEvent.id)
+        .limit(limit)
+    ).all()
