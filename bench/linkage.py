@@ -328,7 +328,9 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
                     candidates = response.json()["candidates"]
                     if known and candidates and candidates[0]["probability"] > 0.5:
                         found_known += 1
+            direct = time_service(args, running, people, strangers, rng)
     spread = common.percentiles(timings)
+    inside = common.percentiles(direct)
     return {
         "profiles": len(people),
         "duplicates": args.profiles // 10,
@@ -337,12 +339,41 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         "train_s": round(train_s, 2),
         "index_keys": trained["index_keys"],
         "known_found_share": round(found_known / max(1, (args.queries + 1) // 2), 4),
+        "service_p50_ms": round(inside["p50"] or 0, 2),
+        "service_p95_ms": round(inside["p95"] or 0, 2),
+        "service_p99_ms": round(inside["p99"] or 0, 2),
+        "service_max_ms": round(inside["max"] or 0, 2),
         "p50_ms": round(spread["p50"] or 0, 2),
         "p95_ms": round(spread["p95"] or 0, 2),
         "p99_ms": round(spread["p99"] or 0, 2),
         "max_ms": round(spread["max"] or 0, 2),
         "target_p99_ms": TARGET_P99_MS,
     }
+
+
+def time_service(
+    args: argparse.Namespace,
+    running: Running,
+    people: list[dict[str, Any]],
+    strangers: list[dict[str, Any]],
+    rng: random.Random,
+) -> list[float]:
+    """The same requests through the service function the route calls (`accord.identity.linkage.match`), in
+    this process against the same store: the matching itself, without HTTP and the route's audit commit."""
+    from accord.identity import linkage
+
+    rt = common.open_runtime(running.url, args.sqlite_synchronous, running.server.data_dir)
+    timings: list[float] = []
+    try:
+        for n in range(args.queries):
+            traits = typo(rng.choice(people), rng) if n % 2 == 0 else strangers[n]
+            started = time.perf_counter()
+            with rt.db.read() as session:
+                linkage.match(session, traits, limit=10)
+            timings.append((time.perf_counter() - started) * 1000)
+    finally:
+        rt.close()
+    return timings
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -380,9 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\none new record matched against {lat['profiles']:,} profiles ({lat['queries']:,} requests over HTTP, "
             f"half typo'd known people, half strangers; ingest {lat['ingest_s']} s, train {lat['train_s']} s)\n"
-            f"  p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; "
+            f"  over HTTP (with the route's audit record): p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
+            f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; "
             f"known people found first: {lat['known_found_share']:.1%}\n"
-            f"  target p99 < {TARGET_P99_MS:g} ms: {'met' if lat['p99_ms'] < TARGET_P99_MS else 'NOT met'}"
+            f"  the matching itself (linkage.match in process): p50 {lat['service_p50_ms']} ms, "
+            f"p95 {lat['service_p95_ms']} ms, p99 {lat['service_p99_ms']} ms, max {lat['service_max_ms']} ms\n"
+            f"  target p99 < {TARGET_P99_MS:g} ms: over HTTP {'met' if lat['p99_ms'] < TARGET_P99_MS else 'NOT met'}, "
+            f"matching itself {'met' if lat['service_p99_ms'] < TARGET_P99_MS else 'NOT met'}"
         )
     payload["targets"] = {"f1": TARGET_F1, "p99_ms": TARGET_P99_MS}
     common.print_json_line(payload)

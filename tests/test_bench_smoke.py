@@ -89,7 +89,7 @@ def test_linkage_smoke(tmp_path: Path) -> None:
         assert {"ingest", "train", "dedupe"} <= result["seconds"].keys()
     latency = summary["latency"]
     assert latency["queries"] > 0
-    assert {"p50_ms", "p95_ms", "p99_ms", "max_ms"} <= latency.keys()
+    assert {"p50_ms", "p95_ms", "p99_ms", "max_ms", "service_p50_ms", "service_p99_ms"} <= latency.keys()
 
 
 def test_import_smoke(tmp_path: Path) -> None:
