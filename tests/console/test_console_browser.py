@@ -222,7 +222,7 @@ def test_pages_fit_the_width_without_sideways_scrolling(browser: Any, site: Live
         log_in(page, email)
         open_ann(page)
         customer = page.url
-        for url in (customer, "/console", "/console/admin/users", "/console/admin/consent"):
+        for url in (customer, "/console", "/console/segments", "/console/dashboard", "/console/admin/users"):
             page.goto(url)
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, (url, width, overflow)
@@ -236,7 +236,8 @@ def test_every_form_control_has_a_label(page: Any, site: LiveAccord) -> None:
     log_in(page, make_user(site.rt, "admin"))
     open_ann(page)
     customer = page.url
-    for url in (customer, "/console", "/console/admin/sources", "/console/admin/users", "/console/admin/consent"):
+    pages = ("/console", "/console/segments", "/console/dashboard", "/console/admin/sources", "/console/admin/users")
+    for url in (customer, *pages, "/console/admin/consent"):
         page.goto(url)
         unlabelled = page.evaluate(
             """[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, delete, func, literal, or_, select
@@ -17,9 +17,12 @@ from accord.console.models import Note, RecentView
 from accord.identity.models import Identity
 from accord.identity.service import current_rules
 from accord.ingest.spec import SpecError, normalise_request
+from accord.log.models import LogRecord
 from accord.log.port import NewRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.service import BadReference, resolve
+from accord.segments import service as segments
+from accord.segments.models import SegmentTransition
 from accord.sources import service as sources
 
 MAX_QUERY = 200
@@ -232,3 +235,66 @@ def trait_correction(
     except SpecError as error:
         raise CorrectionError(error.message) from None
     return NewRecord(source_id=console_source_id(session), received_at=now, events=events)
+
+
+# -- dashboards ------------------------------------------------------------------------------------------
+
+RATE_MINUTES = 15
+RATE_ROWS = 200_000  # the event-rate chart reads at most this many newest events (a bounded, indexed read)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    label: str
+    value: int
+
+
+def event_rate(session: Session, *, now: datetime) -> tuple[list[Bar], bool]:
+    """Events stored per minute over the last RATE_MINUTES, by arrival; True when the bound cut it short."""
+    start = (now - timedelta(minutes=RATE_MINUTES - 1)).replace(second=0, microsecond=0)
+    newest = session.scalar(select(func.max(ProfileEvent.id))) or 0
+    times = session.scalars(
+        select(ProfileEvent.received_at).where(ProfileEvent.id > newest - RATE_ROWS, ProfileEvent.received_at >= start)
+    ).all()
+    counts: dict[datetime, int] = {}
+    for moment in times:
+        minute = moment.replace(second=0, microsecond=0)
+        counts[minute] = counts.get(minute, 0) + 1
+    bars = [
+        Bar((start + timedelta(minutes=i)).strftime("%H:%M"), counts.get(start + timedelta(minutes=i), 0))
+        for i in range(RATE_MINUTES)
+    ]
+    return bars, newest > RATE_ROWS and len(times) >= RATE_ROWS
+
+
+def oldest_pending(log_session: Session) -> datetime | None:
+    """When the oldest request still waiting in the event log arrived: how far behind the workers are."""
+    return log_session.scalar(select(LogRecord.received_at).order_by(LogRecord.seq).limit(1))
+
+
+def segment_history(session: Session, *, now: datetime, days: int = 14) -> dict[str, list[Bar]]:
+    """Each segment's size at the end of each of the last `days` days, worked back from today's size
+    through the day's entries and exits."""
+    keys = [row.key for row in segments.listing(session)]
+    sizes = segments.sizes(session, keys)
+    first = (now - timedelta(days=days - 1)).date()
+    day = func.date(SegmentTransition.at)
+    rows = session.execute(
+        select(SegmentTransition.segment_key, day, SegmentTransition.kind, func.count())
+        .where(SegmentTransition.at >= datetime.combine(first, datetime.min.time(), now.tzinfo))
+        .group_by(SegmentTransition.segment_key, day, SegmentTransition.kind)
+    ).all()
+    net: dict[tuple[str, str], int] = {}
+    for key, when, kind, count in rows:
+        stamp = when.isoformat()[:10] if hasattr(when, "isoformat") else str(when)[:10]
+        net[(key, stamp)] = net.get((key, stamp), 0) + (count if kind == "entered" else -count)
+    history: dict[str, list[Bar]] = {}
+    for key in keys:
+        bars: list[Bar] = []
+        level = sizes.get(key, 0)
+        for back in range(days):
+            date = (now - timedelta(days=back)).date().isoformat()
+            bars.append(Bar(date[5:], max(level, 0)))
+            level -= net.get((key, date), 0)
+        history[key] = list(reversed(bars))
+    return history
