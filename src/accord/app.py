@@ -95,6 +95,7 @@ def create_app(
             rt.close()
         else:
             rt.log.close()
+            rt.audit.close()
 
     app = FastAPI(
         title="Accord",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from accord.audit.writer import AuditWriter
 from accord.config import Settings
 from accord.consent.keys import SigningKey
 from accord.db.engine import Database
@@ -20,6 +21,10 @@ class Runtime:
     log: SqlEventLog
     limits: RateLimits
     signing: SigningKey
+    audit: AuditWriter = field(init=False)  # the audit records of reads, group-committed
+
+    def __post_init__(self) -> None:
+        self.audit = AuditWriter(self.db, self.signing)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -43,6 +48,7 @@ class Runtime:
         return cls(settings=settings, db=db, log=log, limits=limits, signing=signing)
 
     def close(self) -> None:
+        self.audit.close()
         self.log.close()
         if self.log.db is not self.db:
             self.log.db.dispose()

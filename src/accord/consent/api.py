@@ -45,6 +45,7 @@ from accord.consent.schemas import (
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented
 from accord.profiles.api import Ref, audit_read, resolve_or_404
+from accord.profiles.models import Profile
 from accord.runtime import Runtime, runtime
 from accord.security.auth import Principal, actor_of, require_role
 from accord.security.service import ROLES
@@ -380,7 +381,7 @@ def get_consents(ref: Ref, rt: Rt, _: Reader) -> ConsentsRead:
     responses=ERRORS,
     summary="Every consent record of the person, in ledger order",
 )
-def get_history(
+async def get_history(
     request: Request,
     ref: Ref,
     rt: Rt,
@@ -388,11 +389,14 @@ def get_history(
     after: Annotated[int, Query(ge=0, lt=2**63)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> HistoryRead:
-    with rt.db.read() as session:
-        profile = resolve_or_404(session, ref)
-        rows = service.history(session, service.person_ids(session, profile.id), after=after, limit=limit)
+    def read() -> tuple[Profile, list[tuple[dict[str, Any], str, dict[str, Any] | None]]]:
+        with rt.db.read() as session:
+            profile = resolve_or_404(session, ref)
+            return profile, service.history(session, service.person_ids(session, profile.id), after=after, limit=limit)
+
+    profile, rows = await run_in_threadpool(read)
     # The history holds the evidence (addresses, agents, references): a read of personal data.
-    audit_read(rt, request, principal, "profile.consents.read", profile.id, records=len(rows))
+    await audit_read(rt, request, principal, "profile.consents.read", profile.id, records=len(rows))
     records = [record_read(body, digest, evidence) for body, digest, evidence in rows]
     return HistoryRead(
         profile_id=profile.id,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from accord.audit.service import record_audit
+from accord.audit.writer import Pending
 from accord.errors import ApiError, documented
 from accord.hashchain import iso
 from accord.identity.models import Identity
@@ -58,20 +60,13 @@ def resolve_or_404(session: Session, ref: str) -> Profile:
     return profile
 
 
-def audit_read(
+async def audit_read(
     rt: Runtime, request: Request, principal: Principal, action: str, profile_id: str, **details: Any
 ) -> None:
-    """Record a read of a person's data, once it succeeded and before it is answered."""
-    with rt.db.unit_of_work() as session:
-        record_audit(
-            session,
-            key=rt.signing,
-            actor=actor_of(request, principal),
-            action=action,
-            target_type="profile",
-            target_id=profile_id,
-            details=details,
-        )
+    """Record a read of a person's data once it succeeded, and wait (without holding a thread) until the
+    record is durable before the read is answered. Concurrent reads share one commit."""
+    pending = Pending(actor_of(request, principal), action, "profile", profile_id, details)
+    await asyncio.wrap_future(rt.audit.submit(pending))
 
 
 def TimeQuery(description: str) -> Any:  # noqa: N802 - stands in for fastapi.Query
@@ -120,21 +115,24 @@ def _event(row: ProfileEvent) -> EventRead:
     responses=ERRORS,
     summary="One profile with its traits and identities",
 )
-def get_profile(request: Request, ref: Ref, rt: Rt, principal: Reader) -> ProfileRead:
-    with rt.db.read() as session:
-        profile = resolve_or_404(session, ref)
-        answer = ProfileRead(
-            id=profile.id,
-            traits=profile.traits,
-            identities=[_identity(i) for i in service.identities(session, profile.id)],
-            counts=profile.counts,
-            first_seen=profile.first_seen,
-            last_seen=profile.last_seen,
-            created_at=profile.created_at,
-            updated_at=profile.updated_at,
-            merged_ids=service.merged_ids(session, profile.id),
-        )
-    audit_read(rt, request, principal, "profile.read", profile.id)
+async def get_profile(request: Request, ref: Ref, rt: Rt, principal: Reader) -> ProfileRead:
+    def read() -> ProfileRead:
+        with rt.db.read() as session:
+            profile = resolve_or_404(session, ref)
+            return ProfileRead(
+                id=profile.id,
+                traits=profile.traits,
+                identities=[_identity(i) for i in service.identities(session, profile.id)],
+                counts=profile.counts,
+                first_seen=profile.first_seen,
+                last_seen=profile.last_seen,
+                created_at=profile.created_at,
+                updated_at=profile.updated_at,
+                merged_ids=service.merged_ids(session, profile.id),
+            )
+
+    answer = await run_in_threadpool(read)
+    await audit_read(rt, request, principal, "profile.read", answer.id)
     return answer
 
 
@@ -144,15 +142,18 @@ def get_profile(request: Request, ref: Ref, rt: Rt, principal: Reader) -> Profil
     responses=ERRORS,
     summary="A profile's traits",
 )
-def get_traits(request: Request, ref: Ref, rt: Rt, principal: Reader) -> TraitsRead:
-    with rt.db.read() as session:
-        profile = resolve_or_404(session, ref)
-        answer = TraitsRead(
-            profile_id=profile.id,
-            traits=profile.traits,
-            sources={name: _trait_source(profile.trait_versions.get(name)) for name in profile.traits},
-        )
-    audit_read(rt, request, principal, "profile.traits.read", profile.id)
+async def get_traits(request: Request, ref: Ref, rt: Rt, principal: Reader) -> TraitsRead:
+    def read() -> TraitsRead:
+        with rt.db.read() as session:
+            profile = resolve_or_404(session, ref)
+            return TraitsRead(
+                profile_id=profile.id,
+                traits=profile.traits,
+                sources={name: _trait_source(profile.trait_versions.get(name)) for name in profile.traits},
+            )
+
+    answer = await run_in_threadpool(read)
+    await audit_read(rt, request, principal, "profile.traits.read", answer.profile_id)
     return answer
 
 
@@ -169,13 +170,16 @@ def _trait_source(version: Any) -> TraitSource:
     responses=ERRORS,
     summary="A profile's identifiers",
 )
-def get_identities(request: Request, ref: Ref, rt: Rt, principal: Reader) -> IdentitiesRead:
-    with rt.db.read() as session:
-        profile = resolve_or_404(session, ref)
-        answer = IdentitiesRead(
-            profile_id=profile.id, identities=[_identity(i) for i in service.identities(session, profile.id)]
-        )
-    audit_read(rt, request, principal, "profile.identities.read", profile.id)
+async def get_identities(request: Request, ref: Ref, rt: Rt, principal: Reader) -> IdentitiesRead:
+    def read() -> IdentitiesRead:
+        with rt.db.read() as session:
+            profile = resolve_or_404(session, ref)
+            return IdentitiesRead(
+                profile_id=profile.id, identities=[_identity(i) for i in service.identities(session, profile.id)]
+            )
+
+    answer = await run_in_threadpool(read)
+    await audit_read(rt, request, principal, "profile.identities.read", answer.profile_id)
     return answer
 
 
@@ -185,7 +189,7 @@ def get_identities(request: Request, ref: Ref, rt: Rt, principal: Reader) -> Ide
     responses=ERRORS,
     summary="The timeline, newest first",
 )
-def get_events(
+async def get_events(
     request: Request,
     ref: Ref,
     rt: Rt,
@@ -201,23 +205,27 @@ def get_events(
         if kind not in CALL_TYPES:
             raise ApiError(400, "invalid_filter", f"type must be one of {', '.join(CALL_TYPES)}, not {kind[:40]!r}")
     after, before = moment("since", since), moment("until", until)
-    with rt.db.read() as session:
-        profile = resolve_or_404(session, ref)
-        try:
-            page = service.timeline(
-                session,
-                profile.id,
-                limit=limit,
-                cursor=cursor,
-                types=type or (),
-                event=event,
-                since=after,
-                until=before,
+
+    def read() -> EventPageRead:
+        with rt.db.read() as session:
+            profile = resolve_or_404(session, ref)
+            try:
+                page = service.timeline(
+                    session,
+                    profile.id,
+                    limit=limit,
+                    cursor=cursor,
+                    types=type or (),
+                    event=event,
+                    since=after,
+                    until=before,
+                )
+            except service.BadCursor as error:
+                raise ApiError(400, "invalid_cursor", str(error)) from None
+            return EventPageRead(
+                profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor
             )
-        except service.BadCursor as error:
-            raise ApiError(400, "invalid_cursor", str(error)) from None
-        answer = EventPageRead(
-            profile_id=profile.id, data=[_event(e) for e in page.events], next_cursor=page.next_cursor
-        )
-    audit_read(rt, request, principal, "profile.events.read", profile.id, events=len(answer.data))
+
+    answer = await run_in_threadpool(read)
+    await audit_read(rt, request, principal, "profile.events.read", answer.profile_id, events=len(answer.data))
     return answer
