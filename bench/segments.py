@@ -13,13 +13,17 @@
     .venv/bin/python bench/segments.py --profiles 1000000     # the issue's 1,000,000-profile backfill
     .venv/bin/python bench/segments.py --smoke                # a few seconds, for CI
 
-Not measured yet: the acknowledgement-to-visible latency of a segment change under load.
+(c) Latency: a real `accord up` runs as a subprocess with the segments defined, and is offered a steady
+    load (a batch of 10 every 10 ms = 1,000 events/s, open loop). Every fifth batch carries a probe: an
+    identify that moves a known user into or out of the `probe` segment. From the moment the POST is
+    acknowledged, GET /api/v1/profiles/user_id:.../segments is polled until the change shows.
 The last line of the output is one JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import sys
 import time
@@ -28,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sqlite-synchronous", default=common.default_synchronous(), help="ACCORD_SQLITE_SYNCHRONOUS for SQLite"
     )
-    parser.add_argument("--parts", default="throughput,backfill", help="what to run (default throughput,backfill)")
+    parser.add_argument("--rate", type=int, default=1_000, help="offered load for latency, events/s (default 1,000)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of offered load (default 30)")
+    parser.add_argument(
+        "--parts", default="throughput,backfill,latency", help="what to run (default throughput,backfill,latency)"
+    )
     parser.add_argument("--tmp", default=None, help="where temp data dirs go (default: the system temp dir)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: finishes in a few seconds")
@@ -67,11 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.events, args.customers = min(args.events, 2_000), min(args.customers, 200)
         args.profiles = min(args.profiles, 2_000)
+        args.duration = min(args.duration, 2.0)
     if min(args.events, args.customers, args.profiles) < 1 or args.segments < 0:
         parser.error("sizes must be positive")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not args.parts or not set(args.parts) <= {"throughput", "backfill"}:
-        parser.error("--parts takes throughput, backfill")
+    if not args.parts or not set(args.parts) <= {"throughput", "backfill", "latency"}:
+        parser.error("--parts takes throughput, backfill, latency")
     return args
 
 
@@ -231,6 +242,128 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+PROBE = {"trait": "bench_probe", "op": "starts_with", "value": "in-"}
+BATCH = 10
+PROBE_TIMEOUT = 10.0
+
+
+def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    with (
+        common.temp_dir("accord-bench-seglatency-", args.tmp) as data_dir,
+        common.scratch_store(args.database_url, data_dir, "seglatency") as url,
+    ):
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
+        try:
+            define(rt, [*segment_definitions(args.segments), ("probe", PROBE)])
+        finally:
+            rt.close()
+        server = common.Accord(
+            data_dir=data_dir,
+            database_url=url if common.is_postgres(url) else None,
+            sqlite_synchronous=args.sqlite_synchronous,
+        )
+        write_key = server.cli("source", "create", "bench")["write_key"]
+        token = server.cli("token", "create", "--role", "admin")["token"]
+        with server:
+            server.start("up")
+            return asyncio.run(_offer_load(args, server.base_url, write_key, token))
+
+
+async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, token: str) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    batches_per_s = args.rate / BATCH
+    n_batches = max(1, round(args.duration * batches_per_s))
+    interval = 1.0 / batches_per_s
+    background = common.customer_journeys(rng, n_batches * BATCH, max(1, min(args.customers, n_batches)))
+    users = [f"probe-{i:04d}" for i in range(200)]
+    inside = dict.fromkeys(users, False)
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    # A generous pool timeout: when the worker falls behind, watchers queue for connections.
+    ingest = httpx.AsyncClient(
+        base_url=base_url, auth=(write_key, ""), timeout=httpx.Timeout(30, pool=120), limits=limits
+    )
+    api = httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(30, pool=120),
+        limits=limits,
+    )
+    loop = asyncio.get_running_loop()
+    visible: list[float] = []
+    unseen = errors = 0
+
+    def probe(user: str, enter: bool) -> dict[str, Any]:
+        value = f"{'in' if enter else 'out'}-{uuid.uuid4().hex}"
+        return common.event(rng, "identify", at=datetime.now(UTC), user_id=user, traits={"bench_probe": value})
+
+    async def post(calls: list[dict[str, Any]]) -> float | None:
+        nonlocal errors
+        try:
+            response = await ingest.post("/v1/batch", content=orjson.dumps({"batch": calls}))
+        except httpx.HTTPError:
+            errors += 1
+            return None
+        if response.status_code != 200:
+            errors += 1
+            return None
+        return loop.time()
+
+    async def watch(user: str, enter: bool, acked: float) -> None:
+        nonlocal unseen
+        while loop.time() < acked + PROBE_TIMEOUT:
+            try:
+                found = (await api.get(f"/api/v1/profiles/user_id:{user}/segments")).json()
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+                continue
+            if ("probe" in {m["key"] for m in found.get("data", [])}) == enter:
+                visible.append((loop.time() - acked) * 1000)
+                return
+            await asyncio.sleep(0.005)
+        unseen += 1
+
+    async def send(index: int) -> None:
+        calls = background[index * BATCH : (index + 1) * BATCH]
+        target = None
+        if index % 5 == 0:
+            user = users[(index // 5) % len(users)]
+            inside[user] = not inside[user]
+            target = (user, inside[user])
+            calls = [*calls[:-1], probe(*target)]
+        acked = await post(calls)
+        if target is not None and acked is not None:
+            await watch(*target, acked)
+
+    try:
+        for chunk in common.batches([probe(user, False) for user in users], 100):  # the probe users exist
+            (await ingest.post("/v1/batch", content=orjson.dumps({"batch": chunk}))).raise_for_status()
+        for user in users:
+            while (await api.get(f"/api/v1/profiles/user_id:{user}")).status_code != 200:
+                await asyncio.sleep(0.05)
+        tasks: set[asyncio.Task[None]] = set()
+        started = loop.time() + 0.05
+        for index in range(n_batches):
+            delay = started + index * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.add(asyncio.create_task(send(index)))
+        offered = loop.time() - started + interval
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=PROBE_TIMEOUT + 60)
+    finally:
+        await ingest.aclose()
+        await api.aclose()
+    pct = common.percentiles(visible)
+    return {
+        "offered_per_s": args.rate,
+        "achieved_per_s": round(n_batches * BATCH / offered),
+        "segments": args.segments + 1,
+        "samples": len(visible),
+        "unseen": unseen,
+        "errors": errors,
+        **{f"{k}_ms": None if v is None else round(v, 2) for k, v in pct.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = {
@@ -269,6 +402,18 @@ def main(argv: list[str] | None = None) -> int:
                 if b["profiles"] >= 1_000_000 and b["seconds"] < TARGET_BACKFILL_S
                 else "NOT met (or not at 1,000,000)"
             )
+        )
+    if "latency" in args.parts:
+        lat = payload["latency"] = run_latency(args)
+        ok = ok and lat["samples"] > 0
+        met = lat["p99_ms"] is not None and lat["p99_ms"] < 50 and not lat["unseen"]
+        print(
+            f"\nlatency (`accord up`, {lat['achieved_per_s']:,} of {lat['offered_per_s']:,} events/s offered, "
+            f"{lat['segments']} segments)\n"
+            f"  acknowledged -> segment change visible via GET /api/v1/profiles/{{ref}}/segments, "
+            f"{lat['samples']} probes ({lat['unseen']} unseen, {lat['errors']} errors):\n"
+            f"  p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms\n"
+            f"  target p99 < 50 ms: {'met' if met else 'NOT met'}"
         )
     common.print_json_line(payload)
     return 0 if ok else 1

@@ -126,3 +126,7 @@ def test_segments_smoke(tmp_path: Path) -> None:
     backfill = summary["backfill"]
     assert backfill["profiles"] == summary["settings"]["profiles"]
     assert 0 < backfill["members"] < backfill["profiles"]
+    latency = summary["latency"]
+    assert latency["samples"] > 0
+    assert latency["errors"] == 0
+    assert {"p50_ms", "p95_ms", "p99_ms", "max_ms"} <= latency.keys()

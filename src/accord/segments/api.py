@@ -52,6 +52,7 @@ Editor = Annotated[Principal, Depends(require_role("analyst"))]
 Auditor = Annotated[Principal, Depends(require_role("analyst", "auditor"))]
 ERRORS = documented(400, 401, 403, 404, 422, 429)
 WRITE_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
+PROFILE_ERRORS = documented(400, 401, 403, 404, 410, 422, 429)  # 410: an erased profile's id
 KeyPath = Annotated[str, Path(max_length=100, description="The segment's key")]
 
 
@@ -279,7 +280,7 @@ def _cell(value: Any) -> str:
 
 
 @profiles.get(
-    "/{ref}/segments", response_model=ProfileSegments, responses=ERRORS, summary="The segments a profile is in"
+    "/{ref}/segments", response_model=ProfileSegments, responses=PROFILE_ERRORS, summary="The segments a profile is in"
 )
 def get_profile_segments(ref: Ref, rt: Rt, _: Reader) -> ProfileSegments:
     with rt.db.read() as session:
@@ -296,7 +297,7 @@ def get_profile_segments(ref: Ref, rt: Rt, _: Reader) -> ProfileSegments:
 @profiles.get(
     "/{ref}/segments/history",
     response_model=TransitionPage,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="The profile's segment entries and exits, newest first",
 )
 def get_profile_transitions(
@@ -403,7 +404,7 @@ def delete_computed(request: Request, key: KeyPath, rt: Rt, principal: Editor) -
 @profiles.get(
     "/{ref}/computed-traits",
     response_model=ProfileComputed,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="The profile's computed traits, evaluated now from its events",
 )
 def get_profile_computed(ref: Ref, rt: Rt, _: Reader) -> ProfileComputed:
