@@ -134,6 +134,7 @@ def test_export_holds_everything_about_the_person(person: Person) -> None:
     assert [s["status"] for s in document["consent"]["state"]] == ["given"]
     assert len(document["consent"]["receipts"]) == 1
     assert [m["kind"] for m in document["merges"]] == ["merge"]
+    assert document["segments"] == {"memberships": [], "transitions": []}
     assert OTHER_EMAIL not in answer.text
     with person.rt.db.read() as session:
         (entry,) = audit.records(session, audit.Filters(action="profile.export"))

@@ -68,6 +68,12 @@ def export(
     receipts = consent.receipts_of(session, ids, limit=10**9)
     merges = identity_history.history(session, profile, limit=10**9)
     notes = console.notes(session, ids, limit=10**9)
+    memberships = session.scalars(
+        select(SegmentMembership).where(SegmentMembership.profile_id.in_(ids)).order_by(SegmentMembership.segment_key)
+    ).all()
+    transitions = session.scalars(
+        select(SegmentTransition).where(SegmentTransition.profile_id.in_(ids)).order_by(SegmentTransition.id)
+    ).all()
     return {
         "format": FORMAT,
         "exported_at": iso(now),
@@ -121,6 +127,22 @@ def export(
             {"id": n.id, "profile_id": n.profile_id, "author_id": n.author_id, "at": iso(n.created_at), "text": n.text}
             for n in notes
         ],
+        "segments": {
+            "memberships": [
+                {"segment": m.segment_key, "profile_id": m.profile_id, "entered_at": iso(m.entered_at)}
+                for m in memberships
+            ],
+            "transitions": [
+                {
+                    "segment": t.segment_key,
+                    "profile_id": t.profile_id,
+                    "kind": t.kind,
+                    "version": t.version,
+                    "at": iso(t.at),
+                }
+                for t in transitions
+            ],
+        },
         "merges": [
             {
                 "id": m.id,
