@@ -171,7 +171,7 @@ def stored_message_ids(session: Session, source_id: str, message_ids: list[str])
     return found
 
 
-def _connect(source: Input) -> duckdb.DuckDBPyConnection:
+def sandboxed_duckdb(source: Input) -> duckdb.DuckDBPyConnection:
     """A DuckDB of its own for one run, that may read the input's file and nothing else: a mapping's SQL
     expressions are the analyst's, and must not read the server's files or write any."""
     connection = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
@@ -251,7 +251,7 @@ class Runner:
     ) -> None:
         if isinstance(source, FileInput) and source.empty():
             return  # nothing to read: done, with every count 0
-        connection = _connect(source)
+        connection = sandboxed_duckdb(source)
         try:
             query = prepare(connection, source, mapping)
             with self.db.unit_of_work() as session:
@@ -450,7 +450,7 @@ def preview(session: Session, *, source_id: str, mapping: Mapping, source: Input
         return Preview(columns=[], rows=[], line_errors=[])
     rules = current_rules(session)
     now = iso(utcnow())
-    connection = _connect(source)
+    connection = sandboxed_duckdb(source)
     try:
         query = prepare(connection, source, mapping)
         mapper = RowMapper(

@@ -84,7 +84,7 @@ def map_rows(
     try:
         path.write_bytes(b"\n".join(orjson.dumps(row) for row in rows) + b"\n")
         found = FileInput.at(path, declared="jsonl", csv=mapping.csv, kind="webhook")
-        connection = imports._connect(found)
+        connection = imports.sandboxed_duckdb(found)
         try:
             query = imports.prepare(connection, found, mapping)
             mapper = RowMapper(
