@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -434,6 +434,7 @@ class PreviewRow:
     event: dict[str, Any] | None
     error: str | None
     profiles: list[str]
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # probabilistic: profile_id, probability
 
 
 @dataclass(slots=True)
@@ -470,12 +471,34 @@ def preview(session: Session, *, source_id: str, mapping: Mapping, source: Input
                 rows.append(PreviewRow(position, mapper.raw(row), mapper.values(row), None, str(reason), []))
                 continue
             rows.append(
-                PreviewRow(position, mapper.raw(row), mapper.values(row), event, None, _matches(session, rules, event))
+                PreviewRow(
+                    position,
+                    mapper.raw(row),
+                    mapper.values(row),
+                    event,
+                    None,
+                    _matches(session, rules, event),
+                    _candidates(session, event),
+                )
             )
         lines = [{"line": r.line, "text": r.text[:1000], "reason": r.reason} for r in source.line_rejects(connection)]
     finally:
         connection.close()
     return Preview(columns=query.input_columns, rows=rows, line_errors=lines[:limit])
+
+
+def _candidates(session: Session, event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The profiles probabilistic matching finds most like the row's traits (none without a trained model)."""
+    from accord.identity import linkage
+
+    traits = event.get("traits") if event.get("type") == "identify" else None
+    if not isinstance(traits, dict) or not traits:
+        return []
+    try:
+        _, found = linkage.match(session, traits, limit=3, min_probability=0.5)
+    except linkage.LinkageError:
+        return []
+    return [{"profile_id": c.profile_id, "probability": round(c.probability, 4)} for c in found]
 
 
 def _matches(session: Session, rules: Rules, event: dict[str, Any]) -> list[str]:
@@ -549,6 +572,7 @@ def preview_document(shown: Preview) -> dict[str, Any]:
                 "event": r.event,
                 "error": r.error,
                 "profiles": r.profiles,
+                "candidates": r.candidates,
             }
             for r in shown.rows
         ],

@@ -64,6 +64,10 @@ class PreviewRow(BaseModel):
     event: dict[str, Any] | None = Field(description="The event it would become; null when it would be rejected")
     error: str | None = Field(description="Why it would be rejected")
     profiles: list[str] = Field(description="Profiles its identifiers belong to already; empty: a new profile")
+    candidates: list[dict[str, Any]] = Field(
+        description="Profiles probabilistic matching finds like its traits (profile_id, probability at least 0.5), "
+        "best first; empty without a trained model"
+    )
 
 
 class LineError(BaseModel):
