@@ -71,6 +71,7 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("DELETE", "/api/v1/segments/{key}"): ("/api/v1/segments/vip", None),  # last of the segment rows
     ("GET", "/api/v1/segments/{key}/versions"): ("/api/v1/segments/vip/versions", None),
     ("GET", "/api/v1/segments/{key}/members"): ("/api/v1/segments/vip/members", None),
+    ("GET", "/api/v1/segments/{key}/sizes"): ("/api/v1/segments/vip/sizes?days=3", None),
     ("POST", "/api/v1/computed-traits"): (
         "/api/v1/computed-traits",
         {"key": "posted", "definition": {"event": "E", "function": "count"}},

@@ -292,3 +292,18 @@ def test_erasure_removes_memberships_and_transitions(live: LiveAccord) -> None:
 
     with live.rt.db.read() as session:
         assert not session.scalars(select(SegmentTransition).where(SegmentTransition.profile_id == erased_id)).all()
+
+
+def test_sizes_over_time(live: LiveAccord) -> None:
+    people(live)
+    with live.api() as api:
+        assert create(api, "gold", GOLD).status_code == 201
+        ready(api, "gold")
+        track(live, [{"type": "identify", "userId": "u1", "traits": {"plan": "free"}}])
+        sizes = api.get("/api/v1/segments/gold/sizes?days=3").json()["data"]
+        assert [s["size"] for s in sizes] == [0, 0, 1]  # created today: 2 entered, 1 exited
+        assert sizes[-1]["date"] == api.get("/api/v1/segments/gold").json()["updated_at"][:10]
+        assert len(api.get("/api/v1/segments/gold/sizes").json()["data"]) == 30
+        assert api.get("/api/v1/segments/gold/sizes?days=0").status_code == 422
+        assert api.get("/api/v1/segments/gold/sizes?days=367").status_code == 422
+        assert api.get("/api/v1/segments/nope/sizes").json()["code"] == "segment_not_found"

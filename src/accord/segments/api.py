@@ -36,6 +36,8 @@ from accord.segments.schemas import (
     SegmentList,
     SegmentRead,
     SegmentUpdate,
+    SizeRead,
+    SizesRead,
     TransitionPage,
     TransitionRead,
     VersionList,
@@ -212,6 +214,20 @@ def get_members(
             )
     except service.SegmentError as error:
         raise _fail(error) from None
+
+
+@router.get(
+    "/{key}/sizes", response_model=SizesRead, responses=ERRORS, summary="Members at the end of each of the last days"
+)
+def get_sizes(
+    key: KeyPath, rt: Rt, _: Editor, days: Annotated[int, Query(ge=1, le=366, description="How many days")] = 30
+) -> SizesRead:
+    try:
+        with rt.db.read() as session:
+            rows = service.sizes_over_time(session, key, days=days, now=utcnow())
+    except service.SegmentError as error:
+        raise _fail(error) from None
+    return SizesRead(key=key, data=[SizeRead(date=day, size=n) for day, n in rows])
 
 
 @router.get(

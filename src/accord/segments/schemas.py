@@ -134,3 +134,13 @@ class ComputedList(BaseModel):
 class ProfileComputed(BaseModel):
     profile_id: str
     traits: dict[str, Any] = Field(description="Each computed trait's value now (null: no event counted)")
+
+
+class SizeRead(BaseModel):
+    date: str = Field(description="A UTC date, YYYY-MM-DD")
+    size: int = Field(description="Members at the end of that day (today: now)")
+
+
+class SizesRead(BaseModel):
+    key: str
+    data: list[SizeRead]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -443,3 +443,21 @@ def events_since(session: Session, profile_id: str, *, after: int, limit: int = 
         .order_by(ProfileEvent.id)
         .limit(limit)
     ).all()
+
+
+def sizes_over_time(session: Session, key: str, *, days: int, now: datetime) -> list[tuple[str, int]]:
+    """(UTC date, members at the end of that day, or now for today) for the last `days` days, from the
+    current size and the entries and exits since (those of this incarnation of the key only)."""
+    row = get(session, key)
+    current = size(session, key)
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = today - timedelta(days=days - 1)
+    t = SegmentTransition
+    moves = session.execute(select(t.at, t.kind).where(t.segment_key == key, t.at >= max(first, row.created_at))).all()
+    result = []
+    for offset in range(days):
+        end = min(first + timedelta(days=offset + 1), now)
+        later = [kind for at, kind in moves if at > end]
+        day = (first + timedelta(days=offset)).date().isoformat()
+        result.append((day, current - later.count("entered") + later.count("exited")))
+    return result
