@@ -57,6 +57,8 @@ app.add_typer(segment_cli.app, name="segment")
 app.add_typer(segment_cli.computed_app, name="computed")
 audit_app = typer.Typer(help="The audit trail: verify, checkpoint.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+erasure_app = typer.Typer(help="Erased people: list, lift a suppression.", no_args_is_help=True)
+app.add_typer(erasure_app, name="erasure")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -903,3 +905,47 @@ def identity_dedupe(as_json: JsonFlag = False) -> None:
         },
         as_json,
     )
+
+
+@erasure_app.command("list")
+def erasure_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """Erasures, newest first: who was erased when, by whom, and what their identifiers still suppress."""
+    from accord.rights import service as rights
+
+    with _session(write=False) as session:
+        rows = [
+            {
+                "erasure_id": stone.erasure_id,
+                "profile_id": stone.person_id,
+                "erased_at": stone.erased_at.isoformat(),
+                "actor": stone.actor,
+                "suppressed_events": stone.suppressed_events,
+                "suppressing_identifiers": identifiers,
+            }
+            for stone, identifiers in rights.erasures(session, limit=limit)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("erasure", "profile", "erased_at", "by", "suppressed events", "identifiers")
+    for row in rows:
+        keys = ("erasure_id", "profile_id", "erased_at", "actor", "suppressed_events", "suppressing_identifiers")
+        table.add_row(*(str(row[k]) for k in keys))
+    console.print(table)
+
+
+@erasure_app.command("lift")
+def erasure_lift(erasure_id: str, as_json: JsonFlag = False) -> None:
+    """Stop suppressing an erased person's identifiers (they came back): later events make a new profile."""
+    from accord.rights import service as rights
+
+    try:
+        with _session() as session:
+            removed = rights.lift_suppression(session, erasure_id=erasure_id[:60])
+            _audit(session, "erasure.lift", "erasure", erasure_id[:60], identifiers=removed)
+    except rights.ErasureNotFound as error:
+        _fail(str(error))
+    _print({"erasure_id": erasure_id, "identifiers": removed}, as_json)

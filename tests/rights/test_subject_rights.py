@@ -5,6 +5,7 @@ its WAL and the event-log file; PostgreSQL: a pg_dump), the consent ledger still
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
 from accord.app import create_app
 from accord.audit import service as audit
+from accord.cli import app as cli_app
 from accord.consent import ledger
 from accord.ingest import quarantine
 from accord.rights.models import Tombstone
@@ -275,3 +278,38 @@ def test_erasure_through_an_absorbed_id_erases_the_whole_person(person: Person) 
     assert answer.status_code == 200, answer.text
     assert answer.json()["profile_id"] == person.profile_id
     assert person.client.get(f"/api/v1/profiles/{person.profile_id}").status_code == 410
+
+
+def test_a_lifted_suppression_lets_the_person_come_back_as_someone_new(person: Person) -> None:
+    rt, client = person.rt, person.client
+    erased = client.delete(f"/api/v1/profiles/{person.profile_id}").json()
+    env = {"ACCORD_DATA_DIR": str(rt.settings.data_dir)}
+    if rt.settings.database_url:
+        env["ACCORD_DATABASE_URL"] = rt.settings.database_url
+    runner = CliRunner()
+    listed = runner.invoke(cli_app, ["erasure", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert (row["erasure_id"], row["profile_id"], row["suppressing_identifiers"]) == (
+        erased["erasure_id"],
+        person.profile_id,
+        4,
+    )
+    assert EMAIL not in listed.output
+    for bad in ("era_nope", "x" * 500, "era\x00"):
+        refused = runner.invoke(cli_app, ["erasure", "lift", bad], env=env)
+        assert refused.exit_code == 1
+        assert "no erasure" in refused.output
+    lifted = runner.invoke(cli_app, ["erasure", "lift", erased["erasure_id"], "--json"], env=env)
+    assert lifted.exit_code == 0, lifted.output
+    assert json.loads(lifted.output)["identifiers"] == 4
+    send(rt, [{"type": "identify", "userId": "u-ann", "traits": {"email": EMAIL}}])
+    process(rt)
+    back = client.get("/api/v1/profiles/user_id:u-ann")
+    assert back.status_code == 200, back.text
+    assert back.json()["id"] != person.profile_id  # a new person; the old id stays erased
+    assert back.json()["traits"] == {"email": EMAIL}
+    assert client.get(f"/api/v1/profiles/{person.profile_id}").status_code == 410
+    with rt.db.read() as session:
+        (entry,) = audit.records(session, audit.Filters(action="erasure.lift"))
+    assert (entry.body["actor_type"], entry.body["target_id"]) == ("cli", erased["erasure_id"])

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, delete, or_, select, update
+from sqlalchemy import Table, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from accord.consent import service as consent
@@ -362,6 +362,38 @@ def scrub_log(log_db: Database, rules: Rules, keys: set[Key]) -> int:
 
 
 # -- suppression (the workers) --------------------------------------------------------------------------
+
+
+class ErasureNotFound(LookupError):
+    pass
+
+
+def erasures(session: Session, *, limit: int = 100) -> list[tuple[Tombstone, int]]:
+    """Erasures, newest first: each person's tombstone and how many identifier digests still suppress."""
+    stones = session.scalars(
+        select(Tombstone)
+        .where(Tombstone.profile_id == Tombstone.person_id)
+        .order_by(Tombstone.erased_at.desc())
+        .limit(limit)
+    ).all()
+    counted = dict(
+        session.execute(
+            select(ErasedIdentifier.erasure_id, func.count())
+            .where(ErasedIdentifier.erasure_id.in_([s.erasure_id for s in stones]))
+            .group_by(ErasedIdentifier.erasure_id)
+        ).all()
+    )
+    return [(stone, int(counted.get(stone.erasure_id, 0))) for stone in stones]
+
+
+def lift_suppression(session: Session, *, erasure_id: str) -> int:
+    """Stop suppressing the identifiers of one erasure (the person came back and asked to be known again);
+    later events with them make a new profile. The tombstones stay. Returns how many digests were removed."""
+    if "\x00" in erasure_id or len(erasure_id) > 40:
+        raise ErasureNotFound(f"no erasure {erasure_id[:60]!r}")
+    if session.scalar(select(Tombstone.profile_id).where(Tombstone.erasure_id == erasure_id).limit(1)) is None:
+        raise ErasureNotFound(f"no erasure {erasure_id[:60]!r}")
+    return _count(session.execute(delete(ErasedIdentifier).where(ErasedIdentifier.erasure_id == erasure_id)))
 
 
 def any_erased(session: Session) -> bool:
