@@ -33,7 +33,7 @@ router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 Reader = Annotated[Principal, Depends(require_role("analyst", "agent"))]
 Rt = Annotated[Runtime, Depends(runtime)]
 CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
-ERRORS = documented(400, 401, 403, 404, 422, 429)
+ERRORS = documented(400, 401, 403, 404, 410, 422, 429)
 Ref = Annotated[
     str,
     Path(
