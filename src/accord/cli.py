@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -359,10 +360,15 @@ def _consent_runtime() -> Iterator[tuple[Database, SigningKey, Settings]]:
 
 
 @consent_app.command("verify")
-def consent_verify(as_json: JsonFlag = False) -> None:
+def consent_verify(
+    as_json: JsonFlag = False,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Processes that walk a long ledger at once (default: one per core)")
+    ] = os.cpu_count() or 1,
+) -> None:
     """Walk the whole consent ledger; exit 1 and name the first bad record if anything was tampered with."""
     with _consent_runtime() as (db, key, _):
-        report = consent_ledger.verify(db.engine, key=key)
+        report = consent_ledger.verify(db.engine, key=key, workers=workers)
     bad = report.first_bad
     data = {
         "ok": report.ok,

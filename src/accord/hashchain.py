@@ -115,46 +115,56 @@ class Head:
 
 def check_link(row: Row, expected: int, previous: str) -> str | None:
     """What is wrong with `row` as the record after (`expected` - 1, `previous`); None if nothing."""
+    problem, _ = _check(row, expected, previous)
+    return problem
+
+
+def _check(row: Row, expected: int, previous: str) -> tuple[str | None, dict[str, Any]]:
     seq, body = row.seq, bytes(row.body)
     if seq < expected:
-        return f"record {seq} is out of order"
+        return f"record {seq} is out of order", {}
     if seq > expected:
-        return f"records {expected}..{seq - 1} are missing" if seq - 1 > expected else f"record {expected} is missing"
+        missing = (
+            f"records {expected}..{seq - 1} are missing" if seq - 1 > expected else f"record {expected} is missing"
+        )
+        return missing, {}
     if hashlib.sha256(body).hexdigest() != row.hash:
-        return "the record's body does not match its hash: it was edited"
+        return "the record's body does not match its hash: it was edited", {}
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return "the record's body is not JSON"
+        return "the record's body is not JSON", {}
+    if not isinstance(parsed, dict):
+        return "the record's body is not a JSON object", {}
     if parsed.get("seq") != seq:
-        return f"the record says it is number {parsed.get('seq')}: records were reordered or inserted"
+        return f"the record says it is number {parsed.get('seq')}: records were reordered or inserted", parsed
     if parsed.get("prev") != previous:
-        return "the record does not follow the one before it: records were reordered, inserted or deleted"
+        return "the record does not follow the one before it: records were reordered, inserted or deleted", parsed
     for name, value in row.columns.items():
         if parsed.get(name) != value:
-            return f"the record's {name} column differs from its hashed body: it was edited"
-    return None
+            return f"the record's {name} column differs from its hashed body: it was edited", parsed
+    return None, parsed
 
 
-def verify(
+# What one chain checks beyond the link (the consent ledger's evidence digest): the row, its parsed body.
+Extra = Callable[[Row, dict[str, Any], Verification], str | None]
+
+
+def walk(
     rows: Iterable[Row],
     *,
+    expected: int,
+    previous: str,
     checkpoints: Mapping[int, Signed],
-    head: Head | None,
     mac_ok: Callable[[str, str], bool],
     messages: MacMessages,
-    extra: Callable[[Row, Verification], str | None] | None = None,
+    extra: Extra | None = None,
 ) -> Verification:
-    """Walk the whole chain, its checkpoints and its head; stop at the first problem. `extra` checks what
-    one chain adds to a record (the consent ledger's evidence digest)."""
-    report = Verification()
-    for checkpoint in checkpoints.values():
-        if not checkpoint.valid:
-            report.first_bad = Problem(checkpoint.seq, None, "checkpoint signature does not verify with this key")
-            return report
-    expected, previous = 1, GENESIS
+    """Walk `rows` as the records after (`expected` - 1, `previous`), stopping at the first problem. The
+    report's head is the last record that fitted: where the next segment of the chain must start."""
+    report = Verification(head_seq=expected - 1, head_hash=previous)
     for row in rows:
-        problem = check_link(row, expected, previous)
+        problem, parsed = _check(row, expected, previous)
         if problem is None and not mac_ok(messages.record(row.hash), row.mac):
             problem = "the record's MAC does not verify: it was not written by Accord with this key"
         signed = checkpoints.get(row.seq)
@@ -163,8 +173,9 @@ def verify(
                 problem = f"the chain differs from the checkpoint signed at {iso(signed.signed_at)}"
             report.checkpoints += 1
         if problem is None and extra is not None:
-            problem = extra(row, report)
+            problem = extra(row, parsed, report)
         if problem is not None:
+            report.head_seq, report.head_hash = expected - 1, previous
             if row.seq > expected:  # a gap: name the first missing record, which has no id left to name
                 report.first_bad = Problem(expected, None, problem)
             else:
@@ -173,6 +184,42 @@ def verify(
         report.records += 1
         expected, previous = row.seq + 1, row.hash
     report.head_seq, report.head_hash = expected - 1, previous
+    return report
+
+
+def join(segments: Iterable[Verification]) -> Verification:
+    """One report for consecutive segments, each walked from where the one before it ends in the store:
+    the first problem in chain order wins, as if the whole chain had been walked at once."""
+    report = Verification()
+    for segment in segments:
+        report.records += segment.records
+        report.checkpoints += segment.checkpoints
+        report.evidence_checked += segment.evidence_checked
+        report.head_seq, report.head_hash = segment.head_seq, segment.head_hash
+        if segment.first_bad is not None:
+            report.first_bad = segment.first_bad
+            break
+    return report
+
+
+def first_bad_signature(checkpoints: Mapping[int, Signed]) -> Problem | None:
+    for checkpoint in checkpoints.values():
+        if not checkpoint.valid:
+            return Problem(checkpoint.seq, None, "checkpoint signature does not verify with this key")
+    return None
+
+
+def finish(
+    report: Verification,
+    *,
+    checkpoints: Mapping[int, Signed],
+    head: Head | None,
+    mac_ok: Callable[[str, str], bool],
+    messages: MacMessages,
+) -> Verification:
+    """The checks on a whole walked chain: its tail against the checkpoints and against the head row."""
+    if report.first_bad is not None:
+        return report
     last_signed = max(checkpoints, default=0)
     if last_signed > report.head_seq:
         report.first_bad = Problem(
@@ -195,3 +242,23 @@ def verify(
     elif head is not None and head.seq and not mac_ok(messages.head(head.seq, head.hash), head.mac):
         report.first_bad = Problem(head.seq, None, "the chain head's MAC does not verify")
     return report
+
+
+def verify(
+    rows: Iterable[Row],
+    *,
+    checkpoints: Mapping[int, Signed],
+    head: Head | None,
+    mac_ok: Callable[[str, str], bool],
+    messages: MacMessages,
+    extra: Extra | None = None,
+) -> Verification:
+    """Walk the whole chain, its checkpoints and its head; stop at the first problem. `extra` checks what
+    one chain adds to a record (the consent ledger's evidence digest)."""
+    bad_signature = first_bad_signature(checkpoints)
+    if bad_signature is not None:
+        return Verification(first_bad=bad_signature)
+    report = walk(
+        rows, expected=1, previous=GENESIS, checkpoints=checkpoints, mac_ok=mac_ok, messages=messages, extra=extra
+    )
+    return finish(report, checkpoints=checkpoints, head=head, mac_ok=mac_ok, messages=messages)

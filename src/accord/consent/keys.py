@@ -3,9 +3,9 @@ derived from it that authenticates each ledger record. Kept in a file outside th
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,20 @@ class KeyFileError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class MacKey:
+    """The HMAC-SHA256 key the hash chains authenticate their records with; plain bytes, so a verifying
+    process can be handed it."""
+
+    secret: bytes = field(repr=False)
+
+    def mac(self, message: str) -> str:
+        return hmac.digest(self.secret, message.encode(), "sha256").hex()
+
+    def mac_ok(self, message: str, mac: str) -> bool:
+        return hmac.compare_digest(self.mac(message), mac)
+
+
 class SigningKey:
     def __init__(self, key: OKPKey) -> None:
         if key.as_dict(private=False).get("crv") != "Ed25519":
@@ -31,8 +45,8 @@ class SigningKey:
         self.key = key
         self.kid = key.thumbprint()
         private = key.as_bytes(private=True, encoding="DER")
-        self._mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"accord consent ledger mac").derive(
-            private
+        self.mac_key = MacKey(
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"accord consent ledger mac").derive(private)
         )
 
     @classmethod
@@ -80,10 +94,10 @@ class SigningKey:
         return payload if isinstance(payload, dict) else None
 
     def mac(self, message: str) -> str:
-        return hmac.new(self._mac_key, message.encode(), hashlib.sha256).hexdigest()
+        return self.mac_key.mac(message)
 
     def mac_ok(self, message: str, mac: str) -> bool:
-        return hmac.compare_digest(self.mac(message), mac)
+        return self.mac_key.mac_ok(message, mac)
 
     def jwks(self) -> dict[str, Any]:
         public = self.key.as_dict(private=False)
