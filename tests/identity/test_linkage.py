@@ -338,3 +338,33 @@ def test_cli_train_and_dedupe(live: LiveAccord, tmp_path: Path, monkeypatch: pyt
     with live.api() as api:
         actions = [r["action"] for r in api.get("/api/v1/audit", params={"action": "identity."}).json()["records"]]
         assert actions[:2] == ["identity.dedupe", "identity.model.train"]
+
+
+def test_concurrent_accepts_of_one_person_all_merge(live: LiveAccord) -> None:
+    """Four records of one person queued as pairs, accepted at once by several reviewers: one profile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    crowd, _ = population(live)  # p0 and d0 are one person
+    rng = random.Random(8)
+    send(live, [("x1", duplicate(crowd[0], rng)), ("x2", duplicate(crowd[0], rng))])
+    with live.api() as api:
+        strict = {**RULES, "match": {"auto_merge_above": 1.0, "review_above": 0.5}}
+        assert api.put("/api/v1/identity/rules", json=strict).status_code == 200
+    train(live)
+    linkage.dedupe(live.rt.db, actor="test", now=utcnow())
+    anons = ("p0", "d0", "x1", "x2")
+    ids = {profile_id(live, anon) for anon in anons}
+    with live.api() as api:
+        queue = api.get("/api/v1/identity/reviews", params={"limit": 500}).json()["data"]
+        ours = [r for r in queue if {r["left_id"], r["right_id"]} <= ids]
+        assert len(ours) >= 3
+
+        def accept(review: dict[str, Any]) -> tuple[int, str]:
+            with live.api() as client:
+                answer = client.post(f"/api/v1/identity/reviews/{review['id']}/accept", json={"reason": "same"})
+                return answer.status_code, answer.text
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = list(pool.map(accept, ours))
+        assert [status for status, _ in statuses] == [200] * len(ours), statuses
+    assert len({profile_id(live, anon) for anon in anons}) == 1

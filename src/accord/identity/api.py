@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from accord.audit.service import Actor, record_audit
 from accord.db.base import utcnow
@@ -30,6 +33,7 @@ from accord.identity.schemas import (
     UnmergeRead,
     UnmergeRequest,
 )
+from accord.pipeline.process import StaleRead
 from accord.profiles.api import Ref, resolve_or_404
 from accord.runtime import Runtime, runtime
 from accord.security.auth import Principal, actor_of, require_role
@@ -46,6 +50,7 @@ ReviewReader = Annotated[Principal, Depends(require_role("analyst", "auditor"))]
 ERRORS = documented(400, 401, 403, 404, 422, 429)
 WRITE_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
 MAX_RULES_BYTES = 64 * 1024
+DECISION_ATTEMPTS = 6
 
 
 def _rules_read(row: IdentityRules | None) -> RulesRead:
@@ -246,32 +251,48 @@ def get_reviews(
         )
 
 
+def _retryable(error: DBAPIError) -> bool:
+    """A key written meanwhile, a deadlock, a serialization failure or a busy SQLite: worth another try."""
+    text = str(error.orig).lower()
+    return isinstance(error, IntegrityError) or any(
+        word in text for word in ("deadlock", "could not serialize", "locked", "busy")
+    )
+
+
 def _decide(rt: Runtime, who: Actor, review_id: int, reason: str, *, accept: bool) -> ReviewRead:
     decide = linkage.accept if accept else linkage.reject
-    try:
-        with rt.db.unit_of_work() as session:
-            now = utcnow()
-            row = decide(
-                session,
-                review_id,
-                actor=f"token:{who.id}",
-                reason=reason,
-                now=now,
-                lock_rows=rt.db.dialect == "postgresql",
-            )
-            record_audit(
-                session,
-                key=rt.signing,
-                actor=who,
-                action="identity.review.accept" if accept else "identity.review.reject",
-                target_type="match_review",
-                target_id=str(row.id),
-                details={"left_id": row.left_id, "right_id": row.right_id, "message_id": row.message_id},
-                now=now,
-            )
-            return _review(row)
-    except linkage.LinkageError as error:
-        raise ApiError(error.status, error.code, str(error)) from None
+    for attempt in range(DECISION_ATTEMPTS):
+        try:
+            with rt.db.unit_of_work() as session:
+                now = utcnow()
+                row = decide(
+                    session,
+                    review_id,
+                    actor=f"token:{who.id}",
+                    reason=reason,
+                    now=now,
+                    lock_rows=rt.db.dialect == "postgresql",
+                )
+                record_audit(
+                    session,
+                    key=rt.signing,
+                    actor=who,
+                    action="identity.review.accept" if accept else "identity.review.reject",
+                    target_type="match_review",
+                    target_id=str(row.id),
+                    details={"left_id": row.left_id, "right_id": row.right_id, "message_id": row.message_id},
+                    now=now,
+                )
+                return _review(row)
+        except linkage.LinkageError as error:
+            raise ApiError(error.status, error.code, str(error)) from None
+        except (StaleRead, DBAPIError) as error:  # another merge took one of the profiles meanwhile: read again
+            if isinstance(error, DBAPIError) and not _retryable(error):
+                raise
+            if attempt == DECISION_ATTEMPTS - 1:
+                raise ApiError(409, "profile_changed", "the profiles changed meanwhile; try again") from None
+            time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 ReviewId = Annotated[int, Path(ge=1, le=2**62)]

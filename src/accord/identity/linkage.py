@@ -178,6 +178,7 @@ class Link:
     message_id: str
     properties: dict[str, Any]
     merged: bool = False
+    sent: bool = False  # a link event was written (not when the two were one profile already)
 
 
 def apply_links(session: Session, links: Sequence[Link], *, now: datetime, actor: str, lock_rows: bool) -> None:
@@ -192,6 +193,7 @@ def apply_links(session: Session, links: Sequence[Link], *, now: datetime, actor
         if left is None or right is None or left == right or left not in anchors or right not in anchors:
             continue
         moment = iso(now + timedelta(microseconds=n))
+        link.sent = True
         events.append(
             (
                 MATCH_SOURCE,
@@ -256,13 +258,8 @@ def accept(session: Session, review_id: int, *, actor: str, reason: str, now: da
     apply_links(session, [link], now=now, actor=actor, lock_rows=lock_rows)
     if not link.merged:
         raise LinkageError(409, "merge_blocked", "a limit or an unmerge keeps these profiles apart")
-    row.status, row.decided_at, row.actor, row.reason, row.message_id = (
-        "accepted",
-        now,
-        actor[:100],
-        reason,
-        link.message_id,
-    )
+    row.status, row.decided_at, row.actor, row.reason = "accepted", now, actor[:100], reason
+    row.message_id = link.message_id if link.sent else None
     session.flush()
     return row
 
@@ -407,7 +404,7 @@ def _merge_chunk(
                         {
                             "review_id": review_id,
                             "new_status": "merged" if link.merged else "blocked",
-                            "mid": link.message_id if link.merged else None,
+                            "mid": link.message_id if link.merged and link.sent else None,
                         }
                         for (review_id, *_), link in zip(chunk, links, strict=True)
                     ],

@@ -11,6 +11,8 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import Integer, String, Table, TextClause, bindparam, delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.db.base import JSONDoc, UTCDateTime
@@ -71,6 +73,13 @@ def current_settings(session: Session) -> MatchSettings | None:
     return model.settings if model is not None else None
 
 
+def _insert_keys(session: Session) -> Any:
+    """Inserting keys that may exist already: a training's rebuild and a worker may write the same key of the
+    same profile at once (each then holds what the other wrote, which is the same row)."""
+    dialect = session.get_bind().dialect.name
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(KEYS).on_conflict_do_nothing()
+
+
 def profile_keys(traits: Mapping[str, Any], settings: MatchSettings) -> set[str]:
     return set(blocking_keys(prepare(dict(traits), settings), settings))
 
@@ -109,7 +118,7 @@ def refresh(
             stale,
         )
     if fresh:
-        session.execute(KEYS.insert(), [{"key": key, "profile_id": pid} for key, pid in fresh])
+        session.execute(_insert_keys(session), [{"key": key, "profile_id": pid} for key, pid in fresh])
 
 
 def rebuild(session: Session, settings: MatchSettings, profiles: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
@@ -120,11 +129,11 @@ def rebuild(session: Session, settings: MatchSettings, profiles: Iterable[tuple[
     for profile_id, traits in profiles:
         batch.extend({"key": key, "profile_id": profile_id} for key in sorted(profile_keys(traits, settings)))
         if len(batch) >= 5_000:
-            session.execute(KEYS.insert(), batch)
+            session.execute(_insert_keys(session), batch)
             total += len(batch)
             batch = []
     if batch:
-        session.execute(KEYS.insert(), batch)
+        session.execute(_insert_keys(session), batch)
         total += len(batch)
     return total
 

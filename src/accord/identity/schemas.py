@@ -112,7 +112,9 @@ class ReviewRead(BaseModel):
     decided_at: datetime | None
     actor: str | None
     reason: str | None
-    message_id: str | None = Field(description="The link event that merged the pair (in the timeline)")
+    message_id: str | None = Field(
+        description="The link event that merged the pair (in the timeline); null if they were one profile already"
+    )
 
 
 class ReviewList(BaseModel):
