@@ -186,8 +186,9 @@ def test_rest_routes_never_fail_with_an_admin_token(live: LiveAccord) -> None:
 
         for operation in operations(schema, "HTTPBearer"):
             fuzz(send, case=cases(operation))
-            if "{ref}" in operation.path:
+            if "{ref}" in operation.path and operation.method.upper() != "DELETE":
                 # Generated references find no one; these find the seeded profile, so the rest is fuzzed.
+                # (Not erasure: the routes after it would only see the erased person's 410.)
                 for ref in (profile_id, f"user_id:{ANN}", "email:ANN@example.com"):
                     fuzz(send, case=cases(operation, {"ref": ref}))
 

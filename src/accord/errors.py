@@ -32,6 +32,11 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
+# Routes under /api/v1/profiles/{ref}: besides the usual errors, an erased person's id answers 410.
+PROFILE_ERRORS = documented(400, 401, 403, 404, 410, 422, 429)
+PROFILE_WRITE_ERRORS = documented(400, 401, 403, 404, 409, 410, 422, 429)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

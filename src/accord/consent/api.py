@@ -43,7 +43,7 @@ from accord.consent.schemas import (
     VerifyRead,
 )
 from accord.db.base import utcnow
-from accord.errors import ApiError, documented
+from accord.errors import PROFILE_ERRORS, PROFILE_WRITE_ERRORS, ApiError, documented
 from accord.profiles.api import Ref, audit_read, resolve_or_404
 from accord.profiles.models import Profile
 from accord.runtime import Runtime, runtime
@@ -279,7 +279,7 @@ def _actor(principal: Principal) -> dict[str, Any]:
     "/{ref}/consents",
     response_model=ConsentCreated,
     status_code=201,
-    responses=WRITE_ERRORS,
+    responses=PROFILE_WRITE_ERRORS,
     summary="Record a consent statement (agent or system); answers the record and its signed receipt",
 )
 def post_consent(request: Request, ref: Ref, body: ConsentWrite, rt: Rt, principal: Recorder) -> ConsentCreated:
@@ -350,7 +350,7 @@ def post_consent(request: Request, ref: Ref, body: ConsentWrite, rt: Rt, princip
 @profiles.get(
     "/{ref}/consents",
     response_model=ConsentsRead,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="Current consent per purpose and channel (merged profiles included)",
 )
 def get_consents(ref: Ref, rt: Rt, _: Reader) -> ConsentsRead:
@@ -378,7 +378,7 @@ def get_consents(ref: Ref, rt: Rt, _: Reader) -> ConsentsRead:
 @profiles.get(
     "/{ref}/consents/history",
     response_model=HistoryRead,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="Every consent record of the person, in ledger order",
 )
 async def get_history(
@@ -408,7 +408,7 @@ async def get_history(
 @profiles.get(
     "/{ref}/consents/receipts",
     response_model=ReceiptsRead,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="The person's signed consent receipts, newest first",
 )
 def get_receipts(ref: Ref, rt: Rt, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> ReceiptsRead:
@@ -427,7 +427,7 @@ def get_receipts(ref: Ref, rt: Rt, _: Reader, limit: Annotated[int, Query(ge=1, 
 @profiles.get(
     "/{ref}/contactable",
     response_model=ContactableRead,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="May we use this person's data for a purpose on a channel? Deny unless a valid basis exists",
 )
 def get_contactable(
@@ -456,7 +456,7 @@ def get_contactable(
     "/{ref}/preference-link",
     response_model=LinkRead,
     status_code=201,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="A signed, expiring preference-centre link for this person (to send them)",
 )
 def post_preference_link(request: Request, ref: Ref, rt: Rt, principal: Recorder) -> LinkRead:

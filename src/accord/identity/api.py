@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from accord.audit.service import Actor, record_audit
 from accord.db.base import utcnow
-from accord.errors import ApiError, documented
+from accord.errors import PROFILE_ERRORS, PROFILE_WRITE_ERRORS, ApiError, documented
 from accord.identity import history as merges
 from accord.identity import linkage, service
 from accord.identity.match_index import current_model
@@ -115,7 +115,7 @@ def _entry(row: Merge) -> HistoryEntry:
 @profiles.get(
     "/{ref}/merges",
     response_model=HistoryRead,
-    responses=ERRORS,
+    responses=PROFILE_ERRORS,
     summary="The person's merges, unmerges and re-derivations, newest first",
 )
 def get_merges(
@@ -134,7 +134,7 @@ def get_merges(
 @profiles.post(
     "/{ref}/unmerge",
     response_model=UnmergeRead,
-    responses=WRITE_ERRORS,
+    responses=PROFILE_WRITE_ERRORS,
     summary="Split a merge back into profiles with their own identifiers, traits and events",
 )
 async def post_unmerge(request: Request, ref: Ref, rt: Rt, principal: Steward, body: UnmergeRequest) -> UnmergeRead:
