@@ -190,6 +190,7 @@ def create_app(
                 "scheme": "basic",
                 "description": "The source's write key as user name",
             }
+            errors.document_body_limit(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

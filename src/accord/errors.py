@@ -32,6 +32,20 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
+def document_body_limit(schema: dict[str, Any]) -> None:
+    """Every operation that takes a body may answer 413: the body limit applies before any route runs."""
+    for methods in schema.get("paths", {}).values():
+        for operation in methods.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault(
+                    "413",
+                    {
+                        "description": "Request Entity Too Large",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                    },
+                )
+
+
 # Routes under /api/v1/profiles/{ref}: besides the usual errors, an erased person's id answers 410.
 PROFILE_ERRORS = documented(400, 401, 403, 404, 410, 422, 429)
 PROFILE_WRITE_ERRORS = documented(400, 401, 403, 404, 409, 410, 422, 429)
