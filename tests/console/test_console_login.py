@@ -249,7 +249,7 @@ def test_an_oversized_login_body_is_refused(live: LiveAccord) -> None:
 
 @pytest.fixture
 def limited(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveAccord]:
-    settings = make_settings(backend, tmp_path, request, rate_limit_login="3/minute")
+    settings = make_settings(backend, tmp_path, request, rate_limit_login="3/hour")
     rt = Runtime.create(settings)
     migrate.upgrade(rt.db)
     try:
