@@ -69,3 +69,34 @@ def test_unmerge_after_merge_restores_the_profiles(
         assert person is not None
         history.unmerge(session, person, merge_id=merge.id, actor="test", now=utcnow(), lock_rows=False)
     assert partition(rt) == before
+
+
+def test_unmerge_leaves_out_the_lookups_of_an_identifier_it_separates(rt: Runtime) -> None:
+    """Found by the property above: after the unmerge, the link's anonymous id may not join its old profile,
+    and the alias lookup derived from it must not join the event to the alias's owner instead."""
+    at = "2026-05-01T10:00:00Z"
+    original = [
+        {"type": "page", "messageId": "m0", "timestamp": at, "userId": "u3", "anonymousId": "d1"},
+        {"type": "alias", "messageId": "m1", "timestamp": at, "userId": "u2", "previousId": "d1"},
+        {
+            "type": "identify",
+            "messageId": "m2",
+            "timestamp": at,
+            "anonymousId": "d4",
+            "traits": {"email": "ann@example.com"},
+        },
+    ]
+    reset(rt)
+    send(rt, original)
+    process(rt)
+    before = partition(rt)
+    link = {"type": "identify", "messageId": LINK, "timestamp": "2026-05-02T00:00:00Z", "anonymousId": "d1"}
+    send(rt, [{**link, "traits": {"email": "ann@example.com"}}])
+    process(rt)
+    with rt.db.read() as session:
+        merge = session.scalars(select(Merge).where(Merge.message_id == LINK, Merge.kind == "merge")).one()
+    with rt.db.unit_of_work() as session:
+        person = profiles.resolve(session, merge.survivor_id)
+        assert person is not None
+        history.unmerge(session, person, merge_id=merge.id, actor="test", now=utcnow(), lock_rows=False)
+    assert partition(rt) == before

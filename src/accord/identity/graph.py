@@ -86,7 +86,27 @@ def _fits(counts: Mapping[str, int], more: Mapping[str, int], limits: Mapping[st
 
 
 def place(identifiers: list[Key], lookups: list[Key], rules: Rules, graph: Graph) -> Plan:
-    """Where an event's keys go. `identifiers` (attachable) come highest priority first; `lookups` only find."""
+    """Where an event's keys go. `identifiers` (attachable) come highest priority first; `lookups` only find.
+
+    A lookup stands for the identifiers it was derived from (an alias's previousId may name a user id or an
+    anonymous id): when a limit or a separation leaves all of those out of the event, the lookup goes too,
+    and the event is placed again without it."""
+    while True:
+        plan = _place(identifiers, lookups, rules, graph)
+        if not plan.conflict or not lookups:
+            return plan
+        left_out = set(plan.dropped) | {key for _, key in plan.skipped}
+        kept = [
+            lookup
+            for lookup in lookups
+            if not all(source in left_out for source in identifiers if lookup in rules.lookups([source]))
+        ]
+        if len(kept) == len(lookups):
+            return plan
+        lookups = kept
+
+
+def _place(identifiers: list[Key], lookups: list[Key], rules: Rules, graph: Graph) -> Plan:
     anchor = identifiers[0]
     profile = graph.owner(anchor)
     plan = Plan(anchor=anchor, profile=profile)
