@@ -60,6 +60,8 @@ audit_app = typer.Typer(help="The audit trail: verify, checkpoint.", no_args_is_
 app.add_typer(audit_app, name="audit")
 erasure_app = typer.Typer(help="Erased people: list, lift a suppression.", no_args_is_help=True)
 app.add_typer(erasure_app, name="erasure")
+keys_app = typer.Typer(help="Keys of encryption at rest: rotate the key-encryption key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -955,3 +957,25 @@ def erasure_lift(erasure_id: str, as_json: JsonFlag = False) -> None:
     except rights.ErasureNotFound as error:
         _fail(str(error))
     _print({"erasure_id": erasure_id, "identifiers": removed}, as_json)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    grace: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait before the last sweep.")] = 2.5,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rewrap every data key under a new key-encryption key, while Accord keeps running; resumable."""
+    from accord.security import datakeys
+    from accord.security.keys import KeyringError
+
+    try:
+        with _db(_settings()) as db:
+            done = datakeys.rotate(db, grace_seconds=grace)
+            with db.unit_of_work() as session:
+                _audit(session, "keys.rotate", "kek", done.kek_id, rewrapped=done.rewrapped, retired=done.retired)
+    except KeyringError as error:
+        _fail(str(error))
+    _print(
+        {"kek_id": done.kek_id, "rewrapped": done.rewrapped, "retired": done.retired, "remaining": done.remaining},
+        as_json,
+    )

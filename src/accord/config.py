@@ -55,6 +55,16 @@ class Settings(BaseSettings):
         description="Ed25519 private key (PEM) that signs consent receipts, checkpoints and links; "
         "default: keys/consent-signing.pem in the data dir, created on first start.",
     )
+    kek_file: Path | None = Field(
+        default=None,
+        description="Key-encryption keys (JSON) that wrap the per-profile data keys; "
+        "default: keys/kek.json in the data dir, created on first start.",
+    )
+    blind_index_key_file: Path | None = Field(
+        default=None,
+        description="HMAC key of the blind indexes that find encrypted identifiers; "
+        "default: keys/blind-index.json in the data dir, created on first start.",
+    )
     controller_name: str = Field(default="", description="The data controller named in consent receipts.")
     controller_contact: str = Field(
         default="", description="The controller's contact (e.g. a DPO address) in receipts."
@@ -97,6 +107,12 @@ class Settings(BaseSettings):
 
     def signing_key_path(self) -> Path:
         return self.signing_key_file or self.data_dir / "keys" / "consent-signing.pem"
+
+    def kek_path(self) -> Path:
+        return self.kek_file or self.data_dir / "keys" / "kek.json"
+
+    def blind_index_key_path(self) -> Path:
+        return self.blind_index_key_file or self.data_dir / "keys" / "blind-index.json"
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

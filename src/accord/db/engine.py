@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import Settings
+from accord.security.crypto import Keyring
 
 
 def _json_dumps(value: Any) -> str:
@@ -22,9 +23,13 @@ def _json_dumps(value: Any) -> str:
 class Database:
     """One engine and its session factory. `dialect` is "sqlite" or "postgresql"."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, keyring: Keyring | None = None
+    ) -> None:
         parsed = make_url(url)
         self.url = url
+        # The keys of encryption at rest: every session carries them (`accord.security.datakeys.keyring_of`).
+        self.keyring = keyring
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if self.dialect == "sqlite":
@@ -44,12 +49,19 @@ class Database:
         else:
             # Multi-row INSERT ... VALUES batches instead of one statement per row in executemany.
             self.engine.dialect.use_insertmanyvalues_wo_returning = True
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.read_sessions = sessionmaker(self.engine.execution_options(accord_read_only=True), expire_on_commit=False)
+        info = {"keyring": keyring}
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        self.read_sessions = sessionmaker(
+            self.engine.execution_options(accord_read_only=True), expire_on_commit=False, info=info
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(settings.sqlalchemy_url(), sqlite_synchronous=settings.sqlite_synchronous)
+        return cls(
+            settings.sqlalchemy_url(),
+            sqlite_synchronous=settings.sqlite_synchronous,
+            keyring=Keyring.from_settings(settings),
+        )
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:

@@ -20,7 +20,7 @@ from accord.ingest.models import QuarantinedEvent
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
-from accord.security.models import ApiToken, ConsoleSession, User
+from accord.security.models import ApiToken, ConsoleSession, DataKey, User
 from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition, SegmentVersion
 from accord.sources.models import ImportReject, ImportRun, Schedule, Source, SourceMapping
 
@@ -36,6 +36,7 @@ __all__ = [
     "ComputedTrait",
     "ConsentState",
     "ConsoleSession",
+    "DataKey",
     "ErasedIdentifier",
     "Evidence",
     "Identity",

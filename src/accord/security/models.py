@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, UTCDateTime, utcnow
@@ -51,3 +51,16 @@ class ConsoleSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DataKey(Base):
+    """A data key, wrapped by a key-encryption key (`kek_id`) that is not in the database. Its id is the
+    profile it was made for. Deleting the row is crypto-shredding: what it encrypted is unreadable."""
+
+    __tablename__ = "data_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(64), index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

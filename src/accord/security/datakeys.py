@@ -1,0 +1,169 @@
+"""Data keys in the database: made per profile, used within a transaction, destroyed on erasure (crypto-
+shredding), rewrapped under a new key-encryption key by `accord keys rotate`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from accord.db.base import utcnow
+from accord.security.crypto import Keyring, Undecryptable, key_id_of, open_sealed, seal
+from accord.security.models import DataKey
+
+if TYPE_CHECKING:
+    from accord.db.engine import Database
+
+
+def keyring_of(session: Session) -> Keyring:
+    """The keyring of the database this session works on (set by `Database.from_settings`)."""
+    keyring = session.info.get("keyring")
+    if not isinstance(keyring, Keyring):
+        raise RuntimeError("this session has no keyring: open the database with Database.from_settings")
+    return keyring
+
+
+@dataclass(slots=True)
+class DataKeys:
+    """The data keys one transaction uses: read once, in bulk, and made when missing."""
+
+    session: Session
+    keyring: Keyring
+    _ciphers: dict[str, AESGCM | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, session: Session) -> DataKeys:
+        return cls(session, keyring_of(session))
+
+    def load(self, key_ids: Iterable[str]) -> None:
+        wanted = sorted({k for k in key_ids if k not in self._ciphers})
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for key_id, kek_id, wrapped in self.session.execute(
+                select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(DataKey.id.in_(chunk))
+            ):
+                self._ciphers[key_id] = self.keyring.cipher(key_id, kek_id, bytes(wrapped))
+            for key_id in chunk:
+                self._ciphers.setdefault(key_id, None)
+
+    def create(self, key_ids: Iterable[str]) -> None:
+        """Make data keys for these ids (new profiles); ids that have one keep it."""
+        wanted = sorted(set(key_ids))
+        self.load(wanted)
+        missing = [k for k in wanted if self._ciphers.get(k) is None]
+        if not missing:
+            return
+        now = utcnow()
+        rows = []
+        for key_id in missing:
+            _, kek_id, wrapped = self.keyring.new_data_key(key_id)
+            rows.append({"id": key_id, "kek_id": kek_id, "wrapped": wrapped, "created_at": now})
+        insert = (pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(DataKey)
+        self.session.execute(insert.on_conflict_do_nothing(index_elements=["id"]), rows)
+        for key_id in missing:
+            self._ciphers.pop(key_id, None)
+        self.load(missing)  # another transaction may have made one first: use what is stored
+
+    def cipher(self, key_id: str, *, create: bool = False) -> AESGCM | None:
+        if key_id not in self._ciphers:
+            self.load([key_id])
+        if self._ciphers[key_id] is None and create:
+            self.create([key_id])
+        return self._ciphers[key_id]
+
+    def encrypt(self, key_id: str, plaintext: bytes, associated: bytes) -> str:
+        cipher = self.cipher(key_id, create=True)
+        assert cipher is not None
+        return seal(cipher, key_id, plaintext, associated)
+
+    def decrypt(self, token: str, associated: bytes) -> bytes:
+        """The plaintext; Undecryptable when its data key was destroyed or the ciphertext was moved."""
+        cipher = self.cipher(key_id_of(token))
+        if cipher is None:
+            raise Undecryptable("the data key of this value was destroyed")
+        return open_sealed(cipher, token, associated)
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        for key_id in key_ids:
+            self._ciphers.pop(key_id, None)
+
+
+def destroy(session: Session, key_ids: Iterable[str]) -> int:
+    """Crypto-shredding: delete these data keys. Returns how many there were."""
+    wanted = sorted(set(key_ids))
+    done = 0
+    for start in range(0, len(wanted), 500):
+        result = session.execute(delete(DataKey).where(DataKey.id.in_(wanted[start : start + 500])))
+        done += int(getattr(result, "rowcount", 0) or 0)
+    return done
+
+
+def count_by_kek(session: Session) -> dict[str, int]:
+    return {kek: int(n) for kek, n in session.execute(select(DataKey.kek_id, func.count()).group_by(DataKey.kek_id))}
+
+
+def rewrap_batch(session: Session, keyring: Keyring, *, limit: int = 500, now: datetime | None = None) -> int:
+    """Rewrap up to `limit` data keys that are not under the current KEK; how many were. A row changed or
+    deleted meanwhile (an erasure) is left alone: the update names the wrapped form it read."""
+    current = keyring.provider.current()
+    query = select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(DataKey.kek_id != current).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = session.execute(query).all()
+    stamp = now or utcnow()
+    done = 0
+    for key_id, kek_id, wrapped in rows:
+        data_key = keyring.provider.unwrap(kek_id, bytes(wrapped), context=key_id.encode())
+        new_kek, new_wrapped = keyring.provider.wrap(data_key, context=key_id.encode())
+        result = session.execute(
+            update(DataKey)
+            .where(DataKey.id == key_id, DataKey.kek_id == kek_id)
+            .values(kek_id=new_kek, wrapped=new_wrapped, rewrapped_at=stamp)
+        )
+        done += int(getattr(result, "rowcount", 0) or 0)
+    return done
+
+
+__all__ = ["DataKeys", "Rotation", "Undecryptable", "count_by_kek", "destroy", "keyring_of", "rewrap_batch", "rotate"]
+
+
+@dataclass(slots=True)
+class Rotation:
+    kek_id: str
+    rewrapped: int
+    retired: list[str]
+    remaining: int
+
+
+def rotate(db: Database, *, grace_seconds: float = 2.5, batch: int = 500) -> Rotation:
+    """`accord keys rotate`: a new current KEK, every data key rewrapped under it (one transaction per
+    batch, so reads and writes go on), a second sweep after `grace_seconds` for keys that processes which
+    had not yet seen the new KEK wrapped meanwhile, then the old KEKs retired. Run again to resume."""
+    keyring = db.keyring
+    if keyring is None:
+        raise RuntimeError("this database has no keyring")
+    kek_id = keyring.provider.begin_rotation()
+    rewrapped = 0
+    for sweep in range(2):
+        if sweep:
+            time.sleep(grace_seconds)
+        while True:
+            with db.unit_of_work() as session:
+                done = rewrap_batch(session, keyring, limit=batch)
+            rewrapped += done
+            if done == 0:
+                break
+    with db.read() as session:
+        in_use = count_by_kek(session)
+    old = [k for k in keyring.provider.known() if k != kek_id and k not in in_use]
+    keyring.provider.retire(old)
+    remaining = sum(n for k, n in in_use.items() if k != kek_id)
+    return Rotation(kek_id=kek_id, rewrapped=rewrapped, retired=old, remaining=remaining)
