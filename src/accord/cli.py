@@ -607,15 +607,23 @@ def import_table(
     )
 
 
+PiiFlag = Annotated[
+    bool, typer.Option("--pii", help="The query reads personal data unmasked; the trait is then flagged as PII")
+]
+
+
 @app.command("computed-trait")
 def computed_trait(
     name: Annotated[str, typer.Argument(help="The trait to set")],
     sql: Annotated[str | None, typer.Option(help="A SELECT returning profile_id and value")] = None,
     sql_file: Annotated[Path | None, typer.Option("--sql-file", help="A file holding the SELECT")] = None,
+    pii: PiiFlag = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Show the first result rows; set nothing")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Rows to preview")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """Set a trait from a read-only SQL query over the analytical view of profiles and events (run it from cron)."""
-    from accord.profiles.computed import ComputedTraitError, run_computed_trait
+    from accord.profiles.computed import ComputedTraitError, preview_computed_trait, run_computed_trait
 
     if (sql is None) == (sql_file is None):
         _fail("give --sql or --sql-file (one of them)")
@@ -625,16 +633,29 @@ def computed_trait(
         _fail(f"cannot read {str(sql_file)[:200]!r}: {error.strerror or type(error).__name__}")
     settings = _settings()
     rt = Runtime.create(settings)
+    folder = settings.data_dir / "imports"
     try:
         migrations.upgrade(rt.db)
-        done = run_computed_trait(
-            rt.db, rt.log, name=name, sql=text, folder=settings.data_dir / "imports", now=utcnow()
-        )
+        if preview:
+            rows = preview_computed_trait(rt.db, sql=text, folder=folder, masked=not pii, limit=limit)
+            _print({"rows": [{"profile_id": p, "value": v} for p, v in rows]}, as_json)
+            return
+        done = run_computed_trait(rt.db, rt.log, name=name, sql=text, folder=folder, now=utcnow(), pii=pii)
     except ComputedTraitError as error:
         _fail(str(error))
     finally:
         rt.close()
-    _print({"name": done.name, "rows": done.rows, "appended": done.appended, "skipped": done.skipped}, as_json)
+    _print(
+        {
+            "name": done.name,
+            "run_id": done.run_id,
+            "rows": done.rows,
+            "appended": done.appended,
+            "unchanged": done.unchanged,
+            "skipped": done.skipped,
+        },
+        as_json,
+    )
 
 
 schedule_app = typer.Typer(help="Recurring table imports and computed traits.", no_args_is_help=True)
@@ -679,12 +700,13 @@ def schedule_add_computed(
     every: Every,
     trait: Annotated[str, typer.Option(help="The trait to set")],
     sql: Annotated[str, typer.Option(help="A SELECT returning profile_id and value")],
+    pii: PiiFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Compute a trait every N minutes."""
     from accord.sources import cli as import_cli
 
-    import_cli.schedule_computed(name, every, trait, sql, as_json=as_json, console=console)
+    import_cli.schedule_computed(name, every, trait, sql, pii=pii, as_json=as_json, console=console)
 
 
 @schedule_app.command("list")

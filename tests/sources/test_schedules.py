@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from accord.sources.mapping import load_mapping
 from accord.sources.models import Schedule
 from conftest import make_settings, running_accord
 from pipeline.helpers import process, send
-from sources.importing import source, traits
+from sources.importing import source, traits, versions
 
 NOW = datetime(2026, 6, 2, 12, 0, tzinfo=UTC)
 ORDERS = "SELECT profile_id, count(*) AS value FROM events WHERE event = 'Order Completed' GROUP BY 1"
@@ -44,7 +45,10 @@ def test_a_due_schedule_runs_once_and_comes_back(rt: Runtime, tmp_path: Path) ->
         row = session.get(Schedule, "orders")
         assert row is not None
         assert row.next_at == NOW + timedelta(hours=1)
-        assert (row.last_status, row.last_result) == ("done", "rows 1, appended 1, skipped 0")
+        assert row.last_status == "done"
+        assert re.fullmatch(r"run ctr_\w+: rows 1, appended 1, unchanged 0, skipped 0", str(row.last_result))
+        run_id = str(row.last_result).split(":")[0].removeprefix("run ")
+    assert versions(rt, "user_id:1")["orders"][3] == run_id  # the trait remembers the schedule's run
     later = schedules.run_due(rt.db, rt.log, data_dir=tmp_path, now=NOW + timedelta(hours=1))
     assert [o.name for o in later] == ["orders"]
 

@@ -30,7 +30,10 @@ class TraitSource(BaseModel):
     timestamp: str | None = Field(description="The winning event's time (ISO-8601)")
     message_id: str | None = Field(description="The winning event's messageId")
     source_id: str | None = Field(description="The source that sent it; null for traits set before Accord kept it")
-    run_id: str | None = Field(description="The import run that set it, for rows imported by a job; else null")
+    run_id: str | None = Field(
+        description="The run that set it: an import run (`imp_...`) or a SQL computed trait's run (`ctr_...`); "
+        "else null"
+    )
 
 
 class TraitsRead(BaseModel):

@@ -397,14 +397,16 @@ def schedule_table(
     _print(data, as_json, console)
 
 
-def schedule_computed(name: str, every: int, trait: str, sql: str, *, as_json: bool, console: Console) -> None:
+def schedule_computed(
+    name: str, every: int, trait: str, sql: str, *, pii: bool, as_json: bool, console: Console
+) -> None:
     from accord.sources import schedules
 
     with _runtime() as rt:
         try:
             with rt.db.unit_of_work() as session:
                 added = schedules.add_computed(
-                    session, name=name, every_seconds=every * 60, trait=trait, sql=sql[:20_000], now=utcnow()
+                    session, name=name, every_seconds=every * 60, trait=trait, sql=sql, now=utcnow(), pii=pii
                 )
                 data = _schedule_document(added)
         except schedules.ScheduleError as error:

@@ -174,7 +174,14 @@ def stored_message_ids(session: Session, source_id: str, message_ids: list[str])
 def sandboxed_duckdb(source: Input) -> duckdb.DuckDBPyConnection:
     """A DuckDB of its own for one run, that may read the input's file and nothing else: a mapping's SQL
     expressions are the analyst's, and must not read the server's files or write any."""
-    connection = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
+    connection = duckdb.connect(
+        config={  # no extension is installed or loaded on demand (sqlite_scan, httpfs...)
+            "threads": 2,
+            "memory_limit": "1GB",
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+    )
     connection.execute("SET TimeZone='UTC'")
     path = getattr(source, "path", None)
     if path is not None:

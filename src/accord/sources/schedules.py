@@ -86,8 +86,16 @@ def add_table(
     return _add(session, name, "table", spec, every_seconds, now)
 
 
-def add_computed(session: Session, *, name: str, every_seconds: int, trait: str, sql: str, now: datetime) -> Schedule:
-    return _add(session, name, "computed", {"trait": trait, "sql": sql}, every_seconds, now)
+def add_computed(
+    session: Session, *, name: str, every_seconds: int, trait: str, sql: str, now: datetime, pii: bool = False
+) -> Schedule:
+    from accord.profiles.computed import ComputedTraitError, check
+
+    try:
+        check(trait, sql)
+    except ComputedTraitError as error:
+        raise ScheduleError(str(error)) from None
+    return _add(session, name, "computed", {"trait": trait, "sql": sql, "pii": pii}, every_seconds, now)
 
 
 def list_schedules(session: Session) -> Sequence[Schedule]:
@@ -149,9 +157,18 @@ def _run(
         from accord.profiles.computed import run_computed_trait
 
         done = run_computed_trait(
-            db, event_log, name=spec["trait"], sql=spec["sql"], folder=data_dir / "imports", now=now
+            db,
+            event_log,
+            name=spec["trait"],
+            sql=spec["sql"],
+            folder=data_dir / "imports",
+            now=now,
+            pii=bool(spec.get("pii")),
         )
-        return "done", f"rows {done.rows}, appended {done.appended}, skipped {done.skipped}"
+        return "done", (
+            f"run {done.run_id}: rows {done.rows}, appended {done.appended}, unchanged {done.unchanged}, "
+            f"skipped {done.skipped}"
+        )
     from accord.sources import tables
 
     url = os.environ.get(str(spec["url_env"]))
