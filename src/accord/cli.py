@@ -820,6 +820,7 @@ def user_list(as_json: JsonFlag = False) -> None:
                 "disabled": u.disabled_at is not None,
                 "locked_until": u.locked_until.isoformat() if u.locked_until else None,
                 "last_login_at": u.last_login_at.isoformat() if u.last_login_at else None,
+                "single_sign_on": u.oidc_subject is not None,
             }
             for u in users.list_users(session)
         ]
@@ -868,6 +869,24 @@ def user_set_role(email: str, role: Annotated[str, typer.Option(help="admin, ana
     """Change a user's role; it applies to their next request."""
     _change_user("user.set_role", lambda session: users.set_role(session, email=email, role=role))
     console.print(f"role set to {role}")
+
+
+@user_app.command("link-oidc")
+def user_link_oidc(
+    email: str,
+    subject: Annotated[str, typer.Option(help="The person's `sub` at the provider")],
+    issuer: Annotated[str | None, typer.Option(help="The provider's issuer; default: ACCORD_OIDC_ISSUER")] = None,
+) -> None:
+    """Make an existing user the account of a single sign-on identity (issuer and `sub`), so signing in
+    through the provider logs in as them; their role then follows the provider's role map."""
+    provider = issuer or _settings().oidc_issuer
+    if not provider:
+        _fail("give --issuer, or set ACCORD_OIDC_ISSUER")
+        return
+    _change_user(
+        "user.link_oidc", lambda session: users.link_oidc(session, email=email, issuer=provider, subject=subject)
+    )
+    console.print("linked")
 
 
 @identity_app.command("train")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -98,6 +98,36 @@ class Settings(BaseSettings):
     )
     rate_limit_login: str = Field(
         default="20/minute", description="Console login attempts allowed per client address; empty or 0: no limit."
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OpenID Connect provider's issuer URL (its discovery document is read from "
+        "ISSUER/.well-known/openid-configuration); unset: no single sign-on, passwords only.",
+    )
+    oidc_client_id: str = Field(default="", description="The client id Accord is registered under at the provider.")
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="The client secret; prefer ACCORD_OIDC_CLIENT_SECRET_FILE. Unset: a public client."
+    )
+    oidc_client_secret_file: Path | None = Field(
+        default=None, description="A file whose content (trimmed) is the client secret."
+    )
+    oidc_redirect_url: str | None = Field(
+        default=None,
+        description="The callback URL registered at the provider; default: "
+        "ACCORD_PUBLIC_URL (or the request's own URL)/console/login/oidc/callback.",
+    )
+    oidc_scopes: str = Field(default="openid email profile", description="Scopes asked for, space-separated.")
+    oidc_role_claim: str = Field(
+        default="groups", description="The ID token claim (a string or a list of strings) that decides the role."
+    )
+    oidc_role_map: dict[str, str] = Field(
+        default={},
+        description='JSON object from a value of the role claim to an Accord role, e.g. {"accord-admins": "admin"}; '
+        "the first entry the user has wins. A user with none is refused.",
+    )
+    oidc_name: str = Field(default="single sign-on", description="What the login button calls the provider.")
+    oidc_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="How long Accord waits for the provider on each request."
     )
 
     def sqlalchemy_url(self) -> str:

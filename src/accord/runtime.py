@@ -12,6 +12,7 @@ from accord.consent.keys import SigningKey
 from accord.db.engine import Database
 from accord.log.sql import SqlEventLog
 from accord.security.limits import RateLimits
+from accord.security.oidc import OidcConfig, OidcProvider
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class Runtime:
     limits: RateLimits
     signing: SigningKey
     audit: AuditWriter = field(init=False)  # the audit records of reads, group-committed
+    oidc: OidcProvider | None = None  # single sign-on, when ACCORD_OIDC_ISSUER is set
 
     def __post_init__(self) -> None:
         self.audit = AuditWriter(self.db, self.signing)
@@ -38,14 +40,16 @@ class Runtime:
             login=settings.rate_limit_login,
             storage_url=settings.rate_limit_storage,
         )
+        config = OidcConfig.from_settings(settings)
+        oidc = OidcProvider(config) if config else None
         signing = SigningKey.load_or_create(settings.signing_key_path())
         db = Database.from_settings(settings)
         log_url = settings.log_url()
         if log_url == db.url:
-            return cls(settings=settings, db=db, log=SqlEventLog(db), limits=limits, signing=signing)
+            return cls(settings=settings, db=db, log=SqlEventLog(db), limits=limits, signing=signing, oidc=oidc)
         log = SqlEventLog(Database(log_url, sqlite_synchronous=settings.sqlite_synchronous))
         log.ensure_file_schema()
-        return cls(settings=settings, db=db, log=log, limits=limits, signing=signing)
+        return cls(settings=settings, db=db, log=log, limits=limits, signing=signing, oidc=oidc)
 
     def close(self) -> None:
         self.audit.close()

@@ -1,4 +1,5 @@
-"""`accord user ...`: create (password from standard input), list, disable, enable, set-password, set-role."""
+"""`accord user ...`: create (password from standard input), list, disable, enable, set-password, set-role,
+link-oidc."""
 
 from __future__ import annotations
 
@@ -89,3 +90,29 @@ def test_disable_enable_set_password_and_role(env: dict[str, str], settings: Set
     for args in (("disable", "x@b.example"), ("set-role", "a@b.example", "--role", "god")):
         code, output = run(env, "user", *args)
         assert code == 1, output
+
+
+def test_link_oidc_makes_a_user_the_account_of_a_provider_identity(env: dict[str, str], settings: Settings) -> None:
+    assert run(env, "user", "create", "a@b.example", "--role", "agent", stdin=PASSWORD)[0] == 0
+    assert run(env, "user", "create", "c@b.example", "--role", "agent", stdin=PASSWORD)[0] == 0
+    issuer = "https://idp.example"
+    code, output = run(env, "user", "link-oidc", "a@b.example", "--subject", "sub-1", "--issuer", issuer)
+    assert code == 0, output
+    listed = {u["email"]: u["single_sign_on"] for u in json.loads(run(env, "user", "list", "--json")[1])}
+    assert listed == {"a@b.example": True, "c@b.example": False}
+    rt = Runtime.create(settings)
+    try:
+        with rt.db.unit_of_work() as session:
+            user = users.oidc_user(session, issuer=issuer, subject="sub-1", email=None, role="analyst", now=utcnow())
+            assert (user.email, user.role) == ("a@b.example", "analyst")
+    finally:
+        rt.close()
+    for args, message in [
+        (("c@b.example", "--subject", "sub-1", "--issuer", issuer), "another user is linked"),
+        (("x@b.example", "--subject", "sub-2", "--issuer", issuer), "no user with this email"),
+        (("c@b.example", "--subject", "s" * 300, "--issuer", issuer), "at most 255"),
+        (("c@b.example", "--subject", "sub-3"), "give --issuer"),
+    ]:
+        code, output = run(env, "user", "link-oidc", *args)
+        assert code == 1, output
+        assert message in output

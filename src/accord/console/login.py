@@ -39,14 +39,15 @@ def _login_cookie(request: Request) -> str:
     return SECURE_LOGIN_COOKIE if auth.is_https(request) else LOGIN_COOKIE
 
 
-def _safe_next(target: str) -> str:
+def safe_next(target: str) -> str:
     """Only a console path of our own: never another site, never a query string."""
     return target if _NEXT.match(target) and len(target) <= 200 else "/console"
 
 
-def _login_page(
+def login_form(
     request: Request, *, status: int = 200, error: str = "", email: str = "", next_path: str = ""
 ) -> Response:
+    rt: Runtime = request.app.state.runtime
     token = secrets.token_urlsafe(32)
     response = page(
         "login.html",
@@ -55,7 +56,8 @@ def _login_page(
         csrf=token,
         error=error,
         email=email,
-        next_path=_safe_next(next_path),
+        next_path=safe_next(next_path),
+        oidc_name=rt.oidc.config.name if rt.oidc else "",
     )
     secure = auth.is_https(request)
     response.set_cookie(
@@ -67,8 +69,8 @@ def _login_page(
 @router.get("/console/login")
 async def login_page(request: Request, next: str = "/console") -> Response:
     if await auth.current_login(request) is not None:
-        return RedirectResponse(_safe_next(next), status_code=303)
-    return _login_page(request, next_path=next)
+        return RedirectResponse(safe_next(next), status_code=303)
+    return login_form(request, next_path=next)
 
 
 @router.post("/console/login")
@@ -86,12 +88,12 @@ async def login(request: Request) -> Response:
         or not expected
         or not hmac.compare_digest(sent.encode(), expected.encode())
     ):
-        return _login_page(request, status=403, error="The form expired. Please try again.", email=email)
+        return login_form(request, status=403, error="The form expired. Please try again.", email=email)
     client = request.client.host if request.client else "unknown"
     try:
         rt.limits.check("login", client)
     except ApiError as error:
-        response = _login_page(request, status=429, error="Too many attempts from here. Wait a minute.", email=email)
+        response = login_form(request, status=429, error="Too many attempts from here. Wait a minute.", email=email)
         response.headers.update(error.headers or {})
         return response
     now = utcnow()
@@ -113,8 +115,8 @@ async def login(request: Request) -> Response:
 
     started = await run_in_threadpool(attempt)
     if started is None:
-        return _login_page(request, status=401, error=_FAILED, email=email, next_path=next_path)
-    response = RedirectResponse(_safe_next(next_path), status_code=303)
+        return login_form(request, status=401, error=_FAILED, email=email, next_path=next_path)
+    response = RedirectResponse(safe_next(next_path), status_code=303)
     auth.set_session_cookie(response, request, started.secret, int(lifetime.total_seconds()))
     response.delete_cookie(_login_cookie(request), path="/", secure=auth.is_https(request), httponly=True)
     return response

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, UTCDateTime, utcnow
@@ -37,6 +37,12 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The single sign-on account this user is: the provider's issuer and its `sub` for the person (never the
+    # email, which a provider may let people change). Both null for a password-only user.
+    oidc_issuer: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    __table_args__ = (Index("ux_users_oidc", "oidc_issuer", "oidc_subject", unique=True),)
 
 
 class ConsoleSession(Base):
@@ -64,3 +70,20 @@ class DataKey(Base):
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class OidcLogin(Base):
+    """A single sign-on begun and not yet finished: what the callback must find to accept the provider's
+    answer. Keyed by the SHA-256 of the `state` sent to the provider and bound to the browser that began it
+    (the SHA-256 of a secret in its cookie); taken (deleted) by the first callback, so a state works once."""
+
+    __tablename__ = "oidc_logins"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[str] = mapped_column(String(100))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    redirect_url: Mapped[str] = mapped_column(String(500))
+    next_path: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

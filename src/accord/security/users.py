@@ -21,12 +21,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from accord.security.models import ConsoleSession, User
+from accord.security.models import ConsoleSession, OidcLogin, User
 from accord.security.service import ROLES
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 hashes any length; this only bounds the work a request can ask for
 MAX_EMAIL = 254
+OIDC_LOGIN_LIFETIME = timedelta(minutes=10)  # time a person has at the provider to sign in
 # From this many consecutive failures on, each failure locks the account for LOCK_BASE * 2**(n - MAX_FAILURES),
 # at most LOCK_MAX: a guesser gets a handful of tries an hour, a person who mistyped waits seconds.
 MAX_FAILURES = 5
@@ -169,7 +170,8 @@ def authenticate(session: Session, *, email: str, password: str, now: datetime) 
     if user is None:
         _verify(_DUMMY_HASH, password[:MAX_PASSWORD])
         return None
-    matches = _verify(user.password_hash, password)
+    # A user of single sign-on only has no password hash; the dummy keeps the time the same.
+    matches = _verify(user.password_hash or _DUMMY_HASH, password) and bool(user.password_hash)
     if user.disabled_at is not None or (user.locked_until is not None and user.locked_until > now):
         return None  # a lock holds even against the right password: that is what stops a guesser
     if not matches:
@@ -239,3 +241,120 @@ def end_session(session: Session, secret: str) -> None:
 
 def end_sessions(session: Session, *, user_id: str) -> None:
     session.execute(delete(ConsoleSession).where(ConsoleSession.user_id == user_id))
+
+
+def begin_oidc_login(
+    session: Session,
+    *,
+    state: str,
+    browser_secret: str,
+    nonce: str,
+    code_verifier: str,
+    redirect_url: str,
+    next_path: str,
+    now: datetime,
+) -> None:
+    """Remember a single sign-on the browser holding `browser_secret` began (only hashes of the state and
+    the browser secret are stored); sign-ins left unfinished are swept."""
+    session.execute(delete(OidcLogin).where(OidcLogin.expires_at <= now))
+    session.add(
+        OidcLogin(
+            state_hash=_digest(state),
+            browser_hash=_digest(browser_secret),
+            nonce=nonce,
+            code_verifier=code_verifier,
+            redirect_url=redirect_url,
+            next_path=next_path,
+            created_at=now,
+            expires_at=now + OIDC_LOGIN_LIFETIME,
+        )
+    )
+    session.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class OidcLoginTaken:
+    """What the callback of a single sign-on needs from its beginning."""
+
+    nonce: str
+    code_verifier: str
+    redirect_url: str
+    next_path: str
+
+
+def take_oidc_login(session: Session, *, state: str, browser_secret: str, now: datetime) -> OidcLoginTaken | None:
+    """The sign-in `state` names, if this browser began it and it has not expired; taken, so a state (and
+    the nonce that goes with it) works once. Of two callbacks racing with one state, one gets it."""
+    if not state or len(state) > 200 or not browser_secret or len(browser_secret) > 200:
+        return None
+    taken = session.execute(
+        delete(OidcLogin)
+        .where(OidcLogin.state_hash == _digest(state))
+        .returning(
+            OidcLogin.browser_hash,
+            OidcLogin.nonce,
+            OidcLogin.code_verifier,
+            OidcLogin.redirect_url,
+            OidcLogin.next_path,
+            OidcLogin.expires_at,
+        )
+    ).one_or_none()
+    if taken is None or taken.expires_at <= now:
+        return None
+    if not secrets.compare_digest(taken.browser_hash, _digest(browser_secret)):
+        return None
+    return OidcLoginTaken(
+        nonce=taken.nonce, code_verifier=taken.code_verifier, redirect_url=taken.redirect_url, next_path=taken.next_path
+    )
+
+
+def oidc_user(session: Session, *, issuer: str, subject: str, email: str | None, role: str, now: datetime) -> User:
+    """The user the provider's `issuer` and `sub` belong to, created on their first sign-in; the role is
+    the provider's to decide and follows the role map at every sign-in. Never found by email: a password
+    user with the same email is not taken over (an administrator links them with `accord user link-oidc`)."""
+    if role not in ROLES:
+        raise UserError("invalid_role", f"role must be one of {', '.join(ROLES)}")
+    user = session.scalar(select(User).where(User.oidc_issuer == issuer, User.oidc_subject == subject))
+    if user is None:
+        if email is None:
+            raise UserError(
+                "oidc_no_email",
+                "the provider sent no email address for you; an administrator should add the email scope",
+            )
+        address = _check_email(email)
+        if session.scalar(select(User.id).where(User.email == address)) is not None:
+            raise UserError(
+                "oidc_email_taken",
+                "an Accord account with your email exists already and is not linked to this provider; "
+                "an administrator can link it (accord user link-oidc)",
+            )
+        user = User(
+            id="usr_" + uuid.uuid4().hex[:16],
+            email=address,
+            role=role,
+            password_hash="",  # no password: this user signs in through the provider only
+            created_at=now,
+            failed_logins=0,
+            oidc_issuer=issuer,
+            oidc_subject=subject,
+        )
+        session.add(user)
+    if user.disabled_at is not None:
+        raise UserError("user_disabled", "your Accord account is disabled; ask an administrator")
+    user.role = role
+    user.last_login_at = now
+    session.flush()
+    return user
+
+
+def link_oidc(session: Session, *, email: str, issuer: str, subject: str) -> User:
+    """Make the user with `email` the account of the provider's `issuer` and `sub` (an administrator's act,
+    for a user who had a password before single sign-on)."""
+    if not 0 < len(subject) <= 255 or not 0 < len(issuer) <= 500:
+        raise UserError("invalid_subject", "an issuer of at most 500 and a subject of at most 255 characters")
+    user = _require(session, email)
+    other = session.scalar(select(User).where(User.oidc_issuer == issuer, User.oidc_subject == subject))
+    if other is not None and other.id != user.id:
+        raise UserError("oidc_linked", "another user is linked to this provider account already")
+    user.oidc_issuer, user.oidc_subject = issuer, subject
+    return user
