@@ -127,6 +127,8 @@ def create_app(
     app.include_router(consent_api.jwks)
     app.include_router(preferences.router)
     app.include_router(sources_api.router)
+    app.include_router(sources_api.sql_router)
+    app.include_router(sources_api.schedule_router)
     app.include_router(sources_api.hooks)
     app.state.import_jobs = ImportJobs(rt.db, rt.log)
     console_mount.install(app)

@@ -622,13 +622,15 @@ def computed_trait(
     limit: Annotated[int, typer.Option(min=1, max=100, help="Rows to preview")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
-    """Set a trait from a read-only SQL query over the analytical view of profiles and events (run it from cron)."""
-    from accord.profiles.computed import ComputedTraitError, preview_computed_trait, run_computed_trait
+    """Define (or change) a SQL computed trait and run it now; without --sql, run the one defined."""
+    from accord.profiles.computed import ComputedTraitError
+    from accord.sources import cli as import_cli
+    from accord.sources import sql_traits
 
-    if (sql is None) == (sql_file is None):
-        _fail("give --sql or --sql-file (one of them)")
+    if sql is not None and sql_file is not None:
+        _fail("give --sql or --sql-file, not both")
     try:
-        text = sql if sql is not None else Path(str(sql_file)).read_text()[:100_000]
+        text = sql if sql_file is None else Path(str(sql_file)).read_text()[:100_000]
     except OSError as error:
         _fail(f"cannot read {str(sql_file)[:200]!r}: {error.strerror or type(error).__name__}")
     settings = _settings()
@@ -636,12 +638,22 @@ def computed_trait(
     folder = settings.data_dir / "imports"
     try:
         migrations.upgrade(rt.db)
+        if text is None:
+            with rt.db.read() as session:
+                stored = sql_traits.get(session, name)
+                text, pii = stored.sql, stored.pii
         if preview:
-            rows = preview_computed_trait(rt.db, sql=text, folder=folder, masked=not pii, limit=limit)
+            rows = sql_traits.preview(rt.db, sql=text, folder=folder, masked=not pii, limit=limit)
             _print({"rows": [{"profile_id": p, "value": v} for p, v in rows]}, as_json)
             return
-        done = run_computed_trait(rt.db, rt.log, name=name, sql=text, folder=folder, now=utcnow(), pii=pii)
-    except ComputedTraitError as error:
+        if sql is not None or sql_file is not None:
+            with rt.db.unit_of_work() as session:
+                import_cli.define_sql_trait(rt, session, key=name, sql=text, pii=pii)
+        claimed = sql_traits.claim(rt.db, name, now=utcnow())
+        with rt.db.unit_of_work() as session:
+            import_cli.audit_change(rt, session, "sql_trait.run", name, version=claimed.version, run_id=claimed.run_id)
+        done = sql_traits.run(rt.db, rt.log, claimed, folder=folder, now=utcnow())
+    except (sql_traits.SqlTraitError, ComputedTraitError) as error:
         _fail(str(error))
     finally:
         rt.close()
@@ -699,11 +711,13 @@ def schedule_add_computed(
     name: str,
     every: Every,
     trait: Annotated[str, typer.Option(help="The trait to set")],
-    sql: Annotated[str, typer.Option(help="A SELECT returning profile_id and value")],
+    sql: Annotated[
+        str | None, typer.Option(help="A SELECT returning profile_id and value (defines or changes the trait)")
+    ] = None,
     pii: PiiFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compute a trait every N minutes."""
+    """Run a SQL computed trait every N minutes."""
     from accord.sources import cli as import_cli
 
     import_cli.schedule_computed(name, every, trait, sql, pii=pii, as_json=as_json, console=console)
@@ -723,6 +737,14 @@ def schedule_remove(name: str) -> None:
     from accord.sources import cli as import_cli
 
     import_cli.schedule_remove(name, console=console)
+
+
+@schedule_app.command("run")
+def schedule_run(name: str, as_json: JsonFlag = False) -> None:
+    """Run one schedule now, due or not (then every N minutes from now)."""
+    from accord.sources import cli as import_cli
+
+    import_cli.schedule_run(name, as_json=as_json, console=console)
 
 
 @schedule_app.command("run-due")

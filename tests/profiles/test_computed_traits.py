@@ -105,8 +105,12 @@ def test_the_command(rt: Runtime, settings: Settings, tmp_path: Path) -> None:
     query.write_text(ORDERS)
     result = CliRunner().invoke(app, ["computed-trait", "orders", "--sql-file", str(query), "--json"], env=env)
     assert '"appended": 0' in result.output
-    result = CliRunner().invoke(app, ["computed-trait", "orders"], env=env)
+    result = CliRunner().invoke(app, ["computed-trait", "orders", "--json"], env=env)  # runs the stored one
+    assert result.exit_code == 0, result.output
+    assert '"unchanged": 2' in result.output
+    result = CliRunner().invoke(app, ["computed-trait", "never_defined"], env=env)
     assert result.exit_code == 1
+    assert "no SQL computed trait" in result.output
     result = CliRunner().invoke(app, ["computed-trait", "orders", "--sql", "SELECT 1"], env=env)
     assert result.exit_code == 1
     assert "profile_id and value" in result.output

@@ -13,11 +13,13 @@ from accord.db.base import utcnow
 from accord.runtime import Runtime
 from accord.security.service import ROLES, create_token
 from accord.segments import service as segments
+from accord.sources import schedules, sql_traits
 from conftest import LiveAccord
 from pipeline.helpers import process, send
 from sources.importing import HOOK, LOYALTY, LOYALTY_CSV, seed_hook, seed_run, source
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+SPEND = "SELECT profile_id, count(*) AS value FROM events GROUP BY 1"
 CREDENTIALS = ("none", "write key", *ROLES)
 
 
@@ -82,6 +84,20 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
         {"definition": {"event": "E", "function": "count", "within": "7d"}},
     ),
     ("DELETE", "/api/v1/computed-traits/{key}"): ("/api/v1/computed-traits/orders", None),
+    ("POST", "/api/v1/sql-traits"): ("/api/v1/sql-traits", {"key": "posted_sql", "sql": SPEND}),
+    ("POST", "/api/v1/sql-traits/preview"): ("/api/v1/sql-traits/preview", {"sql": SPEND}),
+    ("GET", "/api/v1/sql-traits/{key}"): ("/api/v1/sql-traits/spend", None),
+    ("PUT", "/api/v1/sql-traits/{key}"): ("/api/v1/sql-traits/spend", {"sql": SPEND + " HAVING count(*) > 0"}),
+    ("POST", "/api/v1/sql-traits/{key}/run"): ("/api/v1/sql-traits/spend/run", None),
+    ("DELETE", "/api/v1/sql-traits/{key}"): ("/api/v1/sql-traits/posted_sql", None),
+    ("POST", "/api/v1/schedules"): (
+        "/api/v1/schedules",
+        {"name": "posted", "kind": "computed", "every_minutes": 60, "trait": "spend"},
+    ),
+    ("GET", "/api/v1/schedules/{name}"): ("/api/v1/schedules/nightly", None),
+    ("PUT", "/api/v1/schedules/{name}"): ("/api/v1/schedules/nightly", {"every_minutes": 720}),
+    ("POST", "/api/v1/schedules/{name}/run"): ("/api/v1/schedules/nightly/run", None),
+    ("DELETE", "/api/v1/schedules/{name}"): ("/api/v1/schedules/posted", None),
     ("GET", "/api/v1/segments/{key}/export"): ("/api/v1/segments/vip/export?purpose=marketing&channel=email", None),
     ("POST", "/api/v1/identity/match"): ("/api/v1/identity/match", {"traits": {"firstName": "Ann"}}),
     ("POST", "/api/v1/identity/reviews/{review_id}/accept"): ("/api/v1/identity/reviews/1/accept", {"reason": "r"}),
@@ -122,6 +138,10 @@ def _catalogue(rt: Runtime) -> None:
             now=now,
             create=True,
         )
+        sql_traits.save(
+            session, key="spend", sql=SPEND, pii=False, description=None, actor="test", now=now, create=True
+        )
+        schedules.add_computed(session, name="nightly", every_seconds=86400, trait="spend", now=now, actor="test")
         segments.create(
             session,
             key="vip",

@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import create_engine, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from accord.cli import app
 from accord.config import Settings
 from accord.db import migrate
 from accord.runtime import Runtime
-from accord.sources import schedules
+from accord.sources import schedules, sql_traits
 from accord.sources.mapping import load_mapping
 from accord.sources.models import Schedule
 from conftest import make_settings, running_accord
@@ -27,6 +32,10 @@ NOW = datetime(2026, 6, 2, 12, 0, tzinfo=UTC)
 ORDERS = "SELECT profile_id, count(*) AS value FROM events WHERE event = 'Order Completed' GROUP BY 1"
 
 
+def define(session: Session, key: str, sql: str = ORDERS) -> None:
+    sql_traits.save(session, key=key, sql=sql, pii=False, description=None, actor="test", now=NOW, create=None)
+
+
 def seed(rt: Runtime) -> None:
     send(rt, [{"type": "track", "userId": "1", "event": "Order Completed"}])
     process(rt)
@@ -35,7 +44,8 @@ def seed(rt: Runtime) -> None:
 def test_a_due_schedule_runs_once_and_comes_back(rt: Runtime, tmp_path: Path) -> None:
     seed(rt)
     with rt.db.unit_of_work() as session:
-        schedules.add_computed(session, name="orders", every_seconds=3600, trait="orders", sql=ORDERS, now=NOW)
+        define(session, "orders")
+        schedules.add_computed(session, name="orders", every_seconds=3600, trait="orders", now=NOW)
     done = schedules.run_due(rt.db, rt.log, data_dir=tmp_path, now=NOW)
     assert [(o.name, o.status) for o in done] == [("orders", "done")]
     assert schedules.run_due(rt.db, rt.log, data_dir=tmp_path, now=NOW) == []  # claimed: next_at moved on
@@ -94,14 +104,17 @@ def test_a_table_schedule_reads_its_url_from_the_environment(
 
 def test_bad_schedules_are_refused(rt: Runtime) -> None:
     with rt.db.unit_of_work() as session:
-        schedules.add_computed(session, name="a", every_seconds=60, trait="t", sql=ORDERS, now=NOW)
+        define(session, "t")
+        schedules.add_computed(session, name="a", every_seconds=60, trait="t", now=NOW)
     for kwargs, message in [
         ({"name": "a", "every_seconds": 60}, "exists already"),
         ({"name": "b c", "every_seconds": 60}, "name"),
         ({"name": "b", "every_seconds": 10}, "every"),
     ]:
         with pytest.raises(schedules.ScheduleError, match=message), rt.db.unit_of_work() as session:
-            schedules.add_computed(session, trait="t", sql=ORDERS, now=NOW, **kwargs)  # type: ignore[arg-type]
+            schedules.add_computed(session, trait="t", now=NOW, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(schedules.ScheduleError, match="no SQL computed trait"), rt.db.unit_of_work() as session:
+        schedules.add_computed(session, name="c", every_seconds=60, trait="undefined", now=NOW)
 
 
 def test_the_schedule_commands(settings: Settings, rt: Runtime) -> None:
@@ -134,9 +147,8 @@ def test_the_api_process_runs_due_schedules(backend: str, tmp_path: Path, reques
     try:
         seed(rt)
         with rt.db.unit_of_work() as session:
-            schedules.add_computed(
-                session, name="orders", every_seconds=3600, trait="orders", sql=ORDERS, now=datetime.now(UTC)
-            )
+            define(session, "orders")
+            schedules.add_computed(session, name="orders", every_seconds=3600, trait="orders", now=datetime.now(UTC))
         with running_accord(rt) as accord:
             deadline = time.monotonic() + 60
             while True:
@@ -150,5 +162,50 @@ def test_the_api_process_runs_due_schedules(backend: str, tmp_path: Path, reques
             accord.wait_processed()
         assert row.last_status == "done", row.last_result
         assert traits(rt, "user_id:1")["orders"] == 1
+    finally:
+        rt.close()
+
+
+@pytest.fixture
+def empty_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema yet: a file, or a PostgreSQL database made for this test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    from conftest import POSTGRES_ADMIN_URL
+
+    name = f"accord_migration_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_schedules_with_an_inline_query_become_sql_traits(empty_database: str, tmp_path: Path) -> None:
+    """Before 0016 a computed schedule kept its query; the migration makes it the SQL trait it names."""
+    rt = Runtime.create(Settings(data_dir=tmp_path / "data", database_url=empty_database))
+    try:
+        migrate.upgrade(rt.db, "0015")
+        old = sa.table(
+            "schedules",
+            *(sa.column(c) for c in ("name", "kind", "every_seconds", "next_at", "enabled", "created_at")),
+            sa.column("spec", sa.JSON().with_variant(postgresql.JSONB(), "postgresql")),
+        )
+        row = {"name": "hourly", "kind": "computed", "every_seconds": 3600, "enabled": True}
+        row |= {"spec": {"trait": "orders", "sql": ORDERS, "pii": True}, "next_at": NOW, "created_at": NOW}
+        with rt.db.engine.begin() as connection:
+            connection.execute(old.insert().values(**row))
+        migrate.upgrade(rt.db)
+        with rt.db.read() as session:
+            row = session.get(Schedule, "hourly")
+            assert row is not None
+            assert (row.spec, row.version) == ({"trait": "orders"}, 1)
+            trait = sql_traits.get(session, "orders")
+            assert (trait.sql, trait.pii, trait.version) == (ORDERS, True, 1)
     finally:
         rt.close()

@@ -26,6 +26,14 @@ from accord.db.base import utcnow
 from accord.security.models import ApiToken
 
 ROLES = ("admin", "analyst", "agent", "auditor")
+# The roles that may read personal data: those the role matrix lets read profiles (docs/security.md).
+PII_ROLES = frozenset({"admin", "analyst", "agent"})
+
+
+def has_pii_access(role: str) -> bool:
+    return role in PII_ROLES
+
+
 PREFIX = "acc_"
 _hasher = PasswordHasher()
 _verified: dict[str, bytes] = {}  # token id -> SHA-256 of the token that passed argon2

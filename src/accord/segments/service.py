@@ -383,6 +383,7 @@ def computed_save(
     if not create and row is None:
         raise SegmentError(404, "computed_trait_not_found", f"no computed trait {key[:100]!r}")
     if row is None:
+        _refuse_sql_trait(session, key)
         row = ComputedTrait(
             key=key, name=name or key, version=1, definition=stored, created_at=now, updated_at=now, actor=actor[:100]
         )
@@ -398,6 +399,20 @@ def computed_save(
         row.actor = actor[:100]
     session.flush()
     return row
+
+
+def _refuse_sql_trait(session: Session, key: str) -> None:
+    """A profile would show two different things under one name: the keys of SQL computed traits (which
+    set stored traits) are not free for declarative ones, and the other way round."""
+    from accord.sources.models import SqlTrait
+
+    if session.get(SqlTrait, key) is not None:
+        raise SegmentError(
+            409,
+            "trait_key_conflict",
+            f"{key!r} is the key of a SQL computed trait (accord computed-trait, /api/v1/sql-traits); "
+            "give the computed trait another key, or delete that one first",
+        )
 
 
 def computed_remove(session: Session, *, key: str) -> None:

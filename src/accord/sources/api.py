@@ -7,14 +7,17 @@ import hashlib
 import re
 import shutil
 import uuid
+from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any, cast
 
 import orjson
-from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
+from accord.audit.service import record_audit
 from accord.db.base import utcnow
 from accord.errors import ApiError, documented, error_response
 from accord.identity.service import current_rules
@@ -22,11 +25,12 @@ from accord.ingest import api as ingest_api
 from accord.ingest.spec import SpecError, contains_nul
 from accord.log.port import NewRecord
 from accord.runtime import Runtime, runtime
-from accord.security.auth import Principal, require_role
-from accord.sources import imports, webhooks
+from accord.security.auth import Principal, actor_of, require_role
+from accord.security.service import has_pii_access
+from accord.sources import imports, schedules, sql_traits, webhooks
 from accord.sources.connectors import EXTENSIONS, FileInput, InputError
 from accord.sources.mapping import MAX_MAPPING_BYTES, Format, Mapping, MappingError, load_mapping, parse_mapping
-from accord.sources.models import ImportReject, ImportRun, SourceMapping
+from accord.sources.models import ImportReject, ImportRun, Schedule, SourceMapping, SqlTrait
 from accord.sources.schemas import (
     ImportRunRead,
     ImportRunsRead,
@@ -35,6 +39,19 @@ from accord.sources.schemas import (
     RejectRead,
     RejectsRead,
     ReplayRequest,
+    ScheduleCreate,
+    ScheduleList,
+    ScheduleRead,
+    ScheduleUpdate,
+    SqlPreviewRead,
+    SqlPreviewRequest,
+    SqlPreviewRow,
+    SqlRunAccepted,
+    SqlTraitCreate,
+    SqlTraitList,
+    SqlTraitRead,
+    SqlTraitRun,
+    SqlTraitUpdate,
     WebhookAccepted,
     WebhookReject,
 )
@@ -295,7 +312,12 @@ def _mapping_read(row: SourceMapping) -> MappingRead:
     summary="Keep a mapping with the source under a name, as its newest version (webhooks use it)",
 )
 def put_mapping(
-    key: Key, name: MappingName, rt: Rt, principal: Analyst, document: Annotated[dict[str, Any], Body()]
+    request: Request,
+    key: Key,
+    name: MappingName,
+    rt: Rt,
+    principal: Analyst,
+    document: Annotated[dict[str, Any], Body()],
 ) -> MappingRead:
     source_id = _source_id(rt, key)
     try:
@@ -306,6 +328,7 @@ def put_mapping(
         row = webhooks.put_mapping(
             session, source_id=source_id, name=name, mapping=mapping, actor=f"token:{principal.token_id}", now=utcnow()
         )
+        _audit(request, session, rt, principal, "source_mapping.put", f"{source_id}/{name}", version=row.version)
         return _mapping_read(row)
 
 
@@ -400,3 +423,342 @@ async def post_webhook(
         accepted=len(mapped.events),
         rejected=[WebhookReject(position=p, reason=r) for p, r in mapped.rejected],
     )
+
+
+# -- SQL computed traits -----------------------------------------------------------------------------------
+sql_router = APIRouter(prefix="/api/v1/sql-traits", tags=["sources"])
+schedule_router = APIRouter(prefix="/api/v1/schedules", tags=["sources"])
+Viewer = Annotated[Principal, Depends(require_role("analyst", "auditor"))]
+TraitKey = Annotated[str, Path(max_length=100, description="The SQL computed trait's key (the trait it sets)")]
+ScheduleName = Annotated[str, Path(max_length=100, description="The schedule's name")]
+RUN_ERRORS = documented(400, 401, 403, 404, 409, 422, 429)
+
+
+def _audit(
+    request: Request, session: Session, rt: Runtime, principal: Principal, action: str, target: str, **details: Any
+) -> None:
+    record_audit(
+        session,
+        key=rt.signing,
+        actor=actor_of(request, principal),
+        action=action,
+        target_type=action.split(".", 1)[0],
+        target_id=target,
+        details=details,
+    )
+
+
+def _sql_fail(error: sql_traits.SqlTraitError) -> ApiError:
+    return ApiError(error.status, error.code, error.message)
+
+
+def _need_pii(principal: Principal, pii: bool | None) -> None:
+    if pii and not has_pii_access(principal.role):
+        raise ApiError(403, "forbidden", f"the {principal.role} role has no access to personal data (pii)")
+
+
+def _sql_read(session: Session, row: SqlTrait) -> SqlTraitRead:
+    last = None
+    if row.last_run_id is not None and row.last_run_at is not None:
+        last = SqlTraitRun(
+            run_id=row.last_run_id, at=row.last_run_at, status=row.last_status or "", result=row.last_result or {}
+        )
+    return SqlTraitRead(
+        key=row.key,
+        sql=row.sql,
+        pii=row.pii,
+        description=row.description,
+        version=row.version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        actor=row.actor,
+        running=row.running_since is not None,
+        last_run=last,
+        schedules=sql_traits.schedules_of(session, row.key),
+    )
+
+
+@sql_router.get("", response_model=SqlTraitList, responses=ERRORS, summary="Every SQL computed trait")
+def list_sql_traits(rt: Rt, _: Viewer) -> SqlTraitList:
+    with rt.db.read() as session:
+        return SqlTraitList(data=[_sql_read(session, row) for row in sql_traits.listing(session)])
+
+
+@sql_router.post(
+    "", response_model=SqlTraitRead, status_code=201, responses=WRITE_ERRORS, summary="Define a SQL computed trait"
+)
+def create_sql_trait(request: Request, body: SqlTraitCreate, rt: Rt, principal: Analyst) -> SqlTraitRead:
+    _need_pii(principal, body.pii)
+    try:
+        with rt.db.unit_of_work() as session:
+            row = sql_traits.save(
+                session,
+                key=body.key,
+                sql=body.sql,
+                pii=body.pii,
+                description=body.description,
+                actor=f"token:{principal.token_id}",
+                now=utcnow(),
+                create=True,
+            )
+            _audit(request, session, rt, principal, "sql_trait.create", row.key, version=row.version, pii=row.pii)
+            return _sql_read(session, row)
+    except sql_traits.SqlTraitError as error:
+        raise _sql_fail(error) from None
+
+
+@sql_router.post(
+    "/preview",
+    response_model=SqlPreviewRead,
+    responses=RUN_ERRORS,
+    summary="Run a query over the analytical view and show its first rows; nothing is set",
+)
+def preview_sql_trait(body: SqlPreviewRequest, rt: Rt, principal: Analyst) -> SqlPreviewRead:
+    _need_pii(principal, body.pii)
+    masked = not (body.pii and has_pii_access(principal.role))
+    try:
+        rows = sql_traits.preview(
+            rt.db, sql=body.sql, masked=masked, folder=rt.settings.data_dir / "imports", limit=body.limit
+        )
+    except sql_traits.SqlTraitError as error:
+        raise _sql_fail(error) from None
+    return SqlPreviewRead(masked=masked, rows=[SqlPreviewRow(profile_id=p, value=v) for p, v in rows])
+
+
+@sql_router.get("/{key}", response_model=SqlTraitRead, responses=ERRORS, summary="One SQL computed trait")
+def get_sql_trait(key: TraitKey, rt: Rt, _: Viewer) -> SqlTraitRead:
+    with rt.db.read() as session:
+        try:
+            return _sql_read(session, sql_traits.get(session, key))
+        except sql_traits.SqlTraitError as error:
+            raise _sql_fail(error) from None
+
+
+@sql_router.put(
+    "/{key}",
+    response_model=SqlTraitRead,
+    responses=WRITE_ERRORS,
+    summary="Change a SQL computed trait (a new version when anything differs; the next run uses it)",
+)
+def put_sql_trait(request: Request, key: TraitKey, body: SqlTraitUpdate, rt: Rt, principal: Analyst) -> SqlTraitRead:
+    _need_pii(principal, body.pii)
+    try:
+        with rt.db.unit_of_work() as session:
+            current = sql_traits.get(session, key)
+            if current.pii and not has_pii_access(principal.role):
+                raise ApiError(403, "forbidden", f"the {principal.role} role may not change a trait that reads pii")
+            before = current.version
+            row = sql_traits.save(
+                session,
+                key=key,
+                sql=body.sql,
+                pii=current.pii if body.pii is None else body.pii,
+                description=body.description,
+                actor=f"token:{principal.token_id}",
+                now=utcnow(),
+                create=False,
+                expected_version=body.version,
+            )
+            if row.version != before:
+                _audit(request, session, rt, principal, "sql_trait.update", row.key, version=row.version, pii=row.pii)
+            return _sql_read(session, row)
+    except sql_traits.SqlTraitError as error:
+        raise _sql_fail(error) from None
+
+
+@sql_router.delete("/{key}", status_code=204, responses=WRITE_ERRORS, summary="Delete a SQL computed trait")
+def delete_sql_trait(request: Request, key: TraitKey, rt: Rt, principal: Analyst) -> Response:
+    try:
+        with rt.db.unit_of_work() as session:
+            sql_traits.remove(session, key=key)
+            _audit(request, session, rt, principal, "sql_trait.delete", key)
+    except sql_traits.SqlTraitError as error:
+        raise _sql_fail(error) from None
+    return Response(status_code=204)
+
+
+@sql_router.post(
+    "/{key}/run",
+    status_code=202,
+    response_model=SqlRunAccepted,
+    responses=RUN_ERRORS,
+    summary="Run a SQL computed trait now, in the background (409 while a run of it is under way)",
+)
+def run_sql_trait(request: Request, key: TraitKey, rt: Rt, principal: Analyst) -> SqlRunAccepted:
+    now = utcnow()
+    try:
+        claimed = sql_traits.claim(rt.db, key, now=now)
+    except sql_traits.SqlTraitError as error:
+        raise _sql_fail(error) from None
+    with rt.db.unit_of_work() as session:
+        _audit(request, session, rt, principal, "sql_trait.run", key, version=claimed.version, run_id=claimed.run_id)
+    folder = rt.settings.data_dir / "imports"
+    request.app.state.import_jobs.start_task(
+        claimed.run_id, lambda: sql_traits.run(rt.db, rt.log, claimed, folder=folder, now=now)
+    )
+    return SqlRunAccepted(key=key, run_id=claimed.run_id, version=claimed.version)
+
+
+# -- schedules ---------------------------------------------------------------------------------------------
+def _schedule_fail(error: schedules.ScheduleError) -> ApiError:
+    return ApiError(error.status, error.code, error.message)
+
+
+def _schedule_read(row: Schedule) -> ScheduleRead:
+    return ScheduleRead(
+        name=row.name,
+        kind=row.kind,
+        every_minutes=row.every_seconds // 60,
+        enabled=row.enabled,
+        next_at=row.next_at,
+        version=row.version,
+        spec=row.spec,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        actor=row.actor,
+        last_started_at=row.last_started_at,
+        last_status=row.last_status,
+        last_result=row.last_result,
+    )
+
+
+@schedule_router.get("", response_model=ScheduleList, responses=ERRORS, summary="Every schedule")
+def list_schedules(rt: Rt, _: Viewer) -> ScheduleList:
+    with rt.db.read() as session:
+        return ScheduleList(data=[_schedule_read(row) for row in schedules.list_schedules(session)])
+
+
+def _add_table(session: Session, body: ScheduleCreate, actor: str, now: datetime) -> Schedule:
+    if body.url_env is None or body.mapping is None or body.source is None:
+        raise ApiError(422, "invalid_schedule", "a table schedule needs url_env, mapping and source")
+    source = imports.find_source(session, body.source)
+    if source is None:
+        raise ApiError(404, "source_not_found", "no source has this id or name")
+    try:
+        mapping = parse_mapping(body.mapping)
+    except MappingError as error:
+        raise ApiError(422, "invalid_mapping", str(error)) from None
+    return schedules.add_table(
+        session,
+        name=body.name,
+        every_seconds=body.every_minutes * 60,
+        url_env=body.url_env,
+        table=body.table,
+        query=body.query,
+        cursor=body.cursor,
+        mapping=mapping,
+        source_id=source.id,
+        now=now,
+        actor=actor,
+    )
+
+
+@schedule_router.post(
+    "",
+    response_model=ScheduleRead,
+    status_code=201,
+    responses=WRITE_ERRORS,
+    summary="Schedule a SQL computed trait (kind computed) or a table import (kind table, admin only)",
+)
+def create_schedule(request: Request, body: ScheduleCreate, rt: Rt, principal: Analyst) -> ScheduleRead:
+    if body.kind == "table" and principal.role != "admin":
+        raise ApiError(403, "forbidden", "a table schedule reads a server environment variable: admin only")
+    table_fields = (body.url_env, body.table, body.query, body.cursor, body.mapping, body.source)
+    if body.kind == "computed" and (body.trait is None or any(f is not None for f in table_fields)):
+        raise ApiError(422, "invalid_schedule", "a computed schedule takes trait and no table fields")
+    if body.kind == "table" and body.trait is not None:
+        raise ApiError(422, "invalid_schedule", "a table schedule takes no trait")
+    actor, now = f"token:{principal.token_id}", utcnow()
+    try:
+        with rt.db.unit_of_work() as session:
+            if body.kind == "computed":
+                every = body.every_minutes * 60
+                row = schedules.add_computed(
+                    session, name=body.name, every_seconds=every, trait=str(body.trait), now=now, actor=actor
+                )
+            else:
+                row = _add_table(session, body, actor, now)
+            _audit(request, session, rt, principal, "schedule.create", row.name, kind=row.kind, version=row.version)
+            return _schedule_read(row)
+    except schedules.ScheduleError as error:
+        raise _schedule_fail(error) from None
+
+
+@schedule_router.get("/{name}", response_model=ScheduleRead, responses=ERRORS, summary="One schedule")
+def get_schedule(name: ScheduleName, rt: Rt, _: Viewer) -> ScheduleRead:
+    with rt.db.read() as session:
+        try:
+            return _schedule_read(schedules.get(session, name))
+        except schedules.ScheduleError as error:
+            raise _schedule_fail(error) from None
+
+
+@schedule_router.put(
+    "/{name}",
+    response_model=ScheduleRead,
+    responses=WRITE_ERRORS,
+    summary="Change a schedule's interval, pause or resume it, or point it at another trait (a new version)",
+)
+def put_schedule(
+    request: Request, name: ScheduleName, body: ScheduleUpdate, rt: Rt, principal: Analyst
+) -> ScheduleRead:
+    try:
+        with rt.db.unit_of_work() as session:
+            current = schedules.get(session, name)
+            if current.kind == "table" and principal.role != "admin":
+                raise ApiError(403, "forbidden", "a table schedule reads a server environment variable: admin only")
+            if body.trait is not None and current.kind != "computed":
+                raise ApiError(422, "invalid_schedule", "only a computed schedule takes a trait")
+            before = current.version
+            row = schedules.change(
+                session,
+                name=name,
+                every_seconds=None if body.every_minutes is None else body.every_minutes * 60,
+                enabled=body.enabled,
+                spec=None if body.trait is None else {"trait": body.trait},
+                actor=f"token:{principal.token_id}",
+                now=utcnow(),
+                expected_version=body.version,
+            )
+            if row.version != before:
+                _audit(request, session, rt, principal, "schedule.update", row.name, version=row.version)
+            return _schedule_read(row)
+    except schedules.ScheduleError as error:
+        raise _schedule_fail(error) from None
+
+
+@schedule_router.delete("/{name}", status_code=204, responses=WRITE_ERRORS, summary="Delete a schedule")
+def delete_schedule(request: Request, name: ScheduleName, rt: Rt, principal: Analyst) -> Response:
+    try:
+        with rt.db.unit_of_work() as session:
+            if schedules.get(session, name).kind == "table" and principal.role != "admin":
+                raise ApiError(403, "forbidden", "a table schedule reads a server environment variable: admin only")
+            schedules.remove(session, name)
+            _audit(request, session, rt, principal, "schedule.delete", name)
+    except schedules.ScheduleError as error:
+        raise _schedule_fail(error) from None
+    return Response(status_code=204)
+
+
+@schedule_router.post(
+    "/{name}/run",
+    status_code=202,
+    response_model=ScheduleRead,
+    responses=RUN_ERRORS,
+    summary="Run a schedule now, in the background (then every N minutes from now)",
+)
+def run_schedule(request: Request, name: ScheduleName, rt: Rt, principal: Analyst) -> ScheduleRead:
+    try:
+        with rt.db.unit_of_work() as session:
+            row = schedules.get(session, name)
+            if row.kind == "table" and principal.role != "admin":
+                raise ApiError(403, "forbidden", "a table schedule reads a server environment variable: admin only")
+            _audit(request, session, rt, principal, "schedule.run", name, version=row.version)
+            shown = _schedule_read(row)
+    except schedules.ScheduleError as error:
+        raise _schedule_fail(error) from None
+    data_dir = rt.settings.data_dir
+    request.app.state.import_jobs.start_task(
+        f"schedule-{name}", lambda: schedules.run_now(rt.db, rt.log, name=name, data_dir=data_dir)
+    )
+    return shown

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress as Bar
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from accord.config import Settings
 from accord.db import migrate
@@ -340,7 +341,35 @@ def import_table(
         raise typer.Exit(130)
 
 
-# -- schedules ---------------------------------------------------------------------------------------------
+# -- SQL computed traits and schedules ---------------------------------------------------------------------
+def audit_change(rt: Runtime, session: Session, action: str, target: str, **details: Any) -> None:
+    """Record a change made by a command (actor `cli`), in its transaction, as the API records its own."""
+    from accord.audit.service import CLI, record_audit
+
+    record_audit(
+        session,
+        key=rt.signing,
+        actor=CLI,
+        action=action,
+        target_type=action.split(".", 1)[0],
+        target_id=target,
+        details=details,
+    )
+
+
+def define_sql_trait(rt: Runtime, session: Session, *, key: str, sql: str, pii: bool) -> None:
+    """Define or change a SQL computed trait (a new version only when something differs), audited."""
+    from accord.sources import sql_traits
+    from accord.sources.models import SqlTrait
+
+    stored = session.get(SqlTrait, key) if sql_traits.KEY.match(key) else None
+    before = None if stored is None else stored.version
+    row = sql_traits.save(session, key=key, sql=sql, pii=pii, description=None, actor="cli", now=utcnow(), create=None)
+    if row.version != before:
+        action = "sql_trait.create" if before is None else "sql_trait.update"
+        audit_change(rt, session, action, key, version=row.version, pii=row.pii)
+
+
 def _schedule_document(row: Any) -> dict[str, Any]:
     spec = dict(row.spec)
     spec.pop("mapping", None)
@@ -391,6 +420,7 @@ def schedule_table(
                     source_id=source_id,
                     now=utcnow(),
                 )
+                audit_change(rt, session, "schedule.create", name, kind="table", version=added.version)
                 data = _schedule_document(added)
         except schedules.ScheduleError as error:
             _fail(console, str(error))
@@ -398,20 +428,36 @@ def schedule_table(
 
 
 def schedule_computed(
-    name: str, every: int, trait: str, sql: str, *, pii: bool, as_json: bool, console: Console
+    name: str, every: int, trait: str, sql: str | None, *, pii: bool, as_json: bool, console: Console
 ) -> None:
+    from accord.sources import schedules, sql_traits
+
+    with _runtime() as rt:
+        try:
+            with rt.db.unit_of_work() as session:
+                if sql is not None:
+                    define_sql_trait(rt, session, key=trait, sql=sql, pii=pii)
+                added = schedules.add_computed(session, name=name, every_seconds=every * 60, trait=trait, now=utcnow())
+                audit_change(rt, session, "schedule.create", name, kind="computed", version=added.version)
+                data = _schedule_document(added)
+        except (schedules.ScheduleError, sql_traits.SqlTraitError) as error:
+            _fail(console, str(error))
+    _print(data, as_json, console)
+
+
+def schedule_run(name: str, *, as_json: bool, console: Console) -> None:
     from accord.sources import schedules
 
     with _runtime() as rt:
         try:
             with rt.db.unit_of_work() as session:
-                added = schedules.add_computed(
-                    session, name=name, every_seconds=every * 60, trait=trait, sql=sql, now=utcnow(), pii=pii
-                )
-                data = _schedule_document(added)
+                audit_change(rt, session, "schedule.run", name, version=schedules.get(session, name).version)
+            done = schedules.run_now(rt.db, rt.log, name=name, data_dir=rt.settings.data_dir)
         except schedules.ScheduleError as error:
             _fail(console, str(error))
-    _print(data, as_json, console)
+    _print({"name": done.name, "status": done.status, "result": done.result}, as_json, console)
+    if done.status != "done":
+        raise typer.Exit(1)
 
 
 def schedule_list(*, as_json: bool, console: Console) -> None:
@@ -437,6 +483,7 @@ def schedule_remove(name: str, *, console: Console) -> None:
         try:
             with rt.db.unit_of_work() as session:
                 schedules.remove(session, name)
+                audit_change(rt, session, "schedule.delete", name)
         except schedules.ScheduleError as error:
             _fail(console, str(error))
     console.print(f"schedule {name!r} removed", highlight=False)

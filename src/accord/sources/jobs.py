@@ -7,6 +7,7 @@ On shutdown the threads are asked to stop at their next chunk; their runs are le
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy import or_, select, update
@@ -34,6 +35,21 @@ class ImportJobs:
         with self._lock:
             self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
             self._threads[run_id] = thread
+        thread.start()
+
+    def start_task(self, name: str, task: Callable[[], object]) -> None:
+        """Run `task` (a SQL computed trait's or a schedule's run asked for over the API) in a thread."""
+
+        def guarded() -> None:
+            try:
+                task()
+            except Exception as error:  # recorded with the trait or schedule; the type only here (PII)
+                log.warning("background run failed", task=name, error=type(error).__name__)
+
+        thread = threading.Thread(target=guarded, name=f"accord-{name}", daemon=True)
+        with self._lock:
+            self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
+            self._threads[name] = thread
         thread.start()
 
     def _run(self, run_id: str, source: Input) -> None:

@@ -105,3 +105,27 @@ class Schedule(Base):
     last_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
     last_result: Mapped[str | None] = mapped_column(Text, nullable=True)  # a run id, counts or the error
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # counts its changes
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class SqlTrait(Base):
+    """A SQL computed trait: a read-only query over the analytical view whose result sets trait `key`
+    (see accord.profiles.computed). `version` counts its changes; the last run is kept with it."""
+
+    __tablename__ = "sql_traits"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    sql: Mapped[str] = mapped_column(Text)
+    pii: Mapped[bool] = mapped_column(Boolean, default=False)  # reads personal data unmasked; flags its values
+    description: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(100))
+    running_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # a run's claim
+    last_run_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status: Mapped[str | None] = mapped_column(String(20), nullable=True)  # done, failed
+    last_result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)  # counts, or the error

@@ -36,7 +36,13 @@ MAX_EVERY = 366 * 24 * 3600
 
 
 class ScheduleError(ValueError):
-    """A schedule that cannot be kept; the message says why."""
+    """A schedule that cannot be kept; the message says why (with an HTTP status and a code for the API)."""
+
+    def __init__(self, message: str, status: int = 422, code: str = "invalid_schedule") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
 
 
 def _check(name: str, every_seconds: int) -> None:
@@ -46,16 +52,59 @@ def _check(name: str, every_seconds: int) -> None:
         raise ScheduleError(f"every must be from {MIN_EVERY // 60} minute to 366 days")
 
 
-def _add(session: Session, name: str, kind: str, spec: dict[str, Any], every_seconds: int, now: datetime) -> Schedule:
+def _add(
+    session: Session, name: str, kind: str, spec: dict[str, Any], every_seconds: int, now: datetime, actor: str
+) -> Schedule:
     _check(name, every_seconds)
     if session.get(Schedule, name) is not None:
-        raise ScheduleError(f"a schedule named {name!r} exists already")
+        raise ScheduleError(f"a schedule named {name!r} exists already", 409, "schedule_exists")
     row = Schedule(
-        name=name, kind=kind, spec=spec, every_seconds=every_seconds, next_at=now, enabled=True, created_at=now
+        name=name,
+        kind=kind,
+        spec=spec,
+        every_seconds=every_seconds,
+        next_at=now,
+        enabled=True,
+        created_at=now,
+        version=1,
+        updated_at=now,
+        actor=actor[:100],
     )
     session.add(row)
     session.flush()
     return row
+
+
+def table_spec(
+    *,
+    url_env: str,
+    table: str | None,
+    query: str | None,
+    cursor: str | None,
+    mapping: Mapping,
+    source_id: str,
+) -> dict[str, Any]:
+    """A table schedule's stored spec: the URL's environment variable's name, never the URL."""
+    if not ENV_NAME.match(url_env):
+        raise ScheduleError("the URL's environment variable is upper-case letters, digits and _")
+    if url_env.startswith("ACCORD_"):
+        raise ScheduleError("the URL's environment variable may not be one of Accord's own settings (ACCORD_...)")
+    if (table is None) == (query is None):
+        raise ScheduleError("give a table or a query (one of them)")
+    if table is not None and not 0 < len(table) <= 200:
+        raise ScheduleError("a table's name is 1 to 200 characters")
+    if query is not None and not 0 < len(query) <= 100_000:
+        raise ScheduleError("a query is 1 to 100,000 characters")
+    if cursor is not None and not 0 < len(cursor) <= 200:
+        raise ScheduleError("a cursor column's name is 1 to 200 characters")
+    return {
+        "url_env": url_env,
+        "table": table,
+        "query": query,
+        "cursor": cursor,
+        "mapping": mapping.document(),
+        "source_id": source_id,
+    }
 
 
 def add_table(
@@ -70,32 +119,76 @@ def add_table(
     mapping: Mapping,
     source_id: str,
     now: datetime,
+    actor: str = "cli",
 ) -> Schedule:
-    if not ENV_NAME.match(url_env):
-        raise ScheduleError("the URL's environment variable is upper-case letters, digits and _")
-    if (table is None) == (query is None):
-        raise ScheduleError("give a table or a query (one of them)")
-    spec = {
-        "url_env": url_env,
-        "table": table,
-        "query": query,
-        "cursor": cursor,
-        "mapping": mapping.document(),
-        "source_id": source_id,
-    }
-    return _add(session, name, "table", spec, every_seconds, now)
+    spec = table_spec(url_env=url_env, table=table, query=query, cursor=cursor, mapping=mapping, source_id=source_id)
+    return _add(session, name, "table", spec, every_seconds, now, actor)
+
+
+def _sql_trait(session: Session, trait: str) -> None:
+    from accord.sources import sql_traits
+
+    if not sql_traits.exists(session, trait):
+        raise ScheduleError(
+            f"no SQL computed trait {trait[:100]!r}: define it first (accord computed-trait, /api/v1/sql-traits)",
+            404,
+            "sql_trait_not_found",
+        )
 
 
 def add_computed(
-    session: Session, *, name: str, every_seconds: int, trait: str, sql: str, now: datetime, pii: bool = False
+    session: Session, *, name: str, every_seconds: int, trait: str, now: datetime, actor: str = "cli"
 ) -> Schedule:
-    from accord.profiles.computed import ComputedTraitError, check
+    """Run the SQL computed trait `trait` (as it stands at each run) every `every_seconds`."""
+    _sql_trait(session, trait)
+    return _add(session, name, "computed", {"trait": trait}, every_seconds, now, actor)
 
-    try:
-        check(trait, sql)
-    except ComputedTraitError as error:
-        raise ScheduleError(str(error)) from None
-    return _add(session, name, "computed", {"trait": trait, "sql": sql, "pii": pii}, every_seconds, now)
+
+def get(session: Session, name: str) -> Schedule:
+    row = session.get(Schedule, name) if NAME.match(name) else None
+    if row is None:
+        raise ScheduleError(f"no schedule named {name[:100]!r}", 404, "schedule_not_found")
+    return row
+
+
+def change(
+    session: Session,
+    *,
+    name: str,
+    every_seconds: int | None,
+    enabled: bool | None,
+    spec: dict[str, Any] | None,
+    actor: str,
+    now: datetime,
+    expected_version: int | None = None,
+) -> Schedule:
+    """Change a schedule (a new version when anything differs). A computed schedule's spec is {"trait"}."""
+    row = get(session, name)
+    if expected_version is not None and expected_version != row.version:
+        raise ScheduleError(
+            f"{name!r} is at version {row.version}, not {expected_version}: read it again", 409, "version_conflict"
+        )
+    if every_seconds is not None:
+        _check(name, every_seconds)
+    if spec is not None and row.kind == "computed":
+        _sql_trait(session, str(spec.get("trait")))
+    changed = False
+    if every_seconds is not None and every_seconds != row.every_seconds:
+        row.every_seconds = every_seconds
+        row.next_at = min(row.next_at, now + timedelta(seconds=every_seconds))
+        changed = True
+    if enabled is not None and enabled != row.enabled:
+        row.enabled = enabled
+        changed = True
+    if spec is not None and spec != row.spec:
+        row.spec = spec
+        changed = True
+    if changed:
+        row.version += 1
+        row.updated_at = now
+        row.actor = actor[:100]
+    session.flush()
+    return row
 
 
 def list_schedules(session: Session) -> Sequence[Schedule]:
@@ -103,10 +196,8 @@ def list_schedules(session: Session) -> Sequence[Schedule]:
 
 
 def remove(session: Session, name: str) -> None:
-    row = session.get(Schedule, name)
-    if row is None:
-        raise ScheduleError(f"no schedule named {name[:100]!r}")
-    session.delete(row)
+    session.delete(get(session, name))
+    session.flush()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,47 +215,54 @@ def run_due(db: Database, event_log: EventLog, *, data_dir: Path, now: datetime 
             (s.name, s.next_at)
             for s in session.scalars(select(Schedule).where(Schedule.enabled.is_(True), Schedule.next_at <= now))
         ]
-    outcomes: list[Outcome] = []
-    for name, next_at in due:
-        with db.unit_of_work() as session:
-            row = session.get(Schedule, name)
-            if row is None:
-                continue
-            claimed = session.execute(
-                update(Schedule)
-                .where(Schedule.name == name, Schedule.next_at == next_at)
-                .values(next_at=now + timedelta(seconds=row.every_seconds), last_started_at=now)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                continue  # another process took it
-            kind, spec = row.kind, dict(row.spec)
-        try:
-            status, result = _run(db, event_log, kind, spec, data_dir, now)
-        except Exception as error:  # a schedule's failure is recorded, never raised into the poller
-            status, result = "failed", f"{type(error).__name__}: {str(error)[:500]}"
-        with db.unit_of_work() as session:
-            session.execute(
-                update(Schedule).where(Schedule.name == name).values(last_status=status, last_result=result[:2000])
-            )
-        outcomes.append(Outcome(name, status, result))
-    return outcomes
+    outcomes = [_claim_and_run(db, event_log, name, next_at, data_dir, now) for name, next_at in due]
+    return [o for o in outcomes if o is not None]
+
+
+def run_now(db: Database, event_log: EventLog, *, name: str, data_dir: Path, now: datetime | None = None) -> Outcome:
+    """Run one schedule now, whether due or not (and then every N minutes from now)."""
+    now = now or utcnow()
+    with db.read() as session:
+        next_at = get(session, name).next_at
+    outcome = _claim_and_run(db, event_log, name, next_at, data_dir, now)
+    if outcome is None:
+        raise ScheduleError(f"schedule {name!r} was started by someone else just now", 409, "run_in_progress")
+    return outcome
+
+
+def _claim_and_run(
+    db: Database, event_log: EventLog, name: str, next_at: datetime, data_dir: Path, now: datetime
+) -> Outcome | None:
+    with db.unit_of_work() as session:
+        row = session.get(Schedule, name)
+        if row is None:
+            return None
+        claimed = session.execute(
+            update(Schedule)
+            .where(Schedule.name == name, Schedule.next_at == next_at)
+            .values(next_at=now + timedelta(seconds=row.every_seconds), last_started_at=now)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return None  # another process took it
+        kind, spec = row.kind, dict(row.spec)
+    try:
+        status, result = _run(db, event_log, kind, spec, data_dir, now)
+    except Exception as error:  # a schedule's failure is recorded, never raised into the poller
+        status, result = "failed", f"{type(error).__name__}: {str(error)[:500]}"
+    with db.unit_of_work() as session:
+        session.execute(
+            update(Schedule).where(Schedule.name == name).values(last_status=status, last_result=result[:2000])
+        )
+    return Outcome(name, status, result)
 
 
 def _run(
     db: Database, event_log: EventLog, kind: str, spec: dict[str, Any], data_dir: Path, now: datetime
 ) -> tuple[str, str]:
     if kind == "computed":
-        from accord.profiles.computed import run_computed_trait
+        from accord.sources import sql_traits
 
-        done = run_computed_trait(
-            db,
-            event_log,
-            name=spec["trait"],
-            sql=spec["sql"],
-            folder=data_dir / "imports",
-            now=now,
-            pii=bool(spec.get("pii")),
-        )
+        done = sql_traits.run_now(db, event_log, key=spec["trait"], folder=data_dir / "imports", now=now)
         return "done", (
             f"run {done.run_id}: rows {done.rows}, appended {done.appended}, unchanged {done.unchanged}, "
             f"skipped {done.skipped}"
