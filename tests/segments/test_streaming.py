@@ -14,7 +14,7 @@ from sqlalchemy import select
 from accord.ingest.spec import normalise_request
 from accord.pipeline.process import process_events
 from accord.runtime import Runtime
-from accord.segments import evaluate, service
+from accord.segments import conditions, evaluate, pushdown, service
 from accord.segments.models import SegmentMembership, SegmentTransition
 from pipeline.helpers import reset
 
@@ -260,3 +260,53 @@ def test_an_unmerge_re_evaluates_both_sides(rt: Runtime) -> None:
         )
     assert len(members(rt, "rare")) == 2  # both sides again
     assert stored(rt) == batch(rt)
+
+
+def test_a_backfill_the_database_evaluates_equals_a_recompute_and_records_each_change(rt: Runtime) -> None:
+    """A segment of trait comparisons is backfilled by INSERT ... SELECT (accord.segments.pushdown); after a
+    change of its condition, the profiles that left are recorded as exits under the new version."""
+    people = [("ann", "gold", 30), ("bob", "silver", 17), ("cy", "gold", 16), ("di", None, 40), ("ed", "gold", 50)]
+    run(
+        rt,
+        [
+            {"type": "identify", "userId": user, "traits": {"age": age} | ({"plan": plan} if plan else {})}
+            for user, plan, age in people
+        ]
+        + [{"type": "identify", "anonymousId": "dev-1", "traits": {"plan": "gold", "age": 99}}]
+        + [{"type": "alias", "userId": "ed", "previousId": "dev-1"}],
+    )
+    condition = {
+        "all": [{"trait": "plan", "op": "in", "value": ["gold", "silver"]}, {"trait": "age", "op": "gte", "value": 18}]
+    }
+
+    def backfill() -> int:
+        steps = 0
+        while True:
+            steps += 1
+            with rt.db.unit_of_work() as session:
+                if service.backfill_step(session, "adults", now=NOW, limit=2).finished:
+                    return steps
+
+    assert pushdown.predicate(conditions.parse(condition), evaluate.PROFILES.c.traits, rt.db.dialect) is not None
+    with rt.db.unit_of_work() as session:
+        service.create(session, key="adults", name="adults", description="", condition=condition, actor="t", now=NOW)
+    assert backfill() > 2  # in chunks of two profiles
+    assert members(rt, "adults") == {profile_of(rt, "ann"), profile_of(rt, "ed")}
+    assert stored(rt) == batch(rt)
+
+    condition["all"][1] = {"trait": "age", "op": "gte", "value": 40}
+    with rt.db.unit_of_work() as session:
+        service.change(session, key="adults", name=None, description=None, condition=condition, actor="t", now=NOW)
+    backfill()
+    assert members(rt, "adults") == {profile_of(rt, "ed")}
+    assert stored(rt) == batch(rt)
+    with rt.db.read() as session:
+        moves = [
+            (t.kind, t.profile_id, t.version)
+            for t in session.scalars(select(SegmentTransition).order_by(SegmentTransition.id))
+            if t.segment_key == "adults"
+        ]
+        assert service.get(session, "adults").backfill_done == 6  # five people and one merged-away profile
+    ann, ed = profile_of(rt, "ann"), profile_of(rt, "ed")
+    assert sorted(moves[:2]) == sorted([("entered", ann, 1), ("entered", ed, 1)])
+    assert moves[2:] == [("exited", ann, 2)]

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Table, and_, delete, exists, func, insert, literal, not_, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from accord.consent import catalogue as consent_catalogue
 from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
+from accord.db.base import UTCDateTime
 from accord.profiles.models import Profile, ProfileEvent
 from accord.segments import computed as computed_traits
 from accord.segments import conditions
@@ -328,22 +329,79 @@ def write(session: Session, changes: Changes, segments: Active, now: datetime) -
         session.execute(TRANSITIONS.insert(), rows)
 
 
-def profiles_after(session: Session, after: str | None, limit: int) -> tuple[list[str], str | None, bool]:
+def profiles_after(session: Session, after: str | None, limit: int) -> tuple[list[str], str | None, int]:
     """The live profiles among the next `limit` profiles by id after `after`, the last id looked at (None
-    if none), and whether that was the end. Walks the primary key: a filter on merged_into could make the
-    planner sort the whole table for each chunk."""
+    if none), and how many were looked at (fewer than `limit`: the end). Walks the primary key: a filter
+    on merged_into could make the planner sort the whole table for each chunk."""
     p = PROFILES.c
     query = select(p.id, p.merged_into).order_by(p.id).limit(limit)
     if after is not None:
         query = query.where(p.id > after)
     rows = session.execute(query).all()
     live = [pid for pid, merged_into in rows if merged_into is None]
-    return live, (rows[-1][0] if rows else None), len(rows) < limit
+    return live, (rows[-1][0] if rows else None), len(rows)
 
 
-def count_live(session: Session) -> int:
-    p = PROFILES.c
-    return int(session.scalar(select(func.count()).select_from(PROFILES).where(p.merged_into.is_(None))) or 0)
+@dataclass(frozen=True, slots=True)
+class Range:
+    walked: int  # profiles in the range, live or merged away
+    last: str | None  # the range's last profile id; None: nothing after `after`
+    end: bool  # the range reached the last profile
+
+
+def refresh_range(
+    session: Session, item: Compiled, where: ColumnElement[bool], *, after: str | None, limit: int, now: datetime
+) -> Range:
+    """What `refresh` does for one segment over the next `limit` profiles by id, done by the database:
+    `where` is the segment's condition as SQL (accord.segments.pushdown). For a segment no other reads.
+    The range is found through the primary key's index alone: reading a profile row costs a lookup in
+    another order than the ids', which the condition's one pass pays, and nothing else should."""
+    p, m = PROFILES.c, MEMBERSHIPS.c
+    later = p.id > after if after is not None else true()
+    last = session.scalar(select(p.id).where(later).order_by(p.id).limit(1).offset(limit - 1))
+    walked, end = limit, last is None
+    if last is None:
+        walked, last = session.execute(select(func.count(), func.max(p.id)).where(later)).one()
+        if not walked:
+            return Range(0, None, True)
+    # Live, tested so that no index on merged_into can be chosen (SQLite would walk every live profile).
+    live_profile = func.coalesce(p.merged_into, "") == ""
+    in_range = and_(p.id > after if after is not None else true(), p.id <= last, live_profile)
+    if session.get_bind().dialect.name == "postgresql":  # the rows the pipeline locks too, in id order
+        session.execute(select(p.id).where(in_range).order_by(p.id).with_for_update()).all()
+    at, t = literal(now, UTCDateTime), TRANSITIONS.c
+    columns = ["segment_key", "profile_id", "kind", "version", "at"]
+    # Exits first, so that only the members from before are checked again.
+    leaving = and_(
+        m.segment_key == item.key,
+        m.profile_id > after if after is not None else true(),
+        m.profile_id <= last,
+        exists().where(p.id == m.profile_id, live_profile, not_(where)),
+    )
+    row = (literal(item.key), m.profile_id, literal("exited"), literal(item.version), at)
+    session.execute(insert(TRANSITIONS).from_select(columns, select(*row).where(leaving)))
+    session.execute(delete(MEMBERSHIPS).where(leaving))
+    # Entries: the condition is evaluated once, for the transitions; the memberships are copied from them.
+    # Nobody else writes transitions of these profiles meanwhile (they are locked, or SQLite's writer is us).
+    before = session.scalar(select(func.coalesce(func.max(t.id), 0)))
+    member = exists().where(m.segment_key == item.key, m.profile_id == p.id)
+    row = (literal(item.key), p.id, literal("entered"), literal(item.version), at)
+    session.execute(insert(TRANSITIONS).from_select(columns, select(*row).where(in_range, where, not_(member))))
+    entered = select(t.segment_key, t.profile_id, t.at).where(
+        t.id > before,
+        # Not through the index on segment_key, which would walk every earlier transition of the segment.
+        func.coalesce(t.segment_key, "") == item.key,
+        t.kind == "entered",
+        t.profile_id > (after or ""),
+        t.profile_id <= last,
+    )
+    session.execute(insert(MEMBERSHIPS).from_select(["segment_key", "profile_id", "entered_at"], entered))
+    return Range(int(walked), str(last), end)
+
+
+def count_profiles(session: Session) -> int:
+    """Every stored profile, merged away or not: what a backfill walks."""
+    return int(session.scalar(select(func.count()).select_from(PROFILES)) or 0)
 
 
 def recompute(session: Session, now: datetime, *, segments: Active | None = None) -> set[tuple[str, str]]:

@@ -12,12 +12,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from accord.consent import catalogue as consent_catalogue
-from accord.segments import computed, conditions, evaluate
+from accord.segments import computed, conditions, evaluate, pushdown
 from accord.segments.conditions import ConditionError
 from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition, SegmentVersion
 
 KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 BACKFILL_CHUNK = 2000
+# Profiles per backfill transaction when the database evaluates the condition (a fraction of a second).
+PUSHDOWN_CHUNK = 20_000
 
 
 class SegmentError(ValueError):
@@ -94,7 +96,7 @@ def create(
         status="backfilling",
         backfill_after=None,
         backfill_done=0,
-        backfill_total=evaluate.count_live(session),
+        backfill_total=evaluate.count_profiles(session),
         created_at=now,
         updated_at=now,
         actor=actor[:100],
@@ -179,7 +181,7 @@ def _restart_backfill(row: Segment, session: Session) -> None:
     row.status = "backfilling"
     row.backfill_after = None
     row.backfill_done = 0
-    row.backfill_total = evaluate.count_live(session)
+    row.backfill_total = evaluate.count_profiles(session)
 
 
 def get(session: Session, key: str, *, lock: bool = False) -> Segment:
@@ -233,16 +235,32 @@ class Progress:
     finished: bool
 
 
-def backfill_step(session: Session, key: str, *, now: datetime, limit: int = BACKFILL_CHUNK) -> Progress:
-    """Evaluate the segment for the next `limit` profiles (in id order) and record the progress."""
+def backfill_step(session: Session, key: str, *, now: datetime, limit: int | None = None) -> Progress:
+    """Evaluate the segment for the next `limit` profiles (in id order) and record the progress. A segment
+    of trait comparisons that no other segment reads is evaluated by the database (accord.segments.pushdown),
+    in larger chunks; any other in Python."""
     row = get(session, key, lock=True)
     if row.status != "backfilling":
         return Progress(key, row.backfill_done, row.backfill_total, True)
-    ids, last, end = evaluate.profiles_after(session, row.backfill_after, limit)
-    _lock_profiles(session, ids)
-    if ids:
-        evaluate.refresh(session, {pid: {key} for pid in ids}, now)
-        row.backfill_done += len(ids)
+    segments = evaluate.active(session)
+    item = segments.by_key.get(key)
+    where = None
+    if item is not None and segments.closure({key}) == {key}:  # no other segment reads this one
+        where = pushdown.predicate(item.node, evaluate.PROFILES.c.traits, session.get_bind().dialect.name)
+    if item is not None and where is not None:
+        found = evaluate.refresh_range(
+            session, item, where, after=row.backfill_after, limit=limit or PUSHDOWN_CHUNK, now=now
+        )
+        last, end = found.last, found.end
+        row.backfill_done += found.walked
+    else:
+        limit = limit or BACKFILL_CHUNK
+        ids, last, walked = evaluate.profiles_after(session, row.backfill_after, limit)
+        _lock_profiles(session, ids)
+        if ids:
+            evaluate.refresh(session, {pid: {key} for pid in ids}, now, segments=segments)
+        row.backfill_done += walked
+        end = walked < limit
     if last is not None:
         row.backfill_after = last
     if end:
