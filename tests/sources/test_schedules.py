@@ -100,6 +100,9 @@ def test_a_table_schedule_reads_its_url_from_the_environment(
     assert done[0].status == "done", done[0].result
     process(rt)
     assert traits(rt, "user_id:5") == {"plan": "gold"}
+    run_id = done[0].result.split(":")[0].removeprefix("run ")
+    assert run_id.startswith("imp_")
+    assert versions(rt, "user_id:5")["plan"][2:] == [source(rt, "crm"), run_id]  # the source and the run
 
 
 def test_bad_schedules_are_refused(rt: Runtime) -> None:
