@@ -18,6 +18,7 @@ from accord.db import migrate
 from accord.runtime import Runtime
 from conftest import REQUIRE_SERVICES, LiveAccord, make_settings, running_accord
 from console.helpers import PASSWORD, catalogue_with_marketing, make_user, track
+from security.fake_oidc import CLIENT_ID, CLIENT_SECRET, FakeProvider, running_provider
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -245,3 +246,54 @@ def test_every_form_control_has_a_label(page: Any, site: LiveAccord) -> None:
                  .map(e => e.name || e.id)"""
         )
         assert unlabelled == [], (url, unlabelled)
+
+
+@pytest.fixture
+def sso_site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[LiveAccord, FakeProvider]]:
+    """A live Accord on 127.0.0.1 with single sign-on through a fake provider on localhost: another site, so
+    the browser treats the way back from the provider as cross-site, as with a real provider."""
+    with running_provider(host="localhost") as provider:
+        provider.interactive = True
+        secret = tmp_path / "client-secret"
+        secret.write_text(CLIENT_SECRET)
+        settings = make_settings(
+            "sqlite",
+            tmp_path,
+            request,
+            oidc_issuer=provider.issuer,
+            oidc_client_id=CLIENT_ID,
+            oidc_client_secret_file=secret,
+            oidc_role_map={"accord-agents": "agent"},
+            oidc_name="Corp SSO",
+        )
+        rt = Runtime.create(settings)
+        migrate.upgrade(rt.db)
+        try:
+            with running_accord(rt) as accord:
+                yield accord, provider
+        finally:
+            rt.close()
+
+
+def test_log_in_through_the_single_sign_on_button(browser: Any, sso_site: tuple[LiveAccord, FakeProvider]) -> None:
+    from playwright.sync_api import expect
+
+    site, provider = sso_site
+    context = browser.new_context(base_url=site.base_url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        page.goto("/console/segments")
+        assert page.url.endswith("/console/login?next=/console/segments")
+        page.get_by_role("link", name="Log in with Corp SSO").click()
+        page.get_by_role("button", name="Sign in").click()  # at the provider
+        # Back from the provider's page: the session cookie is SameSite=Strict, so the landing page must be
+        # reached by a navigation of Accord's own page, not by the provider's redirect.
+        page.wait_for_url("**/console/segments")
+        expect(page.locator(".who")).to_contain_text("alice@corp.example")
+        expect(page.locator(".who .role")).to_have_text("agent")
+        assert provider.token_requests == 1
+        page.goto("/console/admin")
+        expect(page.get_by_role("heading", level=1)).to_have_text("Not for your role")
+    finally:
+        context.close()

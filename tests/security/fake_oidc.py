@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import secrets
 import time
@@ -20,7 +21,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from conftest import ServerThread, free_port
@@ -45,6 +46,8 @@ class FakeProvider:
     discovery: bytes | None = None  # served instead of the real discovery document
     deny: str | None = None  # the authorize endpoint answers with this OAuth error
     id_token: str | None = None  # sent instead of a signed ID token
+    auth_method: str = "client_secret_basic"  # how the token endpoint wants the client to authenticate
+    interactive: bool = False  # the authorize endpoint shows a page whose button signs in (for a browser)
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
     token_requests: int = 0
 
@@ -58,7 +61,7 @@ class FakeProvider:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "token_endpoint_auth_methods_supported": [self.auth_method],
         }
 
     def app(self) -> Starlette:
@@ -66,7 +69,7 @@ class FakeProvider:
             routes=[
                 Route("/.well-known/openid-configuration", self._discovery),
                 Route("/jwks", self._jwks),
-                Route("/authorize", self._authorize),
+                Route("/authorize", self._authorize, methods=["GET", "POST"]),
                 Route("/token", self._token, methods=["POST"]),
             ]
         )
@@ -80,7 +83,19 @@ class FakeProvider:
         return JSONResponse({"keys": [KEY.as_dict(private=False)]})
 
     async def _authorize(self, request: Request) -> Response:
-        q = request.query_params
+        if request.method == "POST":  # the interactive page's button
+            q: Any = await request.form()
+        elif self.interactive:
+            fields = "".join(
+                f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                for k, v in request.query_params.items()
+            )
+            return HTMLResponse(
+                f'<!doctype html><title>Corp SSO</title><form method="post" action="/authorize">{fields}'
+                "<p>Signed in at Corp SSO as alice@corp.example.</p><button>Sign in</button></form>"
+            )
+        else:
+            q = request.query_params
         assert q["response_type"] == "code"
         assert q["client_id"] == CLIENT_ID
         assert q["code_challenge_method"] == "S256"
@@ -97,7 +112,14 @@ class FakeProvider:
         self.token_requests += 1
         form = await request.form()
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme != "Basic" or base64.b64decode(credentials).decode() != f"{CLIENT_ID}:{CLIENT_SECRET}":
+        if self.auth_method == "client_secret_basic":
+            authenticated = (
+                scheme == "Basic" and base64.b64decode(credentials).decode() == f"{CLIENT_ID}:{CLIENT_SECRET}"
+            )
+        else:
+            secret = CLIENT_SECRET if self.auth_method == "client_secret_post" else None
+            authenticated = not scheme and form.get("client_id") == CLIENT_ID and form.get("client_secret") == secret
+        if not authenticated:
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         issued = self.codes.pop(str(form.get("code")), None)  # a code works once
         if issued is None or form.get("redirect_uri") != issued["redirect_uri"]:
@@ -122,9 +144,10 @@ class FakeProvider:
 
 
 @contextmanager
-def running_provider() -> Iterator[FakeProvider]:
+def running_provider(host: str = "127.0.0.1") -> Iterator[FakeProvider]:
+    """A provider on a free port; `host` "localhost" makes it another site than Accord on 127.0.0.1."""
     port = free_port()
-    provider = FakeProvider(issuer=f"http://127.0.0.1:{port}")
+    provider = FakeProvider(issuer=f"http://{host}:{port}")
     with ServerThread(provider.app(), port):
         yield provider
 

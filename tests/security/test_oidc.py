@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from accord.audit import service as audit
@@ -435,3 +436,37 @@ def test_a_disabled_user_is_refused(site: LiveAccord, provider: FakeProvider) ->
 def test_a_sign_in_without_an_email_is_refused(site: LiveAccord, provider: FakeProvider) -> None:
     del provider.claims["email"]
     refused(site, provider, 403, "the provider sent no email address")
+
+
+@pytest.mark.parametrize("method", ["client_secret_post", "none"])
+def test_the_client_authenticates_as_the_provider_asks(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, provider: FakeProvider, method: str
+) -> None:
+    """A secret from the environment sent in the form (client_secret_post), or a public client without a
+    secret (PKCE alone); the default, client_secret_basic with a secret file, is the other tests'."""
+    provider.auth_method = method
+    settings = oidc_settings(backend, tmp_path, request, provider.issuer).model_copy(
+        update={
+            "oidc_client_secret_file": None,
+            "oidc_client_secret": SecretStr(CLIENT_SECRET) if method == "client_secret_post" else None,
+        }
+    )
+    rt = Runtime.create(settings)
+    migrate.upgrade(rt.db)
+    try:
+        with running_accord(rt) as site, site.client() as client:
+            answer, _ = sign_in(client)
+            assert answer.status_code == 200, answer.text
+            assert client.get("/console").status_code == 200
+    finally:
+        rt.close()
+    # A provider that wants another method than the client can do refuses, and Accord says so.
+    provider.auth_method = "client_secret_basic" if method == "none" else "none"
+    rt = Runtime.create(settings)
+    try:
+        with running_accord(rt) as site, site.client() as client:
+            answer, _ = sign_in(client)
+            assert answer.status_code == 401
+            assert "refused to finish this sign-in (invalid_client)" in answer.text
+    finally:
+        rt.close()
