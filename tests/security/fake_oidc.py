@@ -31,6 +31,7 @@ CLIENT_SECRET = "s3cret-for-tests"
 # One key pair for the whole run: RSA generation is slow, and each test gets its own provider anyway.
 KEY = RSAKey.generate_key(2048, parameters={"kid": "key-1", "alg": "RS256", "use": "sig"})
 OTHER_KEY = RSAKey.generate_key(2048, parameters={"kid": "key-1", "alg": "RS256", "use": "sig"})
+NEW_KEY = RSAKey.generate_key(2048, parameters={"kid": "key-2", "alg": "RS256", "use": "sig"})
 
 
 @dataclass
@@ -44,6 +45,9 @@ class FakeProvider:
     header: dict[str, Any] = field(default_factory=dict)  # JWS header fields to set
     signing_key: RSAKey = field(default_factory=lambda: KEY)
     discovery: bytes | None = None  # served instead of the real discovery document
+    jwks: bytes | None = None  # served instead of the real key set
+    published: list[RSAKey] = field(default_factory=lambda: [KEY])  # the keys in the key set
+    key_set_requests: int = 0
     deny: str | None = None  # the authorize endpoint answers with this OAuth error
     id_token: str | None = None  # sent instead of a signed ID token
     auth_method: str = "client_secret_basic"  # how the token endpoint wants the client to authenticate
@@ -80,7 +84,10 @@ class FakeProvider:
         return JSONResponse(self.metadata())
 
     async def _jwks(self, _: Request) -> Response:
-        return JSONResponse({"keys": [KEY.as_dict(private=False)]})
+        self.key_set_requests += 1
+        if self.jwks is not None:
+            return Response(self.jwks, media_type="application/json")
+        return JSONResponse({"keys": [key.as_dict(private=False) for key in self.published]})
 
     async def _authorize(self, request: Request) -> Response:
         if request.method == "POST":  # the interactive page's button
@@ -136,7 +143,7 @@ class FakeProvider:
                 claims.pop(name, None)
             else:
                 claims[name] = value
-        header = {"alg": "RS256", "kid": "key-1", **self.header}
+        header = {"alg": "RS256", "kid": self.signing_key.kid, **self.header}
         id_token = self.id_token or jwt.encode(header, claims, self.signing_key, algorithms=[header["alg"]])
         return JSONResponse(
             {"access_token": "at-" + secrets.token_urlsafe(8), "token_type": "Bearer", "id_token": id_token}

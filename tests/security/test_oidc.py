@@ -25,7 +25,16 @@ from accord.security import oidc, users
 from accord.security.models import ConsoleSession, OidcLogin, User
 from conftest import LiveAccord, free_port, make_settings, running_accord
 from console.helpers import login, make_user
-from security.fake_oidc import CLIENT_ID, CLIENT_SECRET, OTHER_KEY, FakeProvider, running_provider, sign_in
+from security.fake_oidc import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    KEY,
+    NEW_KEY,
+    OTHER_KEY,
+    FakeProvider,
+    running_provider,
+    sign_in,
+)
 
 ROLE_MAP = {"accord-admins": "admin", "accord-analysts": "analyst", "accord-agents": "agent"}
 
@@ -468,5 +477,67 @@ def test_the_client_authenticates_as_the_provider_asks(
             answer, _ = sign_in(client)
             assert answer.status_code == 401
             assert "refused to finish this sign-in (invalid_client)" in answer.text
+    finally:
+        rt.close()
+
+
+@pytest.mark.parametrize(
+    ("key_set", "message"),
+    [
+        (b"not json", "key set is not JSON"),
+        (b'{"keys": "none"}', "key set is malformed"),
+        (b'{"keys": [{"kty": "RSA", "n": "x"}]}', "key set is malformed"),
+        (b'{"keys": []}', "key set is malformed"),
+        (b" " * (oidc.MAX_DOCUMENT + 1), "key set is larger than 512 KiB"),
+    ],
+    ids=["not-json", "not-a-list", "bad-key", "empty", "oversized"],
+)
+def test_a_broken_key_set_is_refused(site: LiveAccord, provider: FakeProvider, key_set: bytes, message: str) -> None:
+    provider.jwks = key_set
+    with site.client() as client:
+        answer, _ = sign_in(client)
+    assert answer.status_code in {401, 502}
+    assert message in answer.text
+    assert count(site.rt, User) == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rotated_provider_keys_are_fetched_again_at_most_every_few_seconds(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, provider: FakeProvider
+) -> None:
+    rt = Runtime.create(oidc_settings(backend, tmp_path, request, provider.issuer))
+    assert rt.oidc is not None
+    clock = Clock()
+    rt.oidc = oidc.OidcProvider(rt.oidc.config, clock=clock)  # the caches' clock, a fake at the edge
+    migrate.upgrade(rt.db)
+    try:
+        with running_accord(rt) as site, site.client() as client:
+            assert sign_in(client)[0].status_code == 200
+            assert provider.key_set_requests == 1
+            assert sign_in(client)[0].status_code == 200
+            assert provider.key_set_requests == 1  # kept
+            # The provider rotates: a new key signs, both are published. Within seconds of the last fetch a
+            # key id Accord does not know is refused without asking again (a flood of made-up key ids
+            # cannot make Accord hammer the provider) ...
+            provider.published, provider.signing_key = [KEY, NEW_KEY], NEW_KEY
+            answer, _ = sign_in(client)
+            assert answer.status_code == 401
+            assert "signed with a key the provider does not publish" in answer.text
+            assert provider.key_set_requests == 1
+            # ... and after that, the key set is fetched again and the new key works.
+            clock.now += oidc.JWKS_REFETCH_AFTER + 1
+            assert sign_in(client)[0].status_code == 200
+            assert provider.key_set_requests == 2
+            # An hour on, the discovery document and the key set are read again.
+            clock.now += oidc.DISCOVERY_TTL + 1
+            assert sign_in(client)[0].status_code == 200
+            assert provider.key_set_requests == 3
     finally:
         rt.close()

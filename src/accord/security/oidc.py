@@ -17,7 +17,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,9 +159,9 @@ class OidcProvider:
     """The configured provider: its discovery document and keys (cached for an hour in this process), the
     URL a sign-in starts at, and the exchange of the code the browser brings back for a checked identity."""
 
-    def __init__(self, config: OidcConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: OidcConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self._transport = transport
+        self._clock = clock  # for the caches' ages only; token times are checked against the wall clock
         self._metadata: tuple[float, dict[str, Any]] | None = None
         self._keys: tuple[float, KeySet] | None = None
 
@@ -169,7 +169,6 @@ class OidcProvider:
         return httpx.AsyncClient(
             timeout=self.config.timeout,
             follow_redirects=False,
-            transport=self._transport,
             headers={"Accept": "application/json", "User-Agent": "Accord"},
         )
 
@@ -205,7 +204,7 @@ class OidcProvider:
     async def metadata(self) -> dict[str, Any]:
         """The provider's discovery document, checked: well formed, for the configured issuer, with the
         code flow and a signature algorithm Accord accepts."""
-        now = time.monotonic()
+        now = self._clock()
         if self._metadata is not None and now - self._metadata[0] < DISCOVERY_TTL:
             return self._metadata[1]
         url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -223,7 +222,7 @@ class OidcProvider:
         return dict(data)
 
     async def _keyset(self, *, refresh: bool = False) -> KeySet:
-        now = time.monotonic()
+        now = self._clock()
         if self._keys is not None and now - self._keys[0] < (JWKS_REFETCH_AFTER if refresh else DISCOVERY_TTL):
             return self._keys[1]
         metadata = await self.metadata()
