@@ -35,7 +35,7 @@ def commands(group: Any, path: tuple[str, ...] = ("accord",)) -> Iterator[tuple[
 def error_codes(*files: str) -> set[str]:
     """Codes raised as SpecError("code", ...) / ApiError(status, "code", ...) / error_response(status, "code", ...)."""
     pattern = re.compile(
-        r'(?:SpecError\(\s*|CatalogueError\(\s*|(?:ApiError|ConsentError|UnmergeError|LinkageError|error_response)\(\s*\d+,\s*)"([a-z_]+)"'
+        r'(?:SpecError\(\s*|CatalogueError\(\s*|(?:ApiError|ConsentError|UnmergeError|LinkageError|JourneyError|error_response)\(\s*\d+,\s*)"([a-z_]+)"'
     )
     found: set[str] = set()
     for name in files:
@@ -96,6 +96,8 @@ def test_the_error_code_scan_finds_codes() -> None:
             "sources/api.py",
             "segments/api.py",
             "segments/service.py",
+            "journeys/api.py",
+            "journeys/service.py",
             "identity/linkage.py",
         )
         | {"not_found", "method_not_allowed"}
@@ -122,5 +124,5 @@ def test_readme_starts_with_the_two_commands() -> None:
     first_block = readme.split("```")[1]
     assert "make run" in first_block
     assert "make test" in first_block
-    for page in ("quickstart", "concepts", "api", "operations", "architecture", "consent", "segments"):
+    for page in ("quickstart", "concepts", "api", "operations", "architecture", "consent", "segments", "journeys"):
         assert f"docs/{page}.md" in readme

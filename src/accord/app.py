@@ -26,6 +26,7 @@ from accord.db import migrate
 from accord.identity import api as identity_api
 from accord.ingest import api as ingest_api
 from accord.ingest import quarantine
+from accord.journeys import api as journeys_api
 from accord.pipeline.embedded import WorkerProcess
 from accord.pipeline.worker import Worker
 from accord.profiles import api as profiles_api
@@ -136,6 +137,8 @@ def create_app(
     app.include_router(segments_api.profiles)
     app.include_router(segments_api.computed)
     app.include_router(segments_live.router)
+    app.include_router(journeys_api.router)
+    app.include_router(journeys_api.profiles)
     app.include_router(audit_api.router)
     app.include_router(rights_api.router)
 

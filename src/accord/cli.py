@@ -32,6 +32,7 @@ from accord.db.engine import Database
 from accord.identity import history as identity_history_service
 from accord.identity import service as identity_service
 from accord.ingest import quarantine
+from accord.journeys import cli as journey_cli
 from accord.logs import configure_logging
 from accord.pipeline.embedded import watch_parent
 from accord.pipeline.worker import Worker
@@ -56,6 +57,7 @@ user_app = typer.Typer(help="People who log in to the console.", no_args_is_help
 app.add_typer(user_app, name="user")
 app.add_typer(segment_cli.app, name="segment")
 app.add_typer(segment_cli.computed_app, name="computed")
+app.add_typer(journey_cli.app, name="journey")
 audit_app = typer.Typer(help="The audit trail: verify, checkpoint.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 erasure_app = typer.Typer(help="Erased people: list, lift a suppression.", no_args_is_help=True)

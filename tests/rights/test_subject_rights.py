@@ -138,6 +138,7 @@ def test_export_holds_everything_about_the_person(person: Person) -> None:
     assert len(document["consent"]["receipts"]) == 1
     assert [m["kind"] for m in document["merges"]] == ["merge"]
     assert document["segments"] == {"memberships": [], "transitions": []}
+    assert document["journeys"] == {"positions": [], "transitions": []}
     assert OTHER_EMAIL not in answer.text
     with person.rt.db.read() as session:
         (entry,) = audit.records(session, audit.Filters(action="profile.export"))

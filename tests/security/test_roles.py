@@ -10,6 +10,7 @@ import pytest
 
 from accord.consent import catalogue
 from accord.db.base import utcnow
+from accord.journeys import service as journeys
 from accord.runtime import Runtime
 from accord.security.service import ROLES, create_token
 from accord.segments import service as segments
@@ -99,6 +100,15 @@ VALID_REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/schedules/{name}/run"): ("/api/v1/schedules/nightly/run", None),
     ("DELETE", "/api/v1/schedules/{name}"): ("/api/v1/schedules/posted", None),
     ("GET", "/api/v1/segments/{key}/export"): ("/api/v1/segments/vip/export?purpose=marketing&channel=email", None),
+    ("POST", "/api/v1/journeys"): (
+        "/api/v1/journeys",
+        {"key": "posted", "stages": [{"key": "one", "condition": {"trait": "plan", "op": "exists"}}]},
+    ),
+    ("GET", "/api/v1/journeys/{key}"): ("/api/v1/journeys/trip", None),
+    ("PUT", "/api/v1/journeys/{key}"): ("/api/v1/journeys/trip", {"name": "Trip"}),
+    ("DELETE", "/api/v1/journeys/{key}"): ("/api/v1/journeys/trip", None),  # last of the journey rows
+    ("GET", "/api/v1/journeys/{key}/versions"): ("/api/v1/journeys/trip/versions", None),
+    ("GET", "/api/v1/journeys/{key}/funnel"): ("/api/v1/journeys/trip/funnel", None),
     ("POST", "/api/v1/identity/match"): ("/api/v1/identity/match", {"traits": {"firstName": "Ann"}}),
     ("POST", "/api/v1/identity/reviews/{review_id}/accept"): ("/api/v1/identity/reviews/1/accept", {"reason": "r"}),
     ("POST", "/api/v1/identity/reviews/{review_id}/reject"): ("/api/v1/identity/reviews/2/reject", {"reason": "r"}),
@@ -142,6 +152,15 @@ def _catalogue(rt: Runtime) -> None:
             session, key="spend", sql=SPEND, pii=False, description=None, actor="test", now=now, create=True
         )
         schedules.add_computed(session, name="nightly", every_seconds=86400, trait="spend", now=now, actor="test")
+        journeys.create(
+            session,
+            key="trip",
+            name="Trip",
+            description="",
+            definition={"stages": [{"key": "gold", "condition": {"trait": "plan", "op": "eq", "value": "gold"}}]},
+            actor="test",
+            now=now,
+        )
         segments.create(
             session,
             key="vip",

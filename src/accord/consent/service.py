@@ -240,9 +240,13 @@ def record(
     every = timedelta(seconds=settings.consent_checkpoint_seconds)
     if ledger.checkpoint_due(session, every_records=settings.consent_checkpoint_records, every=every, now=now):
         ledger.checkpoint(session, key=key, now=now)
-    from accord.segments import streaming  # imported here: segments read consent state (a cycle at the top)
+    # imported here: segments and journeys read consent state (a cycle at the top)
+    from accord.journeys import streaming as journey_streaming
+    from accord.segments import streaming
 
-    streaming.consent_changed(session, sorted({profile_id for profile_id, _ in statements}), now)
+    profile_ids = sorted({profile_id for profile_id, _ in statements})
+    moved = streaming.consent_changed(session, profile_ids, now)
+    journey_streaming.consent_changed(session, profile_ids, moved, now)
     return results
 
 

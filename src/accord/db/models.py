@@ -17,6 +17,7 @@ from accord.console.models import Note, RecentView
 from accord.db.base import Base
 from accord.identity.models import Identity, IdentityRules, MatchKey, MatchModel, MatchReview, Merge, SeparationRow
 from accord.ingest.models import QuarantinedEvent
+from accord.journeys.models import Journey, JourneyPosition, JourneyTransition, JourneyVersion
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
@@ -43,6 +44,10 @@ __all__ = [
     "IdentityRules",
     "ImportReject",
     "ImportRun",
+    "Journey",
+    "JourneyPosition",
+    "JourneyTransition",
+    "JourneyVersion",
     "LedgerRecord",
     "LogRecord",
     "MatchKey",

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rederive import Rederived, rederive
 from accord.identity.service import current_rules
+from accord.journeys import streaming as journey_streaming
 from accord.profiles.models import Profile
 from accord.segments import streaming as segment_streaming
 
@@ -91,7 +92,10 @@ def unmerge(
     done = rederive(
         session, cluster, rules=current_rules(session), now=now, cause={"kind": "unmerge", "merge_id": merge.id}
     )
-    segment_streaming.apply(session, segment_streaming.Touches(everything=set(done.profiles)), now)
+    moved = segment_streaming.apply(session, segment_streaming.Touches(everything=set(done.profiles)), now)
+    # Positions of profiles the split left behind go to the profile they resolve to now.
+    touches = segment_streaming.Touches(everything=set(done.profiles), gone=set(done.redirected))
+    journey_streaming.apply(session, touches, moved, now)
     record = Merge(
         kind="unmerge",
         survivor_id=merge.survivor_id,

@@ -28,6 +28,7 @@ from accord.identity.rules import Key, Rules
 from accord.identity.service import current_rules
 from accord.ingest import quarantine
 from accord.ingest.spec import parse_time
+from accord.journeys import streaming as journey_streaming
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.rights import service as rights
@@ -120,8 +121,8 @@ def process_events(
     now: datetime | None = None,
 ) -> Outcome:
     """Apply `items`. The caller owns the transaction and commits. With `consent`, consent statements in the
-    events (a `Consent Updated` event, a GPC signal) go into the consent ledger. Segment memberships are
-    evaluated as of `now` (default: the clock)."""
+    events (a `Consent Updated` event, a GPC signal) go into the consent ledger. Segment memberships and
+    journey positions are evaluated as of `now` (default: the clock)."""
     outcome = Outcome()
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
@@ -187,7 +188,8 @@ def process_events(
         statements = [(profile_id, item.source_id, item.event, item.timestamp) for item, profile_id in consent_events]
         # After the profiles exist; a bad statement fails the batch, and the one-by-one retry quarantines it.
         consent.record(session, statements, now)  # re-evaluates the consent segments of these profiles
-    streaming.apply(session, touches, now)
+    changed = streaming.apply(session, touches, now)
+    journey_streaming.apply(session, touches, changed, now)
     return outcome
 
 

@@ -18,9 +18,11 @@ from accord import metrics
 from accord.consent.capture import Capture
 from accord.db.engine import Database
 from accord.ingest import quarantine
+from accord.journeys import service as journeys
 from accord.log.port import Delivery, EventLog
 from accord.pipeline.process import Item, Outcome, StaleRead, process_events
-from accord.segments.jobs import SegmentJobs
+from accord.segments import service as segments
+from accord.segments.jobs import SEGMENTS, Backfills, SegmentJobs
 
 log = structlog.get_logger(__name__)
 RETRIES = 5
@@ -35,11 +37,16 @@ class Worker:
     wake: threading.Event | None = None
     consent: Capture | None = None
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
-    segment_sweep_seconds: float = 60.0  # when idle: segment backfills, and this often the time-window sweep
+    segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
-        jobs = SegmentJobs(self.db, sweep_every=self.segment_sweep_seconds)
+        jobs = SegmentJobs(
+            self.db,
+            sweep_every=self.segment_sweep_seconds,
+            backfills=(SEGMENTS, Backfills("journey", journeys.pending_backfills, journeys.backfill_step)),
+            sweeps=[segments.sweep_step, journeys.sweep_step],
+        )
         while not stop.is_set():
             try:
                 handled = self.run_once()

@@ -33,6 +33,7 @@ from accord.identity.models import Identity, MatchKey, MatchReview, Merge, Separ
 from accord.identity.rules import Key, Rules
 from accord.identity.service import current_rules
 from accord.ingest.models import QuarantinedEvent
+from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
@@ -73,6 +74,12 @@ def export(
     ).all()
     transitions = session.scalars(
         select(SegmentTransition).where(SegmentTransition.profile_id.in_(ids)).order_by(SegmentTransition.id)
+    ).all()
+    positions = session.scalars(
+        select(JourneyPosition).where(JourneyPosition.profile_id.in_(ids)).order_by(JourneyPosition.journey_key)
+    ).all()
+    moves = session.scalars(
+        select(JourneyTransition).where(JourneyTransition.profile_id.in_(ids)).order_by(JourneyTransition.id)
     ).all()
     return {
         "format": FORMAT,
@@ -141,6 +148,34 @@ def export(
                     "at": iso(t.at),
                 }
                 for t in transitions
+            ],
+        },
+        "journeys": {
+            "positions": [
+                {
+                    "journey": p.journey_key,
+                    "profile_id": p.profile_id,
+                    "stage": p.stage,
+                    "stage_entered_at": iso(p.stage_entered_at),
+                    "entered_at": iso(p.entered_at),
+                    "state": p.state,
+                    "ended_at": iso(p.ended_at),
+                    "reason": p.reason,
+                }
+                for p in positions
+            ],
+            "transitions": [
+                {
+                    "journey": t.journey_key,
+                    "profile_id": t.profile_id,
+                    "kind": t.kind,
+                    "stage": t.stage,
+                    "from_stage": t.from_stage,
+                    "reason": t.reason,
+                    "version": t.version,
+                    "at": iso(t.at),
+                }
+                for t in moves
             ],
         },
         "merges": [
@@ -298,6 +333,8 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
     session.execute(delete(MatchReview).where(or_(MatchReview.left_id.in_(ids), MatchReview.right_id.in_(ids))))
     session.execute(delete(SegmentMembership).where(SegmentMembership.profile_id.in_(ids)))
     session.execute(delete(SegmentTransition).where(SegmentTransition.profile_id.in_(ids)))
+    session.execute(delete(JourneyPosition).where(JourneyPosition.profile_id.in_(ids)))
+    session.execute(delete(JourneyTransition).where(JourneyTransition.profile_id.in_(ids)))
     # What agents wrote about them in the console, and who looked them up lately.
     done.notes = _count(session.execute(delete(Note).where(Note.profile_id.in_(ids))))
     session.execute(delete(RecentView).where(RecentView.profile_id.in_(ids)))

@@ -29,7 +29,7 @@ MAX_DOCUMENT = 64 * 1024
 
 
 @contextmanager
-def _database() -> Iterator[Database]:
+def database() -> Iterator[Database]:
     settings = Settings()
     configure_logging(settings.log_level)
     db = Database.from_settings(settings)
@@ -40,12 +40,12 @@ def _database() -> Iterator[Database]:
         db.dispose()
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
 
 
-def _document(source: str) -> Any:
+def read_document(source: str) -> Any:
     """A JSON condition: inline, @file, or - for standard input."""
     try:
         if source == "-":
@@ -55,10 +55,10 @@ def _document(source: str) -> Any:
         else:
             text = source
         if len(text) > MAX_DOCUMENT:
-            _fail(f"a condition is at most {MAX_DOCUMENT} bytes")
+            fail(f"a condition is at most {MAX_DOCUMENT} bytes")
         return json.loads(text)
     except (OSError, ValueError) as error:
-        _fail(f"cannot read a JSON condition from {source[:200]!r}: {type(error).__name__}")
+        fail(f"cannot read a JSON condition from {source[:200]!r}: {type(error).__name__}")
 
 
 def _data(row: Segment, size: int) -> dict[str, Any]:
@@ -107,8 +107,8 @@ def _save(
     *,
     new: bool,
 ) -> None:
-    document = _document(condition) if condition is not None else None
-    with _database() as db:
+    document = read_document(condition) if condition is not None else None
+    with database() as db:
         try:
             with db.unit_of_work() as session:
                 if new:
@@ -135,7 +135,7 @@ def _save(
                 _backfill(db, key, quiet=as_json)
             _show(db, key, as_json)
         except (service.SegmentError, conditions.ConditionError) as error:
-            _fail(str(error))
+            fail(str(error))
 
 
 @app.command("create")
@@ -167,7 +167,7 @@ def update(
 @app.command("list")
 def list_segments(as_json: JsonFlag = False) -> None:
     """List segments with their size and backfill status."""
-    with _database() as db, db.read() as session:
+    with database() as db, db.read() as session:
         rows = service.listing(session)
         sizes = service.sizes(session, [r.key for r in rows])
         data = [_data(row, sizes.get(row.key, 0)) for row in rows]
@@ -183,22 +183,22 @@ def list_segments(as_json: JsonFlag = False) -> None:
 @app.command("show")
 def show(key: Annotated[str, typer.Argument(help="The segment's key")], as_json: JsonFlag = False) -> None:
     """Show one segment: condition, version, size, backfill."""
-    with _database() as db:
+    with database() as db:
         try:
             _show(db, key, as_json)
         except service.SegmentError as error:
-            _fail(str(error))
+            fail(str(error))
 
 
 @app.command("delete")
 def delete(key: Annotated[str, typer.Argument(help="The segment's key")], as_json: JsonFlag = False) -> None:
     """Delete a segment and its memberships (refused while another segment reads it)."""
-    with _database() as db:
+    with database() as db:
         try:
             with db.unit_of_work() as session:
                 gone = service.remove(session, key=key, actor="cli", now=utcnow())
         except service.SegmentError as error:
-            _fail(str(error))
+            fail(str(error))
     if as_json:
         typer.echo(json.dumps({"deleted": key, "memberships": gone}))
     else:
@@ -208,7 +208,7 @@ def delete(key: Annotated[str, typer.Argument(help="The segment's key")], as_jso
 @app.command("backfill")
 def backfill(as_json: JsonFlag = False) -> None:
     """Finish every pending backfill now (workers do it too, a chunk at a time)."""
-    with _database() as db:
+    with database() as db:
         with db.read() as session:
             keys = service.pending_backfills(session)
         for key in keys:
@@ -225,7 +225,7 @@ def sweep(as_json: JsonFlag = False) -> None:
     now = utcnow()
     profiles = 0
     after: str | None = None
-    with _database() as db:
+    with database() as db:
         while True:
             with db.unit_of_work() as session:
                 last = service.sweep_step(session, now=now, after=after)
@@ -254,8 +254,8 @@ def _computed_data(row: Any) -> dict[str, Any]:
 
 
 def _save_computed(key: str, definition: str, name: str | None, as_json: bool, *, create: bool) -> None:
-    document = _document(definition)
-    with _database() as db:
+    document = read_document(definition)
+    with database() as db:
         try:
             with db.unit_of_work() as session:
                 row = service.computed_save(
@@ -263,7 +263,7 @@ def _save_computed(key: str, definition: str, name: str | None, as_json: bool, *
                 )
                 data = _computed_data(row)
         except (service.SegmentError, conditions.ConditionError) as error:
-            _fail(str(error))
+            fail(str(error))
     if as_json:
         typer.echo(json.dumps(data))
     else:
@@ -295,7 +295,7 @@ def computed_update(
 @computed_app.command("list")
 def computed_list(as_json: JsonFlag = False) -> None:
     """List computed traits."""
-    with _database() as db, db.read() as session:
+    with database() as db, db.read() as session:
         data = [_computed_data(row) for row in service.computed_listing(session)]
     if as_json:
         typer.echo(json.dumps(data))
@@ -311,12 +311,12 @@ def computed_show(
     key: Annotated[str, typer.Argument(help="The computed trait's key")], as_json: JsonFlag = False
 ) -> None:
     """Show one computed trait."""
-    with _database() as db:
+    with database() as db:
         try:
             with db.read() as session:
                 data = _computed_data(service.computed_get(session, key))
         except service.SegmentError as error:
-            _fail(str(error))
+            fail(str(error))
     typer.echo(json.dumps(data)) if as_json else console.print_json(json.dumps(data))
 
 
@@ -325,10 +325,10 @@ def computed_delete(
     key: Annotated[str, typer.Argument(help="The computed trait's key")], as_json: JsonFlag = False
 ) -> None:
     """Delete a computed trait (refused while a segment reads it)."""
-    with _database() as db:
+    with database() as db:
         try:
             with db.unit_of_work() as session:
                 service.computed_remove(session, key=key)
         except service.SegmentError as error:
-            _fail(str(error))
+            fail(str(error))
     typer.echo(json.dumps({"deleted": key})) if as_json else console.print(f"computed trait {key!r} deleted")

@@ -1,5 +1,5 @@
-"""Live views as server-sent events: a profile's new timeline events and segment entries and exits, and
-every segment change (optionally of one segment), as they commit.
+"""Live views as server-sent events: a profile's new timeline events, segment entries and exits and journey
+stage changes, and every segment and journey change (optionally of one segment or journey), as they commit.
 
 Each stream stays open for STREAM_SECONDS and then ends; EventSource clients reconnect by themselves and
 send the last id back (Last-Event-ID), so nothing is missed and no stream outlives a revoked token long.
@@ -20,6 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from accord.errors import ApiError
+from accord.journeys import service as journeys
+from accord.journeys.models import JourneyTransition
 from accord.profiles import service as profile_service
 from accord.profiles.api import Ref, resolve_or_404
 from accord.runtime import Runtime, runtime
@@ -52,14 +54,28 @@ def _transition(row: SegmentTransition) -> dict[str, Any]:
     }
 
 
-def _cursors(request: Request, after: str | None) -> tuple[int, int]:
-    """(transition id, event id) to resume after: Last-Event-ID, else ?after=, as `T.E` or `T`."""
+def _journey_transition(row: JourneyTransition) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "profile_id": row.profile_id,
+        "journey": row.journey_key,
+        "kind": row.kind,
+        "stage": row.stage,
+        "from_stage": row.from_stage,
+        "reason": row.reason,
+        "version": row.version,
+        "at": row.at,
+    }
+
+
+def _cursors(request: Request, after: str | None, count: int) -> list[int]:
+    """The ids to resume after (`count` of them: segment transition, [timeline event,] journey transition):
+    Last-Event-ID, else ?after=, as `T.E.J` (profile) or `T.J`; missing trailing parts count as 0."""
     text = request.headers.get("last-event-id") or after or "0"
     parts = text.split(".")
-    if len(parts) > 2 or not all(p.isdigit() and len(p) < 19 for p in parts):
+    if len(parts) > count or not all(p.isdigit() and len(p) < 19 for p in parts):
         raise ApiError(400, "invalid_cursor", "after (or Last-Event-ID) is not a cursor this stream gave out")
-    numbers = [int(p) for p in parts] + [0]
-    return numbers[0], numbers[1]
+    return [int(p) for p in parts] + [0] * (count - len(parts))
 
 
 class _Unsent:
@@ -90,8 +106,9 @@ def _respond(stream: AsyncIterator[bytes]) -> StreamingResponse:
 async def profile_stream(
     request: Request, ref: Ref, rt: Rt, _: Reader, after: Annotated[str | None, Query(max_length=40)] = None
 ) -> StreamingResponse:
-    """A profile's new timeline events (`event`) and segment entries and exits (`segment`), as they commit."""
-    transitions_after, events_after = _cursors(request, after)
+    """A profile's new timeline events (`event`), segment entries and exits (`segment`) and journey stage
+    changes (`journey`), as they commit."""
+    transitions_after, events_after, journeys_after = _cursors(request, after, 3)
 
     def find() -> str:
         with rt.db.read() as session:
@@ -99,6 +116,10 @@ async def profile_stream(
 
     profile_id = await run_in_threadpool(find)
     seen_transitions, seen_events = _Unsent(transitions_after), _Unsent(events_after)
+    seen_journeys = _Unsent(journeys_after)
+
+    def cursor() -> str:
+        return f"{seen_transitions.cursor}.{seen_events.cursor}.{seen_journeys.cursor}"
 
     def poll() -> tuple[list[bytes], bool]:
         with rt.db.read() as session:
@@ -107,11 +128,16 @@ async def profile_stream(
                 return [_sse("moved", {"profile_id": profile_id, "now": live.id if live else None})], True
             transitions = service.transitions_since(session, after=seen_transitions.floor(), profile_id=profile_id)
             events = service.events_since(session, profile_id, after=seen_events.floor())
+            moves = journeys.transitions_since(session, after=seen_journeys.floor(), profile_id=profile_id)
         out: list[bytes] = []
         by_id = {t.id: t for t in transitions}
         for i in seen_transitions.fresh(sorted(by_id)):
             seen_transitions.mark(i)
-            out.append(_sse("segment", _transition(by_id[i]), f"{seen_transitions.cursor}.{seen_events.cursor}"))
+            out.append(_sse("segment", _transition(by_id[i]), cursor()))
+        by_move = {m.id: m for m in moves}
+        for i in seen_journeys.fresh(sorted(by_move)):
+            seen_journeys.mark(i)
+            out.append(_sse("journey", _journey_transition(by_move[i]), cursor()))
         rows = {e.id: e for e in events}
         for i in seen_events.fresh(sorted(rows)):
             seen_events.mark(i)
@@ -123,7 +149,7 @@ async def profile_stream(
                 "timestamp": row.timestamp,
                 "profile_id": profile_id,
             }
-            out.append(_sse("event", data, f"{seen_transitions.cursor}.{seen_events.cursor}"))
+            out.append(_sse("event", data, cursor()))
         return out, False
 
     async def stream() -> AsyncIterator[bytes]:
@@ -146,30 +172,46 @@ async def changes_stream(
     rt: Rt,
     _: Reader,
     segment: Annotated[str | None, Query(max_length=100, description="Only this segment's changes")] = None,
+    journey: Annotated[str | None, Query(max_length=100, description="Only this journey's changes")] = None,
     after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> StreamingResponse:
-    """Every segment entry and exit (`segment`), of one segment with ?segment=, as they commit."""
-    transitions_after, _ignored = _cursors(request, after)
-    if segment is not None:
+    """Every segment entry and exit (`segment`) and journey stage change (`journey`), as they commit; with
+    ?segment= only that segment's, with ?journey= only that journey's (both: both)."""
+    transitions_after, journeys_after = _cursors(request, after, 2)
+    with_segments = segment is not None or journey is None
+    with_journeys = journey is not None or segment is None
 
-        def check() -> None:
-            with rt.db.read() as session:
-                try:
+    def check() -> None:
+        with rt.db.read() as session:
+            try:
+                if segment is not None:
                     service.get(session, segment)
-                except service.SegmentError as error:
-                    raise ApiError(error.status, error.code, str(error)) from None
+                if journey is not None:
+                    journeys.get(session, journey)
+            except (service.SegmentError, journeys.JourneyError) as error:
+                raise ApiError(error.status, error.code, str(error)) from None
 
+    if segment is not None or journey is not None:
         await run_in_threadpool(check)
-    seen = _Unsent(transitions_after)
+    seen, seen_journeys = _Unsent(transitions_after), _Unsent(journeys_after)
 
     def poll() -> list[bytes]:
         with rt.db.read() as session:
-            rows = service.transitions_since(session, after=seen.floor(), segment=segment)
-        by_id = {t.id: t for t in rows}
+            rows = service.transitions_since(session, after=seen.floor(), segment=segment) if with_segments else []
+            moves = (
+                journeys.transitions_since(session, after=seen_journeys.floor(), journey=journey)
+                if with_journeys
+                else []
+            )
         out = []
+        by_id = {t.id: t for t in rows}
         for i in seen.fresh(sorted(by_id)):
             seen.mark(i)
-            out.append(_sse("segment", _transition(by_id[i]), str(seen.cursor)))
+            out.append(_sse("segment", _transition(by_id[i]), f"{seen.cursor}.{seen_journeys.cursor}"))
+        by_move = {m.id: m for m in moves}
+        for i in seen_journeys.fresh(sorted(by_move)):
+            seen_journeys.mark(i)
+            out.append(_sse("journey", _journey_transition(by_move[i]), f"{seen.cursor}.{seen_journeys.cursor}"))
         return out
 
     async def stream() -> AsyncIterator[bytes]:

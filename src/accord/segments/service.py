@@ -256,7 +256,7 @@ def backfill_step(session: Session, key: str, *, now: datetime, limit: int | Non
     else:
         limit = limit or BACKFILL_CHUNK
         ids, last, walked = evaluate.profiles_after(session, row.backfill_after, limit)
-        _lock_profiles(session, ids)
+        lock_profiles(session, ids)
         if ids:
             evaluate.refresh(session, {pid: {key} for pid in ids}, now, segments=segments)
         row.backfill_done += walked
@@ -285,12 +285,12 @@ def sweep_step(session: Session, *, now: datetime, after: str | None, limit: int
     ids, last, _ = evaluate.profiles_after(session, after, limit)
     if last is None:
         return None
-    _lock_profiles(session, ids)
+    lock_profiles(session, ids)
     evaluate.refresh(session, {pid: set(segments.timed) for pid in ids}, now, segments=segments)
     return last
 
 
-def _lock_profiles(session: Session, ids: list[str]) -> None:
+def lock_profiles(session: Session, ids: list[str]) -> None:
     """On PostgreSQL, the rows the pipeline locks too (in id order), so a membership is written once."""
     if ids and session.get_bind().dialect.name == "postgresql":
         p = evaluate.PROFILES.c
