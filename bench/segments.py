@@ -2,9 +2,11 @@
 
 (a) Throughput: the e2e benchmark's backlog (Segment calls from synthetic customers, most of whom log
     in so anonymous profiles merge) is drained by an in-process worker twice, on two fresh stores:
-    with no segment defined, and with `--segments` (default 50) segments of every kind (trait operators,
-    event counts in windows with property filters, first/last occurrence, segment references). Streaming
-    evaluation re-evaluates, per run, only the segments the run's events can affect.
+    with no segment or journey defined, and with `--segments` (default 50) segments of every kind (trait
+    operators, event counts in windows with property filters, first/last occurrence, segment references)
+    and `--journeys` (default 5) journeys (stages on events, traits and segments; goals, exits, time
+    limits). Streaming evaluation re-evaluates, per run, only the segments and journeys the run's events
+    can affect.
 (b) Backfill: `--profiles` synthetic profiles (traits only) are written straight into a fresh store,
     then a new segment is created and backfilled to the end (`service.backfill_step` in chunks, as the
     worker and `accord segment create` do); the figure is profiles over backfill time.
@@ -16,7 +18,10 @@
 (c) Latency: a real `accord up` runs as a subprocess with the segments defined, and is offered a steady
     load (a batch of 10 every 10 ms = 1,000 events/s, open loop). Every fifth batch carries a probe: an
     identify that moves a known user into or out of the `probe` segment. From the moment the POST is
-    acknowledged, GET /api/v1/profiles/user_id:.../segments is polled until the change shows.
+    acknowledged, GET /api/v1/profiles/user_id:.../segments is polled until the change shows. Every
+    tenth batch (offset by three) carries a stage probe: an identify that moves a known user one stage on
+    in the `probe` journey (20 stages on a counter trait), polled through
+    GET /api/v1/profiles/user_id:.../journeys.
 The last line of the output is one JSON object with every figure.
 """
 
@@ -41,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 from accord.config import Settings
 from accord.db.base import utcnow
+from accord.journeys import service as journeys
+from accord.journeys.models import JourneyPosition
 from accord.pipeline.worker import Worker
 from accord.profiles.models import Profile
 from accord.runtime import Runtime
@@ -58,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=50_000, help="backlog size for throughput (default 50,000)")
     parser.add_argument("--customers", type=int, default=5_000, help="people behind the events (default 5,000)")
     parser.add_argument("--segments", type=int, default=50, help="segments active during the drain (default 50)")
+    parser.add_argument("--journeys", type=int, default=5, help="journeys active during the drain (default 5)")
     parser.add_argument("--profiles", type=int, default=200_000, help="profiles to backfill (default 200,000)")
     parser.add_argument(
         "--database-url", default=None, help="default: embedded SQLite; a PostgreSQL URL names the server"
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.events, args.customers = min(args.events, 2_000), min(args.customers, 200)
         args.profiles = min(args.profiles, 2_000)
         args.duration = min(args.duration, 2.0)
-    if min(args.events, args.customers, args.profiles) < 1 or args.segments < 0:
+    if min(args.events, args.customers, args.profiles) < 1 or args.segments < 0 or args.journeys < 0:
         parser.error("sizes must be positive")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not args.parts or not set(args.parts) <= {"throughput", "backfill", "latency"}:
@@ -141,18 +149,83 @@ def segment_definitions(count: int) -> list[tuple[str, dict[str, Any]]]:
     )
 
 
-def define(rt: Runtime, definitions: list[tuple[str, dict[str, Any]]]) -> None:
+def journey_definitions(count: int, segments: int) -> list[tuple[str, dict[str, Any]]]:
+    """`count` journeys over the synthetic data, cycling through the kinds: a shop funnel with a goal and
+    time limits, a sign-up journey on traits, a plan upgrade reading segments (when there are some)."""
+    upgrade = (
+        {
+            "stages": [
+                {"key": "free", "condition": {"segment": "plan-free"}},
+                {"key": "paid", "condition": {"segment": "plan-pro"}},
+            ]
+        }
+        if segments >= 3
+        else {"stages": [{"key": "free", "condition": {"trait": "plan", "op": "eq", "value": "free"}}]}
+    )
+    kinds: list[dict[str, Any]] = [
+        {
+            "stages": [
+                {"key": "viewed", "condition": {"event": "Product Viewed"}},
+                {"key": "added", "condition": {"event": "Product Added"}, "time_limit": "2d"},
+                {"key": "checkout", "condition": {"event": "Checkout Started"}, "time_limit": "12h"},
+            ],
+            "goal": {"event": "Order Completed"},
+            "time_limit": "7d",
+        },
+        {
+            "stages": [
+                {"key": "signed-up", "condition": {"event": "Signed Up"}},
+                {"key": "known", "condition": {"trait": "email", "op": "exists"}},
+                {"key": "located", "condition": {"trait": "country", "op": "exists"}},
+            ],
+            "exit": {"trait": "plan", "op": "eq", "value": "enterprise"},
+        },
+        upgrade,
+        {
+            "stages": [
+                {"key": "cart", "condition": {"event": "Cart Viewed", "within": "7d"}},
+                {
+                    "key": "big",
+                    "condition": {
+                        "event": "Product Added",
+                        "where": [{"property": "price", "op": "gte", "value": 100}],
+                    },
+                },
+            ],
+            "goal": {"event": "Order Completed", "count": {"gte": 2}},
+        },
+        {
+            "stages": [
+                {"key": "visitor", "condition": {"event": "Product Viewed", "count": {"gte": 3}}},
+                {"key": "buyer", "condition": {"event": "Order Completed"}},
+            ],
+            "exit": {"trait": "country", "op": "in", "value": ["US", "CA"]},
+        },
+    ]
+    return [(f"journey-{i}", kinds[i % len(kinds)]) for i in range(count)]
+
+
+def define(
+    rt: Runtime,
+    definitions: list[tuple[str, dict[str, Any]]],
+    journey_list: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+) -> None:
     with rt.db.unit_of_work() as session:
         for key, condition in definitions:
             service.create(session, key=key, name=key, description="", condition=condition, actor="bench", now=utcnow())
-    for key, _ in definitions:
-        while True:
-            with rt.db.unit_of_work() as session:
-                if service.backfill_step(session, key, now=utcnow()).finished:
-                    break
+        for key, definition in journey_list:
+            journeys.create(
+                session, key=key, name=key, description="", definition=definition, actor="bench", now=utcnow()
+            )
+    for module, keys in ((service, definitions), (journeys, journey_list)):
+        for key, _ in keys:
+            while True:
+                with rt.db.unit_of_work() as session:
+                    if module.backfill_step(session, key, now=utcnow()).finished:  # type: ignore[attr-defined]
+                        break
 
 
-def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int) -> dict[str, Any]:
+def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, journey_count: int) -> dict[str, Any]:
     with (
         common.temp_dir("accord-bench-segments-", args.tmp) as data_dir,
         common.scratch_store(args.database_url, data_dir, "segments") as url,
@@ -161,7 +234,7 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int) 
         try:
             with rt.db.unit_of_work() as session:
                 source_id = create_source(session, name="bench").id
-            define(rt, segment_definitions(segments))
+            define(rt, segment_definitions(segments), journey_definitions(journey_count, segments))
             write_backlog(rt.log, source_id, calls)
             worker = Worker(db=rt.db, log=rt.log, batch_size=Settings().worker_batch_size)
             began = time.monotonic()
@@ -170,10 +243,12 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int) 
             counts = store_counts(rt)
             with rt.db.read() as session:
                 counts["memberships"] = int(session.scalar(select(func.count()).select_from(SegmentMembership)) or 0)
+                counts["positions"] = int(session.scalar(select(func.count()).select_from(JourneyPosition)) or 0)
         finally:
             rt.close()
     return {
         "segments": segments,
+        "journeys": journey_count,
         "handled": handled,
         "seconds": round(seconds, 3),
         "events_per_s": round(handled / seconds) if seconds > 0 else 0,
@@ -243,6 +318,12 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
 
 
 PROBE = {"trait": "bench_probe", "op": "starts_with", "value": "in-"}
+STAGES = 20
+PROBE_JOURNEY = {
+    "stages": [
+        {"key": f"s{n}", "condition": {"trait": "bench_stage", "op": "gte", "value": n}} for n in range(1, STAGES + 1)
+    ]
+}
 BATCH = 10
 PROBE_TIMEOUT = 10.0
 
@@ -254,7 +335,11 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     ):
         rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
         try:
-            define(rt, [*segment_definitions(args.segments), ("probe", PROBE)])
+            define(
+                rt,
+                [*segment_definitions(args.segments), ("probe", PROBE)],
+                [*journey_definitions(args.journeys, args.segments), ("probe", PROBE_JOURNEY)],
+            )
         finally:
             rt.close()
         server = common.Accord(
@@ -277,6 +362,7 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
     background = common.customer_journeys(rng, n_batches * BATCH, max(1, min(args.customers, n_batches)))
     users = [f"probe-{i:04d}" for i in range(200)]
     inside = dict.fromkeys(users, False)
+    stage = dict.fromkeys(users, 0)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     # A generous pool timeout: when the worker falls behind, watchers queue for connections.
     ingest = httpx.AsyncClient(
@@ -290,7 +376,8 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
     )
     loop = asyncio.get_running_loop()
     visible: list[float] = []
-    unseen = errors = 0
+    staged: list[float] = []
+    unseen = unstaged = errors = 0
 
     def probe(user: str, enter: bool) -> dict[str, Any]:
         value = f"{'in' if enter else 'out'}-{uuid.uuid4().hex}"
@@ -322,17 +409,42 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
             await asyncio.sleep(0.005)
         unseen += 1
 
+    async def watch_stage(user: str, n: int, acked: float) -> None:
+        nonlocal unstaged
+        while loop.time() < acked + PROBE_TIMEOUT:
+            try:
+                found = (await api.get(f"/api/v1/profiles/user_id:{user}/journeys")).json()
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+                continue
+            if any(p["key"] == "probe" and p["stage"] == f"s{n}" for p in found.get("data", [])):
+                staged.append((loop.time() - acked) * 1000)
+                return
+            await asyncio.sleep(0.005)
+        unstaged += 1
+
     async def send(index: int) -> None:
         calls = background[index * BATCH : (index + 1) * BATCH]
         target = None
+        stage_target = None
         if index % 5 == 0:
             user = users[(index // 5) % len(users)]
             inside[user] = not inside[user]
             target = (user, inside[user])
             calls = [*calls[:-1], probe(*target)]
+        elif index % 10 == 3 and stage[users[(index // 10) % len(users)]] < STAGES:
+            user = users[(index // 10) % len(users)]
+            stage[user] += 1
+            stage_target = (user, stage[user])
+            move = common.event(
+                rng, "identify", at=datetime.now(UTC), user_id=user, traits={"bench_stage": stage[user]}
+            )
+            calls = [*calls[:-1], move]
         acked = await post(calls)
         if target is not None and acked is not None:
             await watch(*target, acked)
+        if stage_target is not None and acked is not None:
+            await watch_stage(*stage_target, acked)
 
     try:
         for chunk in common.batches([probe(user, False) for user in users], 100):  # the probe users exist
@@ -353,14 +465,21 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
         await ingest.aclose()
         await api.aclose()
     pct = common.percentiles(visible)
+    stage_pct = common.percentiles(staged)
     return {
         "offered_per_s": args.rate,
         "achieved_per_s": round(n_batches * BATCH / offered),
         "segments": args.segments + 1,
+        "journeys": args.journeys + 1,
         "samples": len(visible),
         "unseen": unseen,
         "errors": errors,
         **{f"{k}_ms": None if v is None else round(v, 2) for k, v in pct.items()},
+        "stage": {
+            "samples": len(staged),
+            "unseen": unstaged,
+            **{f"{k}_ms": None if v is None else round(v, 2) for k, v in stage_pct.items()},
+        },
     }
 
 
@@ -370,25 +489,29 @@ def main(argv: list[str] | None = None) -> int:
         "events": args.events,
         "customers": args.customers,
         "segments": args.segments,
+        "journeys": args.journeys,
         "profiles": args.profiles,
     }
-    info = common.header("Accord segments benchmark: throughput with segments active, and backfill", args, settings)
+    info = common.header(
+        "Accord segments benchmark: throughput with segments and journeys active, and backfill", args, settings
+    )
     payload: dict[str, Any] = {"benchmark": "segments", "machine": info, "settings": settings}
     ok = True
     if "throughput" in args.parts:
         calls = common.customer_journeys(random.Random(args.seed), args.events, args.customers)
-        runs = [drain(args, calls, 0), drain(args, calls, args.segments)]
+        runs = [drain(args, calls, 0, 0), drain(args, calls, args.segments, args.journeys)]
         payload["throughput"] = runs
         for run in runs:
             ok = ok and run["pending"] == 0 and run["events_stored"] + run["quarantined"] == len(calls)
         print(
             "\nthroughput (Worker.drain() in-process, the e2e backlog)\n"
             + "".join(
-                f"  {r['segments']:>3} segments: {r['handled']:,} events in {r['seconds']:.2f} s = "
-                f"{r['events_per_s']:,} events/s ({r['profiles']:,} live profiles, {r['memberships']:,} memberships)\n"
+                f"  {r['segments']:>3} segments, {r['journeys']} journeys: {r['handled']:,} events in "
+                f"{r['seconds']:.2f} s = {r['events_per_s']:,} events/s ({r['profiles']:,} live profiles, "
+                f"{r['memberships']:,} memberships, {r['positions']:,} journey positions)\n"
                 for r in runs
             )
-            + f"  target >= {TARGET_EVENTS_PER_S:,} events/s with segments: "
+            + f"  target >= {TARGET_EVENTS_PER_S:,} events/s with segments and journeys: "
             f"{'met' if runs[1]['events_per_s'] >= TARGET_EVENTS_PER_S else 'NOT met'}"
         )
     if "backfill" in args.parts:
@@ -407,13 +530,19 @@ def main(argv: list[str] | None = None) -> int:
         lat = payload["latency"] = run_latency(args)
         ok = ok and lat["samples"] > 0
         met = lat["p99_ms"] is not None and lat["p99_ms"] < 50 and not lat["unseen"]
+        st = lat["stage"]
+        stage_met = st["p99_ms"] is not None and st["p99_ms"] < 50 and not st["unseen"]
         print(
             f"\nlatency (`accord up`, {lat['achieved_per_s']:,} of {lat['offered_per_s']:,} events/s offered, "
-            f"{lat['segments']} segments)\n"
+            f"{lat['segments']} segments, {lat['journeys']} journeys)\n"
             f"  acknowledged -> segment change visible via GET /api/v1/profiles/{{ref}}/segments, "
             f"{lat['samples']} probes ({lat['unseen']} unseen, {lat['errors']} errors):\n"
             f"  p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms\n"
-            f"  target p99 < 50 ms: {'met' if met else 'NOT met'}"
+            f"  target p99 < 50 ms: {'met' if met else 'NOT met'}\n"
+            f"  acknowledged -> stage change visible via GET /api/v1/profiles/{{ref}}/journeys, "
+            f"{st['samples']} probes ({st['unseen']} unseen):\n"
+            f"  p50 {st['p50_ms']} ms, p95 {st['p95_ms']} ms, p99 {st['p99_ms']} ms, max {st['max_ms']} ms\n"
+            f"  target p99 < 50 ms: {'met' if stage_met else 'NOT met'}"
         )
     common.print_json_line(payload)
     return 0 if ok else 1

@@ -118,6 +118,9 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert summary["benchmark"] == "segments"
     without, with_segments = summary["throughput"]
     assert (without["segments"], with_segments["segments"]) == (0, 50)
+    assert (without["journeys"], with_segments["journeys"]) == (0, 5)
+    assert without["positions"] == 0
+    assert with_segments["positions"] > 0
     for run in (without, with_segments):
         assert run["pending"] == 0
         assert run["handled"] == summary["settings"]["events"]
@@ -130,3 +133,4 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert latency["samples"] > 0
     assert latency["errors"] == 0
     assert {"p50_ms", "p95_ms", "p99_ms", "max_ms"} <= latency.keys()
+    assert latency["stage"]["samples"] > 0
