@@ -163,6 +163,26 @@ def test_a_failed_run_is_kept_with_the_trait_and_a_second_run_waits(live: LiveAc
         assert (busy.status_code, busy.json()["code"]) == (409, "run_in_progress")
 
 
+def test_a_failed_run_of_a_pii_trait_keeps_no_value_in_its_error(live: LiveAccord) -> None:
+    people(live)
+    cast = "SELECT profile_id, CAST(json_extract_string(traits, '$.email') AS INTEGER) AS value FROM profiles"
+    with live.api() as api:
+        assert api.post("/api/v1/sql-traits", json={"key": "bad", "sql": cast, "pii": True}).status_code == 201
+        run_id = api.post("/api/v1/sql-traits/bad/run").json()["run_id"]
+        last = wait_run(api, "bad", run_id)
+        assert last["status"] == "failed"
+        assert "convert" in last["result"]["error"].lower(), last
+        body = {"name": "bad", "kind": "computed", "every_minutes": 60, "trait": "bad"}
+        assert api.post("/api/v1/schedules", json=body).status_code == 201
+        api.post("/api/v1/schedules/bad/run")
+        ran = wait_schedule(api, "bad")
+        assert ran["last_status"] == "failed"
+    with client(live, "auditor") as api:
+        shown = api.get("/api/v1/sql-traits/bad").text + api.get("/api/v1/schedules/bad").text
+        assert "@example.com" not in shown
+        assert "convert" in shown.lower()
+
+
 def test_previews_mask_personal_data_unless_asked_by_a_role_with_pii_access(live: LiveAccord) -> None:
     people(live)
     with client(live, "analyst") as api:

@@ -27,6 +27,7 @@ KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 KEY = re.compile(KEY_PATTERN)
 MAX_DESCRIPTION = 2000
 STALE_RUN = timedelta(hours=1)  # a claim older than this belongs to a process that died
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 class SqlTraitError(Exception):
@@ -177,9 +178,14 @@ def run(db: Database, log: EventLog, claimed: Claimed, *, folder: Path, now: dat
         done = computed.run_computed_trait(
             db, log, name=claimed.key, sql=claimed.sql, folder=folder, now=now, pii=claimed.pii, run_id=claimed.run_id
         )
-    except Exception as error:
-        message = str(error) if isinstance(error, computed.ComputedTraitError) else type(error).__name__
+    except computed.ComputedTraitError as error:
+        # DuckDB's messages quote the values they choke on ("Could not convert string 'ann@...'"): a trait
+        # that reads personal data keeps them out of what it stores (auditors read it).
+        message = QUOTED.sub("'...'", str(error)) if claimed.pii else str(error)
         _finish(db, claimed, now, "failed", {"version": claimed.version, "error": message[:500]})
+        raise computed.ComputedTraitError(message) from None
+    except Exception as error:
+        _finish(db, claimed, now, "failed", {"version": claimed.version, "error": type(error).__name__})
         raise
     result = {
         "version": claimed.version,
