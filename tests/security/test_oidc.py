@@ -24,7 +24,7 @@ from accord.runtime import Runtime
 from accord.security import oidc, users
 from accord.security.models import ConsoleSession, OidcLogin, User
 from conftest import LiveAccord, free_port, make_settings, running_accord
-from console.helpers import login, make_user
+from console.helpers import logged_in, login, make_user
 from security.fake_oidc import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -541,3 +541,14 @@ def test_rotated_provider_keys_are_fetched_again_at_most_every_few_seconds(
             assert provider.key_set_requests == 3
     finally:
         rt.close()
+
+
+def test_the_users_page_marks_single_sign_on_users(site: LiveAccord) -> None:
+    with site.client() as client:
+        assert sign_in(client)[0].status_code == 200
+    with site.client() as admin:
+        logged_in(admin, site.rt, "admin")
+        page = admin.get("/console/admin/users").text
+    row = next(line for line in page.splitlines() if "alice@corp.example" in line)
+    assert "single sign-on: the provider sets the role at each sign-in" in row
+    assert page.count("single sign-on: the provider") == 1  # not the password admin
