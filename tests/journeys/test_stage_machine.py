@@ -8,6 +8,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -332,3 +333,106 @@ def test_streaming_positions_equal_a_batch_recompute(
         define(rt, PROPERTY_JOURNEYS)
     with rt.db.read() as session:
         assert positions(rt) == machine.recompute(session, NOW, positions(rt))  # a fixed point
+
+
+def sweep_all(rt: Runtime, now: datetime) -> None:
+    """The worker's sweep: the segments' first, then the journeys'."""
+    for step in (segments.sweep_step, service.sweep_step):
+        after = None
+        while True:
+            with rt.db.unit_of_work() as session:
+                after = step(session, now=now, after=after)
+            if after is None:
+                break
+
+
+def backfill_all(rt: Runtime, now: datetime = NOW) -> None:
+    for module in (segments, service):
+        while True:
+            with rt.db.read() as session:
+                pending = module.pending_backfills(session)  # type: ignore[attr-defined]
+            if not pending:
+                break
+            with rt.db.unit_of_work() as session:
+                module.backfill_step(session, pending[0], now=now)  # type: ignore[attr-defined]
+
+
+def test_a_journey_follows_a_changed_segment_and_refuses_its_deletion(rt: Runtime) -> None:
+    define(rt, {"golden": GOLDEN})
+    run(rt, [{"type": "identify", "userId": "ol", "traits": {"email": "o@example.com", "plan": "silver"}}])
+    assert where(rt, "ol", "golden") == ("known", "active")
+    with rt.db.unit_of_work() as session:
+        segments.change(
+            session,
+            key="gold",
+            name=None,
+            description=None,
+            condition={"trait": "plan", "op": "in", "value": ["gold", "silver"]},
+            actor="t",
+            now=NOW,
+        )
+        assert service.pending_backfills(session) == ["golden"]  # the journey reads "gold"
+    backfill_all(rt)
+    assert where(rt, "ol", "golden") == ("gold", "completed")
+    with (
+        pytest.raises(segments.SegmentError, match=r"^segment 'gold' is read by journey golden$"),
+        rt.db.unit_of_work() as session,
+    ):
+        segments.remove(session, key="gold", actor="t", now=NOW)
+
+
+def test_a_journey_follows_a_changed_computed_trait_and_refuses_its_deletion(rt: Runtime) -> None:
+    with rt.db.unit_of_work() as session:
+        segments.computed_save(
+            session,
+            key="views",
+            name="views",
+            definition={"event": "Viewed", "function": "count"},
+            actor="t",
+            now=NOW,
+            create=True,
+        )
+    define(rt, {"fans": {"stages": [{"key": "fan", "condition": {"computed": "views", "op": "gte", "value": 2}}]}})
+    run(rt, [track("pi", "Viewed", 2), track("pi", "Carted", 1)])
+    assert where(rt, "pi", "fans") is None
+    with rt.db.unit_of_work() as session:
+        segments.computed_save(
+            session,
+            key="views",
+            name=None,
+            definition={"event": "Carted", "function": "count"},
+            actor="t",
+            now=NOW,
+            create=False,
+        )
+    backfill_all(rt)
+    assert where(rt, "pi", "fans") is None  # one Carted: not yet
+    run(rt, [track("pi", "Carted", 0.5)])
+    assert where(rt, "pi", "fans") == ("fan", "completed")
+    with pytest.raises(segments.SegmentError, match="is read by journey fans"), rt.db.unit_of_work() as session:
+        segments.computed_remove(session, key="views")
+
+
+def test_a_journey_reading_a_timed_segment_moves_in_the_sweep(rt: Runtime) -> None:
+    with rt.db.unit_of_work() as session:
+        segments.create(
+            session,
+            key="recent",
+            name="recent",
+            description="",
+            condition={"event": "Viewed", "within": "7d"},
+            actor="t",
+            now=NOW,
+        )
+    lapse = {
+        "stages": [
+            {"key": "active", "condition": {"segment": "recent"}},
+            {"key": "lapsed", "condition": {"not": {"segment": "recent"}}},
+        ],
+        "goal": {"event": "Bought"},
+    }
+    define(rt, {"lapse": lapse})
+    run(rt, [track("qu", "Viewed", 6)])
+    assert where(rt, "qu", "lapse") == ("active", "active")
+    sweep_all(rt, NOW + timedelta(days=2))  # the view is now 8 days old: out of "recent"
+    assert where(rt, "qu", "lapse") == ("lapsed", "active")

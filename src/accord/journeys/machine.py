@@ -30,7 +30,6 @@ from accord.segments import computed as computed_traits
 from accord.segments import conditions
 from accord.segments import evaluate as segment_evaluate
 from accord.segments.conditions import Facts
-from accord.segments.models import ComputedTrait
 
 POSITIONS = cast(Table, JourneyPosition.__table__)
 TRANSITIONS = cast(Table, JourneyTransition.__table__)
@@ -143,20 +142,20 @@ _lock = threading.Lock()
 
 def active(session: Session) -> Active:
     """The journeys in force: one small read; compiled again only after a change."""
-    j, c = Journey.__table__.c, ComputedTrait.__table__.c
+    j = Journey.__table__.c
     stamp = tuple((k, v, u) for k, v, u in session.execute(select(j.key, j.version, j.updated_at).order_by(j.key)))
     if not stamp:
         return Active()
-    stamp += tuple(
-        ("~" + k, v, u) for k, v, u in session.execute(select(c.key, c.version, c.updated_at).order_by(c.key))
-    )
+    segments = segment_evaluate.active(session)  # cached; its stamp has the computed traits' too
+    stamp += segments.stamp
     bind = str(session.get_bind().engine.url)
     cached = _cache.get(bind)
     if cached is not None and cached.stamp == stamp:
         return cached
     rows = session.execute(select(j.key, j.version, j.definition).order_by(j.key)).all()
-    definitions = {key: computed_traits.parse(doc) for key, doc in session.execute(select(c.key, c.definition))}
-    result = compile_all([(key, version, document) for key, version, document in rows], stamp, definitions)
+    result = compile_all(
+        [(key, version, document) for key, version, document in rows], stamp, segments.computed, segments.timed
+    )
     with _lock:
         _cache[bind] = result
     return result
@@ -166,7 +165,11 @@ def compile_all(
     rows: list[tuple[str, int, Any]],
     stamp: tuple[Any, ...] = (),
     definitions: Mapping[str, computed_traits.ComputedDefinition] | None = None,
+    timed_segments: Iterable[str] = (),
 ) -> Active:
+    """The journeys, indexed. A journey reading a segment that time alone can change is timed too: the
+    segments' sweep may move its members, and the journeys' sweep (which runs after) follows."""
+    timed_segments = set(timed_segments)
     result = Active(stamp=stamp, computed=dict(definitions or {}))
     for key, version, document in rows:
         journey = compile_journey(key, version, document)
@@ -181,7 +184,7 @@ def compile_all(
         if journey.refs.purposes:
             result.consent.add(key)
             result.timed.add(key)  # a grant can lapse
-        if journey.refs.timed:
+        if journey.refs.timed or journey.refs.segments & timed_segments:
             result.timed.add(key)
         if journey.limited:
             result.limited.add(key)

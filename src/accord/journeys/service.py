@@ -190,6 +190,29 @@ def counts(session: Session, keys: Sequence[str]) -> dict[str, dict[str, int]]:
     return found
 
 
+def readers(session: Session, *, segment: str | None = None, computed: str | None = None) -> list[str]:
+    """The journeys whose definition reads this segment (or computed trait)."""
+    found = []
+    for row in listing(session):
+        refs = definitions.references(definitions.parse(row.definition))
+        if (segment is not None and segment in refs.segments) or (computed is not None and computed in refs.computed):
+            found.append(row.key)
+    return found
+
+
+def restart_backfills(session: Session, keys: Sequence[str]) -> None:
+    """Evaluate these journeys for every profile again (something they read changed: a segment's or a
+    computed trait's definition). Workers run journey backfills after the segments', so they read the
+    memberships the segments' own backfills wrote."""
+    for key in keys:
+        row = get(session, key, lock=True)
+        row.status = "backfilling"
+        row.backfill_after = None
+        row.backfill_done = 0
+        row.backfill_total = segment_evaluate.count_profiles(session)
+    session.flush()
+
+
 # --- backfill and sweep -----------------------------------------------------------------------------------
 
 

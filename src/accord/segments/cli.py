@@ -192,7 +192,7 @@ def show(key: Annotated[str, typer.Argument(help="The segment's key")], as_json:
 
 @app.command("delete")
 def delete(key: Annotated[str, typer.Argument(help="The segment's key")], as_json: JsonFlag = False) -> None:
-    """Delete a segment and its memberships (refused while another segment reads it)."""
+    """Delete a segment and its memberships (refused while another segment or a journey reads it)."""
     with database() as db:
         try:
             with db.unit_of_work() as session:
@@ -324,7 +324,7 @@ def computed_show(
 def computed_delete(
     key: Annotated[str, typer.Argument(help="The computed trait's key")], as_json: JsonFlag = False
 ) -> None:
-    """Delete a computed trait (refused while a segment reads it)."""
+    """Delete a computed trait (refused while a segment or a journey reads it)."""
     with database() as db:
         try:
             with db.unit_of_work() as session:

@@ -157,6 +157,7 @@ def remove(session: Session, *, key: str, actor: str, now: datetime) -> int:
         for other in session.scalars(select(Segment).where(Segment.key != key))
         if key in conditions.references(conditions.parse(other.condition)).segments
     )
+    readers += [f"journey {k}" for k in _journeys().readers(session, segment=key)]
     if readers:
         raise SegmentError(409, "segment_in_use", f"segment {key!r} is read by {', '.join(readers[:10])}")
     session.add(
@@ -182,6 +183,15 @@ def _restart_backfill(row: Segment, session: Session) -> None:
     row.backfill_after = None
     row.backfill_done = 0
     row.backfill_total = evaluate.count_profiles(session)
+    journeys = _journeys()
+    journeys.restart_backfills(session, journeys.readers(session, segment=row.key))
+
+
+def _journeys() -> Any:
+    """accord.journeys.service, imported here: journeys read segments (a cycle at the top)."""
+    from accord.journeys import service as journeys
+
+    return journeys
 
 
 def get(session: Session, key: str, *, lock: bool = False) -> Segment:
@@ -410,6 +420,8 @@ def computed_save(
         if stored != row.definition:
             for reader in _readers(session, key):
                 _restart_backfill(get(session, reader, lock=True), session)
+            journeys = _journeys()
+            journeys.restart_backfills(session, journeys.readers(session, computed=key))
         row.definition = stored
         row.name = name if name is not None else row.name
         row.version += 1
@@ -435,7 +447,7 @@ def _refuse_sql_trait(session: Session, key: str) -> None:
 
 def computed_remove(session: Session, *, key: str) -> None:
     row = computed_get(session, key)
-    readers = _readers(session, key)
+    readers = _readers(session, key) + [f"journey {k}" for k in _journeys().readers(session, computed=key)]
     if readers:
         raise SegmentError(409, "computed_trait_in_use", f"computed trait {key!r} is read by {', '.join(readers[:10])}")
     session.delete(row)
