@@ -183,8 +183,32 @@ def _now() -> int:
         ({"nonce": None}, "no nonce claim"),
         ({"sub": None}, "no sub claim"),
         ({"sub": "x" * 300}, "sub claim is not an identifier"),
+        ({"sub": 42}, "sub"),
+        ({"nbf": _now() + 3600}, "not valid yet"),
+        ({"iat": _now() + 3600}, "issued in the future (iat)"),
+        ({"exp": "soon"}, "exp"),
+        ({"aud": ["another-client", CLIENT_ID]}, "no azp claim"),
+        ({"aud": ["another-client", CLIENT_ID], "azp": "another-client"}, "issued for another client (azp)"),
+        ({"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}, "does not match its access token (at_hash)"),
     ],
-    ids=["issuer", "audience", "no-audience", "expired", "no-expiry", "nonce", "no-nonce", "no-sub", "long-sub"],
+    ids=[
+        "issuer",
+        "audience",
+        "no-audience",
+        "expired",
+        "no-expiry",
+        "nonce",
+        "no-nonce",
+        "no-sub",
+        "long-sub",
+        "numeric-sub",
+        "not-yet",
+        "future-iat",
+        "text-exp",
+        "audiences-without-azp",
+        "azp",
+        "at-hash",
+    ],
 )
 def test_a_wrong_id_token_is_refused(
     site: LiveAccord, provider: FakeProvider, tamper: dict[str, Any], message: str
@@ -410,6 +434,21 @@ def test_wrong_settings_are_named_at_start(tmp_path: Path, overrides: dict[str, 
     }
     with pytest.raises(ValueError, match=message):
         oidc.OidcConfig.from_settings(Settings(data_dir=tmp_path, **values))
+
+
+def test_the_client_secret_is_not_in_the_configuration_repr(tmp_path: Path) -> None:
+    config = oidc.OidcConfig.from_settings(
+        Settings(
+            data_dir=tmp_path,
+            oidc_issuer="https://idp.example",
+            oidc_client_id="c",
+            oidc_client_secret="very-secret-value",
+            oidc_role_map={"g": "agent"},
+        )
+    )
+    assert config is not None
+    assert config.client_secret == "very-secret-value"
+    assert "very-secret-value" not in repr(config)
 
 
 def test_the_role_claim_may_be_nested_and_the_first_mapping_wins(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -67,7 +67,7 @@ class OidcError(Exception):
 class OidcConfig:
     issuer: str
     client_id: str
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)  # never in a log line or a traceback's locals
     redirect_url: str | None  # None: ACCORD_PUBLIC_URL or the request's own URL, plus CALLBACK_PATH
     scopes: str
     role_claim: str
