@@ -358,3 +358,16 @@ def test_commands_and_mapping_changes_are_audited(live: LiveAccord) -> None:
         ("cli", "schedule.delete", "hourly"),
         ("token", "source_mapping.put", f"{live.source_id}/hook"),
     ]
+
+
+def test_one_preview_at_a_time(live: LiveAccord) -> None:
+    from accord.sources import sql_traits
+
+    with live.api() as api:
+        assert sql_traits.PREVIEWS.acquire(blocking=False)  # as if a preview were running
+        try:
+            busy = api.post("/api/v1/sql-traits/preview", json={"sql": ORDERS})
+        finally:
+            sql_traits.PREVIEWS.release()
+        assert (busy.status_code, busy.json()["code"]) == (429, "preview_busy")
+        assert api.post("/api/v1/sql-traits/preview", json={"sql": ORDERS}).status_code == 200

@@ -9,6 +9,7 @@ each side refuses the other's keys.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +28,8 @@ KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 KEY = re.compile(KEY_PATTERN)
 MAX_DESCRIPTION = 2000
 STALE_RUN = timedelta(hours=1)  # a claim older than this belongs to a process that died
+PREVIEWS = threading.BoundedSemaphore(1)
+RUNS = threading.Lock()
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
@@ -140,10 +143,16 @@ def remove(session: Session, *, key: str) -> None:
 
 
 def preview(db: Database, *, sql: str, masked: bool, folder: Path, limit: int) -> list[tuple[str | None, Any]]:
+    """The first rows of a query. Each preview copies the whole view, so a process makes one at a time and
+    refuses another meanwhile (429) rather than queueing snapshots."""
+    if not PREVIEWS.acquire(blocking=False):
+        raise SqlTraitError(429, "preview_busy", "another preview is running in this process; try again shortly")
     try:
         return computed.preview_computed_trait(db, sql=sql, folder=folder, masked=masked, limit=limit)
     except computed.ComputedTraitError as error:
         raise SqlTraitError(422, "invalid_sql_trait", str(error)) from None
+    finally:
+        PREVIEWS.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +184,17 @@ def claim(db: Database, key: str, *, now: datetime) -> Claimed:
 def run(db: Database, log: EventLog, claimed: Claimed, *, folder: Path, now: datetime) -> computed.ComputedRun:
     """Run a claimed trait to its end; the outcome (counts, or the error) is kept with the trait."""
     try:
-        done = computed.run_computed_trait(
-            db, log, name=claimed.key, sql=claimed.sql, folder=folder, now=now, pii=claimed.pii, run_id=claimed.run_id
-        )
+        with RUNS:  # one snapshot at a time per process: runs asked for together wait their turn
+            done = computed.run_computed_trait(
+                db,
+                log,
+                name=claimed.key,
+                sql=claimed.sql,
+                folder=folder,
+                now=now,
+                pii=claimed.pii,
+                run_id=claimed.run_id,
+            )
     except computed.ComputedTraitError as error:
         # DuckDB's messages quote the values they choke on ("Could not convert string 'ann@...'"): a trait
         # that reads personal data keeps them out of what it stores (auditors read it).
