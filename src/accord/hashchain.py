@@ -242,23 +242,3 @@ def finish(
     elif head is not None and head.seq and not mac_ok(messages.head(head.seq, head.hash), head.mac):
         report.first_bad = Problem(head.seq, None, "the chain head's MAC does not verify")
     return report
-
-
-def verify(
-    rows: Iterable[Row],
-    *,
-    checkpoints: Mapping[int, Signed],
-    head: Head | None,
-    mac_ok: Callable[[str, str], bool],
-    messages: MacMessages,
-    extra: Extra | None = None,
-) -> Verification:
-    """Walk the whole chain, its checkpoints and its head; stop at the first problem. `extra` checks what
-    one chain adds to a record (the consent ledger's evidence digest)."""
-    bad_signature = first_bad_signature(checkpoints)
-    if bad_signature is not None:
-        return Verification(first_bad=bad_signature)
-    report = walk(
-        rows, expected=1, previous=GENESIS, checkpoints=checkpoints, mac_ok=mac_ok, messages=messages, extra=extra
-    )
-    return finish(report, checkpoints=checkpoints, head=head, mac_ok=mac_ok, messages=messages)

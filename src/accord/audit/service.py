@@ -12,8 +12,7 @@ own once the read succeeded, before the answer is sent.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator, Iterator, Sequence
-from contextlib import closing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +21,7 @@ import orjson
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from accord import hashchain
+from accord import chaintable, hashchain
 from accord.audit.models import AuditCheckpoint, AuditHead, AuditRecord
 from accord.consent.keys import SigningKey
 from accord.db.base import utcnow
@@ -173,42 +172,18 @@ def actions_of(session: Session, target_id: str) -> Sequence[str]:
     return session.scalars(select(AuditRecord.action).where(AuditRecord.target_id == target_id)).all()
 
 
-def _rows(engine: Engine, batch: int) -> Generator[tuple[Any, ...]]:
-    mirrored = [getattr(AuditRecord, name) for name in MIRRORED]
-    query = select(AuditRecord.seq, *mirrored, AuditRecord.body, AuditRecord.hash, AuditRecord.mac).order_by(
-        AuditRecord.seq
-    )
-    # Closed explicitly: verification stops at the first problem, and PostgreSQL's server-side cursor
-    # must not outlive it.
-    with (
-        engine.connect() as connection,
-        connection.execution_options(stream_results=True, yield_per=batch).execute(query) as result,
-    ):
-        for chunk in result.partitions(batch):
-            yield from chunk
+CHAIN = chaintable.ChainTable(
+    table=AuditRecord.__tablename__,
+    mirrored=MIRRORED,
+    record=AuditRecord,
+    head=AuditHead,
+    checkpoint=AuditCheckpoint,
+    messages=MESSAGES,
+    checkpoint_typ=CHECKPOINT_TYP,
+)
 
 
-def verify(engine: Engine, *, key: SigningKey, batch: int = 20_000) -> Verification:
-    """Walk the whole chain, its checkpoints and head; stop at the first problem and name it."""
-    with Session(engine) as session:
-        checkpoints = {
-            row.seq: hashchain.Signed(row.seq, row.hash, row.signed_at, _signed(key, row))
-            for row in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))
-        }
-        head = session.get(AuditHead, 1)
-        stored_head = None if head is None else hashchain.Head(head.seq, head.hash, head.mac)
-
-    def rows(stored: Iterator[tuple[Any, ...]]) -> Iterator[hashchain.Row]:
-        for seq, *mirrored, body, digest, mac in stored:
-            columns = dict(zip(MIRRORED, mirrored, strict=True))
-            yield hashchain.Row(seq, mirrored[0], body, digest, mac, columns)
-
-    with closing(_rows(engine, batch)) as stored:
-        return hashchain.verify(
-            rows(stored), checkpoints=checkpoints, head=stored_head, mac_ok=key.mac_ok, messages=MESSAGES
-        )
-
-
-def _signed(key: SigningKey, row: AuditCheckpoint) -> bool:
-    payload = key.verify(row.jws, typ=CHECKPOINT_TYP)
-    return payload is not None and payload.get("seq") == row.seq and payload.get("hash") == row.hash
+def verify(engine: Engine, *, key: SigningKey, batch: int = 20_000, workers: int = 1) -> Verification:
+    """Walk the whole chain, its checkpoints and head; stop at the first problem and name it. With
+    `workers` > 1 and a long chain, consecutive ranges are walked in that many processes at once."""
+    return chaintable.verify(engine, CHAIN, key=key, batch=batch, workers=workers)
