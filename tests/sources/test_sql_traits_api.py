@@ -4,6 +4,7 @@ traits, masking in previews, audit, and malformed, oversized, hostile and duplic
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -371,3 +372,27 @@ def test_one_preview_at_a_time(live: LiveAccord) -> None:
             sql_traits.PREVIEWS.release()
         assert (busy.status_code, busy.json()["code"]) == (429, "preview_busy")
         assert api.post("/api/v1/sql-traits/preview", json={"sql": ORDERS}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/sql-traits", {"key": "nul", "sql": ORDERS, "description": "a\u0000b"}),
+        ("/api/v1/schedules", {"name": "nul", "kind": "table", "every_minutes": 5, "url_env": "CRM_URL"}),
+    ],
+)
+def test_nul_characters_are_refused_before_the_database_sees_them(
+    live: LiveAccord, path: str, body: dict[str, Any]
+) -> None:
+    """Found by the fuzzing on PostgreSQL, whose text and JSON refuse NUL: it was a 500."""
+    source(live.rt, "crm")
+    if path.endswith("schedules"):
+        body |= {"table": "people\u0000", "mapping": HOOK, "source": "crm"}
+    with live.api() as api:
+        answer = api.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert answer.status_code == 422, answer.text
+        assert "NUL" in answer.json()["message"]
+        if path.endswith("sql-traits"):
+            api.post(path, json={"key": "nul", "sql": ORDERS})
+            changed = api.put("/api/v1/sql-traits/nul", json={"sql": ORDERS, "description": "\u0000"})
+            assert changed.status_code == 422, changed.text

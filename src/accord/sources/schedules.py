@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
 from accord.db.engine import Database
+from accord.ingest.spec import contains_nul
 from accord.log.port import EventLog
 from accord.sources import imports
 from accord.sources.mapping import Mapping, parse_mapping
@@ -97,6 +98,8 @@ def table_spec(
         raise ScheduleError("a query is 1 to 100,000 characters")
     if cursor is not None and not 0 < len(cursor) <= 200:
         raise ScheduleError("a cursor column's name is 1 to 200 characters")
+    if contains_nul([table, query, cursor, mapping.document()]):
+        raise ScheduleError("a table schedule may not hold a NUL character (\\u0000)")
     return {
         "url_env": url_env,
         "table": table,

@@ -90,6 +90,8 @@ def save(
         raise SqlTraitError(422, "invalid_sql_trait", str(error)) from None
     if description is not None and len(description) > MAX_DESCRIPTION:
         raise SqlTraitError(422, "invalid_sql_trait", f"a description is at most {MAX_DESCRIPTION} characters")
+    if description is not None and "\x00" in description:
+        raise SqlTraitError(422, "invalid_sql_trait", "a description may not hold a NUL character (\\u0000)")
     row = session.get(SqlTrait, key)
     if create is True and row is not None:
         raise SqlTraitError(409, "sql_trait_exists", f"SQL computed trait {key!r} exists; change it with PUT")
