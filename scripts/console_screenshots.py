@@ -22,6 +22,7 @@ from accord.config import Settings
 from accord.consent import catalogue
 from accord.db import migrate
 from accord.db.base import utcnow
+from accord.journeys import service as journeys
 from accord.runtime import Runtime
 from accord.security import users
 from accord.sources.service import create_source
@@ -79,6 +80,20 @@ def _catalogue(rt: Runtime) -> None:
             url=None,
             now=now,
         )
+        shop = [
+            {"key": "browsing", "name": "Browsing", "condition": {"event": "Product Viewed"}},
+            {"key": "known", "name": "Signed in", "condition": {"trait": "email", "op": "exists"}},
+            {"key": "ordered", "name": "Ordered", "condition": {"event": "Order Completed"}},
+        ]
+        care = [
+            {"key": "customer", "name": "Customer", "condition": {"event": "Order Completed"}},
+            {"key": "called", "name": "Called support", "condition": {"event": "Support Call Started"}},
+            {"key": "resolved", "name": "Resolved", "condition": {"event": "Ticket Resolved"}},
+        ]
+        for key, name, stages in (("first-order", "First order", shop), ("care", "Customer care", care)):
+            journeys.create(
+                session, key=key, name=name, description="", definition={"stages": stages}, actor="docs", now=now
+            )
         users.create_user(session, email="agent@example.com", role="agent", password=PASSWORD, now=now)
         users.create_user(session, email="admin@example.com", role="admin", password=PASSWORD, now=now)
 

@@ -157,6 +157,38 @@ def test_record_a_phone_consent_and_open_its_receipt(page: Any, site: LiveAccord
     expect(page.locator("pre").first).to_contain_text('"collectionMethod": "verbal"')
 
 
+def test_journey_positions_on_the_360_and_funnels_on_the_dashboard(page: Any, site: LiveAccord) -> None:
+    from playwright.sync_api import expect
+
+    from accord.db.base import utcnow
+    from accord.journeys import service as journeys
+
+    stages = [
+        {"key": "viewed", "name": "Viewed a product", "condition": {"event": "Product Viewed"}},
+        {"key": "called", "name": "Called support", "condition": {"event": "Support Call Started"}},
+    ]
+    with site.rt.db.unit_of_work() as session:
+        journeys.create(
+            session, key="care", name="Care", description="", definition={"stages": stages}, actor="t", now=utcnow()
+        )
+    seed(site)  # Ann viewed a product: the first stage
+    log_in(page, make_user(site.rt, "admin"))
+    open_ann(page)
+    positions = page.get_by_role("table", name="Where the customer stands in each journey")
+    expect(positions).to_contain_text("Viewed a product")
+    expect(positions).to_contain_text("stage 1 of 2")
+    expect(positions).to_contain_text("active")
+    track(site, [{"type": "track", "userId": "u-ann", "event": "Support Call Started"}])
+    page.reload()
+    expect(positions).to_contain_text("Called support")
+    expect(positions).to_contain_text("completed")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboard").click()
+    funnel = page.get_by_role("table", name="Funnel of Care")
+    expect(funnel).to_contain_text("Viewed a product")
+    expect(funnel.get_by_role("row").nth(1)).to_contain_text("100.0 %")  # Ann went on to the next stage
+    expect(page.get_by_role("img", name="Profiles that reached each stage of Care")).to_be_visible()
+
+
 def test_an_agent_cannot_reach_configuration_pages(page: Any, site: LiveAccord) -> None:
     from playwright.sync_api import expect
 

@@ -169,6 +169,7 @@ def customer_context(session: Session, profile: Profile, login: Login) -> dict[s
         "merges": identity_history.history(session, profile, limit=100),
         "notes": console_service.notes(session, ids),
         "segments": segment_service.profile_memberships(session, profile.id),
+        "journeys": console_service.journey_positions(session, profile.id, now=now),
         "can_act": login.role in {"admin", "agent"},
         "can_unmerge": login.role == "admin",
     }

@@ -1,5 +1,6 @@
-"""Dashboards: the live event rate and processing lag (refreshed every few seconds), and segment sizes
-over time. Charts are SVG drawn on the server: no chart script, nothing for the page's policy to admit."""
+"""Dashboards: the live event rate and processing lag (refreshed every few seconds), segment sizes over
+time, and a funnel per journey. Charts are SVG drawn on the server: no chart script, nothing for the
+page's policy to admit."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ async def dashboard(request: Request, login: Analyst) -> Response:
     def load() -> dict[str, Any]:
         with rt.db.read() as session:
             history = console_service.segment_history(session, now=utcnow())
-        return {"segments": history, **_live(rt)}
+            funnels = console_service.journey_funnels(session, now=utcnow())
+        return {"segments": history, "funnels": funnels, **_live(rt)}
 
     return page("dashboard.html", title="Dashboard", login=login, section="dashboard", **await run_in_threadpool(load))
 

@@ -36,6 +36,19 @@ def _when(value: datetime | str | None) -> str:
         return value
 
 
+def _duration(seconds: float | None) -> str:
+    """A span as people read it: the two largest units (3 d 4 h, 12 min 5 s)."""
+    if seconds is None:
+        return ""
+    left = max(0, int(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size} {unit}")
+            left %= size
+    return " ".join(parts[:2])
+
+
 templates = Environment(
     loader=FileSystemLoader(HERE / "templates"),
     autoescape=select_autoescape(["html"]),
@@ -43,6 +56,7 @@ templates = Environment(
     lstrip_blocks=True,
 )
 templates.filters["when"] = _when
+templates.filters["duration"] = _duration
 templates.globals.update(htmx=HTMX, htmx_sse=HTMX_SSE)
 
 

@@ -17,6 +17,7 @@ from accord.console.models import Note, RecentView
 from accord.identity.models import Identity
 from accord.identity.service import current_rules
 from accord.ingest.spec import SpecError, normalise_request
+from accord.journeys import service as journeys
 from accord.log.models import LogRecord
 from accord.log.port import NewRecord
 from accord.profiles.models import Profile, ProfileEvent
@@ -298,3 +299,58 @@ def segment_history(session: Session, *, now: datetime, days: int = 14) -> dict[
             level -= net.get((key, date), 0)
         history[key] = list(reversed(bars))
     return history
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyRow:
+    key: str
+    name: str
+    stage: str
+    stage_name: str
+    stage_number: int  # 1 for the first stage; 0 if the journey no longer has it
+    stages: int
+    state: str
+    reason: str | None
+    stage_entered_at: datetime
+    in_stage_seconds: float  # until now, or until it ended
+
+
+def journey_positions(session: Session, profile_id: str, *, now: datetime) -> list[JourneyRow]:
+    """Where the profile stands in each journey it entered, with how long it has been in its stage."""
+    rows = []
+    for position, journey in journeys.profile_positions(session, profile_id):
+        stages = [s for s in journey.definition.get("stages", []) if isinstance(s, dict)]
+        index = next((i for i, s in enumerate(stages) if s.get("key") == position.stage), -1)
+        until = position.ended_at or now
+        rows.append(
+            JourneyRow(
+                key=journey.key,
+                name=journey.name,
+                stage=position.stage,
+                stage_name=(stages[index].get("name") or position.stage) if index >= 0 else position.stage,
+                stage_number=index + 1,
+                stages=len(stages),
+                state=position.state,
+                reason=position.reason,
+                stage_entered_at=position.stage_entered_at,
+                in_stage_seconds=(until - position.stage_entered_at).total_seconds(),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelView:
+    key: str
+    name: str
+    funnel: journeys.Funnel
+
+
+def journey_funnels(session: Session, *, now: datetime, days: int = 30) -> list[FunnelView]:
+    """Each journey's funnel for the profiles that entered it in the last `days` days."""
+    views = []
+    for row in journeys.listing(session):
+        views.append(
+            FunnelView(row.key, row.name, journeys.funnel(session, row.key, start=now - timedelta(days=days), end=now))
+        )
+    return views
