@@ -30,10 +30,10 @@ def _env(settings: Settings, port: int) -> dict[str, str]:
 
 
 @contextmanager
-def accord_up(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def accord_up(settings: Settings, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "accord", "up"],
-        env=_env(settings, port),
+        env=_env(settings, port) | env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -168,3 +168,36 @@ def test_accord_up_restarts_a_worker_that_dies(rt: Runtime, settings: Settings) 
     with rt.db.read() as session:
         stored = session.scalars(select(ProfileEvent.message_id)).all()
     assert stored == ["after-1"]
+
+
+def test_the_api_nudges_an_idle_worker_child(rt: Runtime, settings: Settings) -> None:
+    """The worker child polls only every ten minutes here. Each round, once it has processed a first event
+    and gone idle, a second event is processed at once: through the nudge that each commit of the log
+    sends it. The second round's worker is a restarted one."""
+    with rt.db.unit_of_work() as session:
+        write_key = create_source(session, name="nudge").write_key
+    port = free_port()
+
+    def send_and_wait(client: httpx.Client, message_id: str) -> None:
+        answer = client.post("/v1/track", json={"userId": "u1", "event": "Nudged", "messageId": message_id})
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 60
+        while rt.log.pending() > 0:
+            assert time.monotonic() < deadline, f"{message_id} was not processed: the idle worker was not nudged"
+            time.sleep(0.05)
+
+    with (
+        accord_up(settings, port, ACCORD_WORKER_POLL_INTERVAL="600") as server,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=10) as client,
+    ):
+        killed: list[int] = []
+        for round_ in range(2):
+            send_and_wait(client, f"first-{round_}")
+            time.sleep(1.0)  # the worker found the log empty again and waits
+            send_and_wait(client, f"second-{round_}")
+            workers = [pid for pid in children(server.pid) if alive(pid) and pid not in killed]
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append(workers[0])
+    with rt.db.read() as session:
+        stored = sorted(session.scalars(select(ProfileEvent.message_id)).all())
+    assert stored == ["first-0", "first-1", "second-0", "second-1"]

@@ -61,6 +61,7 @@ def create_app(
         child = WorkerProcess() if worker == "process" else None
         if child is not None:
             child.start()
+            rt.log.listeners.append(child.nudge)
         if worker == "thread":
             in_process = Worker(
                 db=rt.db,
@@ -87,6 +88,7 @@ def create_app(
         # Shutdown runs here, before uvicorn re-raises the signal that stopped it.
         await run_in_threadpool(app.state.import_jobs.stop)
         if child is not None:
+            rt.log.listeners.remove(child.nudge)
             child.stop()
         stop.set()
         rt.log.appended.set()

@@ -34,7 +34,7 @@ from accord.identity import service as identity_service
 from accord.ingest import quarantine
 from accord.journeys import cli as journey_cli
 from accord.logs import configure_logging
-from accord.pipeline.embedded import watch_parent
+from accord.pipeline.embedded import SocketWake, watch_parent
 from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
 from accord.security import service as security
@@ -169,6 +169,7 @@ def _serve(host: str | None, port: int | None, *, with_worker: bool) -> None:
 @app.command()
 def worker(
     parent_pid: Annotated[int | None, typer.Option(hidden=True, help="Exit when this process is gone")] = None,
+    wake_fd: Annotated[int | None, typer.Option(hidden=True, help="A socket the parent nudges on new events")] = None,
 ) -> None:
     """Run a pipeline worker (scale-out role); any number may run against one PostgreSQL database."""
     settings = _settings()
@@ -185,6 +186,7 @@ def worker(
             log=rt.log,
             batch_size=settings.worker_batch_size,
             poll_interval=settings.worker_poll_interval,
+            wake=None if wake_fd is None else SocketWake(wake_fd),
             consent=Capture(key=rt.signing, settings=settings),
             segment_sweep_seconds=settings.segment_sweep_seconds,
         ).run(stop)

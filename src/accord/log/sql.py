@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import cast
@@ -42,6 +42,7 @@ class SqlEventLog:
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
         self.appended = threading.Event()  # set after each commit: wakes an in-process worker
+        self.listeners: list[Callable[[], None]] = []  # called after each commit: nudge workers elsewhere
 
     def ensure_file_schema(self) -> None:
         """Create the log table in a log file of its own (SQLite); the main migrations cover PostgreSQL."""
@@ -121,6 +122,8 @@ class SqlEventLog:
         for _, future in group:
             future.set_result(None)
         self.appended.set()
+        for listener in self.listeners:
+            listener()
 
     # -- consuming -------------------------------------------------------------------------------
     @contextmanager

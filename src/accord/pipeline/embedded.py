@@ -2,11 +2,16 @@
 
 A process rather than a thread, so the API and the worker each get a core instead of sharing one
 interpreter lock. The child watches its parent and exits when the parent is gone (even by kill -9).
+Each commit of the event log nudges the child through a socket pair, so an idle worker starts on new
+events at once rather than at its next poll.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +27,23 @@ class WorkerProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._supervise, name="accord-worker-supervisor", daemon=True)
+        self._nudges, self._woken = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._nudges.setblocking(False)
 
     def start(self) -> None:
         self._spawn()
         self._watch.start()
 
+    def nudge(self) -> None:
+        """Tell the worker there are new log records; never blocks (a full buffer: it is awake anyway)."""
+        with contextlib.suppress(OSError):
+            self._nudges.send(b"\0")
+
     def _spawn(self) -> None:
-        command = [sys.executable, "-m", "accord", "worker", "--parent-pid", str(os.getpid())]
-        self._process = subprocess.Popen(command)  # inherits the environment, so the same settings
+        wake = self._woken.fileno()
+        command = [sys.executable, "-m", "accord", "worker", "--parent-pid", str(os.getpid()), "--wake-fd", str(wake)]
+        # Inherits the environment, so the same settings.
+        self._process = subprocess.Popen(command, pass_fds=(wake,))
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -44,6 +58,8 @@ class WorkerProcess:
     def stop(self) -> None:
         self._stop.set()
         if self._process is None or self._process.poll() is not None:
+            self._nudges.close()
+            self._woken.close()
             return
         self._process.terminate()
         try:
@@ -51,6 +67,9 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        finally:
+            self._nudges.close()
+            self._woken.close()
 
 
 def watch_parent(parent_pid: int, stop: threading.Event) -> None:
@@ -63,3 +82,21 @@ def watch_parent(parent_pid: int, stop: threading.Event) -> None:
                 stop.set()
 
     threading.Thread(target=watch, name="accord-parent-watch", daemon=True).start()
+
+
+class SocketWake:
+    """The worker's end of the nudges: waits like `threading.Event.wait`, for a nudge or the timeout."""
+
+    def __init__(self, fd: int) -> None:
+        self._socket = socket.socket(fileno=fd)
+        self._socket.setblocking(False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        ready, _, _ = select.select([self._socket], [], [], timeout)
+        return bool(ready)
+
+    def clear(self) -> None:
+        """Drop the nudges that arrived meanwhile: one pass over the log takes them all."""
+        with contextlib.suppress(OSError):  # BlockingIOError: none left
+            while True:
+                self._socket.recv(64)

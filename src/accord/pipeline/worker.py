@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -28,13 +29,21 @@ log = structlog.get_logger(__name__)
 RETRIES = 5
 
 
+class Wake(Protocol):
+    """What an idle worker waits on besides its poll interval: a `threading.Event`, or a socket."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def clear(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Worker:
     db: Database
     log: EventLog
     batch_size: int = 500
     poll_interval: float = 0.05
-    wake: threading.Event | None = None
+    wake: Wake | None = None
     consent: Capture | None = None
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
     segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
