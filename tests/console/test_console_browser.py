@@ -178,10 +178,12 @@ def test_journey_positions_on_the_360_and_funnels_on_the_dashboard(page: Any, si
     expect(positions).to_contain_text("Viewed a product")
     expect(positions).to_contain_text("stage 1 of 2")
     expect(positions).to_contain_text("active")
+    expect(page.locator("#live-notice")).to_contain_text("Live")  # the stream is open
     track(site, [{"type": "track", "userId": "u-ann", "event": "Support Call Started"}])
-    page.reload()
+    # No reload: the live stream sends the positions again after the new event.
     expect(positions).to_contain_text("Called support")
     expect(positions).to_contain_text("completed")
+    expect(page.locator("#timeline li")).to_have_count(3)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboard").click()
     funnel = page.get_by_role("table", name="Funnel of Care")
     expect(funnel).to_contain_text("Viewed a product")

@@ -219,20 +219,25 @@ def _sse(event: str, data: str, event_id: int | None = None) -> str:
 
 @router.get("/console/customers/{profile_id}/live")
 async def live(request: Request, profile_id: ProfileId, login: Reader, after: int = 0) -> Response:
-    """Server-sent events: each new event of the profile as a timeline item, as soon as it is stored."""
+    """Server-sent events: each new event of the profile as a timeline item, as soon as it is stored, and
+    then its journey positions again."""
     rt = _rt(request)
     resume = request.headers.get("last-event-id", "")
     floor = int(resume) if resume.isdigit() and len(resume) < 19 else max(0, min(after, 2**62))
 
-    def poll(cursor: int, sent: set[int]) -> tuple[list[tuple[int, str]], str | None]:
+    def poll(cursor: int, sent: set[int]) -> tuple[list[tuple[int, str]], str | None, str | None]:
+        """New timeline items, where the profile went if it was merged away, and (after new events, which
+        commit with their journey changes) the journey positions again."""
         with rt.db.read() as session:
             profile = profiles.resolve(session, profile_id)
             if profile is None or profile.id != profile_id:
-                return [], profile.id if profile is not None else ""
+                return [], profile.id if profile is not None else "", None
             rows = console_service.events_since(session, profile_id, after=max(floor, cursor - LOOKBACK_IDS))
-            names = console_service.source_names(session) if rows else {}
-        fresh = [row for row in rows if row.id not in sent]
-        return [(row.id, fragment("_event.html", event=event_view(row, names), new=True)) for row in fresh], None
+            fresh = [row for row in rows if row.id not in sent]
+            names = console_service.source_names(session) if fresh else {}
+            positions = console_service.journey_positions(session, profile_id, now=utcnow()) if fresh else None
+        items = [(row.id, fragment("_event.html", event=event_view(row, names), new=True)) for row in fresh]
+        return items, None, None if positions is None else fragment("_journeys.html", journeys=positions)
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
@@ -240,7 +245,7 @@ async def live(request: Request, profile_id: ProfileId, login: Reader, after: in
         cursor, sent = floor, set[int]()
         started = time.monotonic()
         while time.monotonic() - started < STREAM_SECONDS:
-            items, moved = await run_in_threadpool(poll, cursor, sent)
+            items, moved, journeys = await run_in_threadpool(poll, cursor, sent)
             if moved is not None:
                 yield _sse("status", fragment("_moved.html", survivor=moved))
                 return
@@ -248,6 +253,8 @@ async def live(request: Request, profile_id: ProfileId, login: Reader, after: in
                 sent.add(event_id)
                 cursor = max(cursor, event_id)
                 yield _sse("timeline", html, cursor)
+            if journeys is not None:
+                yield _sse("journeys", journeys)
             if len(sent) > 10 * LOOKBACK_IDS:
                 sent = {i for i in sent if i > cursor - LOOKBACK_IDS}
             await asyncio.sleep(POLL_SECONDS)
