@@ -249,3 +249,30 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
                 expected = 403 if credential in ROLES and not path.startswith("/v1/") else 401
                 assert answer.status_code == expected, (method, path, credential, answer.text)
                 assert answer.json()["code"] in {"unauthorized", "forbidden"}
+    _background_runs_done(live, scheduled=allowed_to_run(credential))
+
+
+def allowed_to_run(credential: str) -> bool:
+    return matrix()[("POST", "/api/v1/schedules/{name}/run")][credential]
+
+
+def _background_runs_done(live: LiveAccord, *, scheduled: bool, timeout: float = 120) -> None:
+    """The runs the routes started in the background (a SQL trait's, a schedule's) end before the test does:
+    one still running would write into the next test's database."""
+    import time
+
+    from accord.sources.models import Schedule, SqlTrait
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with live.rt.db.read() as session:
+            trait = session.get(SqlTrait, "spend")
+            schedule = session.get(Schedule, "nightly")
+            started = scheduled or (schedule is not None and schedule.last_started_at is not None)  # or the poller
+            busy = (trait is not None and trait.running_since is not None) or (
+                started and schedule is not None and schedule.last_status is None
+            )
+        if not busy:
+            return
+        assert time.monotonic() < deadline, "a background run did not end"
+        time.sleep(0.05)
