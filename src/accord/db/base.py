@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData
-from sqlalchemy.dialects.postgresql import JSONB
+import orjson
+from sqlalchemy import JSON, ColumnElement, DateTime, MetaData, String, any_, bindparam, func, literal_column, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -49,3 +52,13 @@ JSONDoc = JSON().with_variant(JSONB(), "postgresql")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def one_of(column: ColumnElement[Any], values: Sequence[str], dialect: str) -> ColumnElement[bool]:
+    """`column IN values` with the values as one bound parameter: a JSON array read by json_each on SQLite,
+    an array compared with = ANY on PostgreSQL. A plain IN of hundreds of values makes SQLAlchemy render a
+    placeholder per value on every execution, which cost the pipeline a tenth of its time."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+    listed = bindparam(None, orjson.dumps(list(values)).decode(), type_=String)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(listed)))

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
-from accord.db.base import utcnow
+from accord.db.base import one_of, utcnow
 from accord.identity import match_index
 from accord.identity.graph import Separation, Separations, Tag, place
 from accord.identity.models import Identity, Merge, SeparationRow
@@ -229,12 +229,15 @@ def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> l
     for source_id, message_id in seen:
         by_source.setdefault(source_id, []).append(message_id)
     events = EVENTS.c
+    dialect = session.get_bind().dialect.name
     for source_id, message_ids in by_source.items():
         for chunk in _chunks(message_ids):
             stored.update(
                 (source_id, m)
                 for m in session.scalars(
-                    select(events.message_id).where(events.source_id == source_id, events.message_id.in_(chunk))
+                    select(events.message_id).where(
+                        events.source_id == source_id, one_of(events.message_id, chunk, dialect)
+                    )
                 )
             )
     if not stored:
@@ -249,12 +252,13 @@ def _read_identities(session: Session, keys: set[Key]) -> dict[Key, tuple[str | 
     for kind, value in keys:
         by_type.setdefault(kind, []).append(value)
     identities = IDENTITIES.c
+    dialect = session.get_bind().dialect.name
     found: dict[Key, tuple[str | None, str | None, str | None]] = {}
     for kind, values in by_type.items():
         for chunk in _chunks(values):
             for value, profile_id, home_id, cluster_id in session.execute(
                 select(identities.value, identities.profile_id, identities.home_id, identities.cluster_id).where(
-                    identities.type == kind, identities.value.in_(chunk)
+                    identities.type == kind, one_of(identities.value, chunk, dialect)
                 )
             ):
                 found[(kind, value)] = (profile_id, home_id, cluster_id)
@@ -280,9 +284,10 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
     if not profile_ids and not cluster_ids:
         return
     p = PROFILES.c
-    in_clusters = select(p.cluster_id).where(p.id.in_(profile_ids), p.cluster_id.is_not(None)).scalar_subquery()
-    condition = p.id.in_(profile_ids) | (
-        p.merged_into.is_(None) & (p.cluster_id.in_(in_clusters) | p.cluster_id.in_(cluster_ids))
+    dialect = session.get_bind().dialect.name
+    in_clusters = select(p.cluster_id).where(one_of(p.id, profile_ids, dialect), p.cluster_id.is_not(None))
+    condition = one_of(p.id, profile_ids, dialect) | (
+        p.merged_into.is_(None) & (p.cluster_id.in_(in_clusters.scalar_subquery()) | p.cluster_id.in_(cluster_ids))
     )
     query = select(PROFILES).where(condition).order_by(p.id)
     if lock_rows:

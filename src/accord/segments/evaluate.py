@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from accord.consent import catalogue as consent_catalogue
 from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
-from accord.db.base import UTCDateTime
+from accord.db.base import UTCDateTime, one_of
 from accord.profiles.models import Profile, ProfileEvent
 from accord.segments import computed as computed_traits
 from accord.segments import conditions
@@ -172,17 +172,18 @@ def load_facts(
     properties = any(item.refs.needs_properties for item in wanted)
     purposes = {purpose for item in wanted for purpose in item.refs.purposes}
     p, e = PROFILES.c, EVENTS.c
+    dialect = session.get_bind().dialect.name
     facts: dict[str, Facts] = {}
     for chunk in _chunks(sorted(set(profile_ids))):
         # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
         for profile_id, traits, merged_into in session.execute(
-            select(p.id, p.traits, p.merged_into).where(p.id.in_(chunk))
+            select(p.id, p.traits, p.merged_into).where(one_of(p.id, chunk, dialect))
         ):
             if merged_into is None:
                 facts[profile_id] = Facts(traits=traits or {}, events={})
         if names:
             columns = [e.profile_id, e.event, e.timestamp] + ([e.payload] if properties else [])
-            query = select(*columns).where(e.profile_id.in_(chunk), e.type == "track", e.event.in_(names))
+            query = select(*columns).where(one_of(e.profile_id, chunk, dialect), e.type == "track", e.event.in_(names))
             for row in session.execute(query):
                 found = facts.get(row[0])
                 if found is not None:
@@ -239,10 +240,11 @@ def _load_consent(session: Session, facts: dict[str, Facts], purposes: set[str],
 def memberships(session: Session, profile_ids: list[str]) -> dict[str, dict[str, datetime]]:
     """{profile id: {segment key: entered_at}} as stored."""
     m = MEMBERSHIPS.c
+    dialect = session.get_bind().dialect.name
     stored: dict[str, dict[str, datetime]] = {}
     for chunk in _chunks(sorted(set(profile_ids))):
         for key, profile_id, entered_at in session.execute(
-            select(m.segment_key, m.profile_id, m.entered_at).where(m.profile_id.in_(chunk))
+            select(m.segment_key, m.profile_id, m.entered_at).where(one_of(m.profile_id, chunk, dialect))
         ):
             stored.setdefault(profile_id, {})[key] = entered_at
     return stored
@@ -429,6 +431,8 @@ def live_of(session: Session, profile_ids: list[str]) -> set[str]:
     p = PROFILES.c
     found: set[str] = set()
     for chunk in _chunks(sorted(set(profile_ids))):
-        for profile_id, merged_into in session.execute(select(p.id, p.merged_into).where(p.id.in_(chunk))):
+        for profile_id, merged_into in session.execute(
+            select(p.id, p.merged_into).where(one_of(p.id, chunk, session.get_bind().dialect.name))
+        ):
             found.add(merged_into or profile_id)
     return found
