@@ -94,16 +94,7 @@ def _session(*, write: bool = True) -> Iterator[Session]:
 
 def _audit(session: Session, action: str, target_type: str | None, target_id: str | None, **details: Any) -> None:
     """Record what a command changed, as the command line, in the command's transaction."""
-    key = SigningKey.load_or_create(Settings().signing_key_path())
-    audit.record_audit(
-        session,
-        key=key,
-        actor=audit.CLI,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        details=details,
-    )
+    audit.record_command(session, action, target_type, target_id, **details)
 
 
 def _print(data: dict[str, Any], as_json: bool) -> None:

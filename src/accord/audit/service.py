@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from accord import chaintable, hashchain
 from accord.audit.models import AuditCheckpoint, AuditHead, AuditRecord
+from accord.config import Settings
 from accord.consent.keys import SigningKey
 from accord.db.base import utcnow
 from accord.hashchain import GENESIS, Verification, iso
@@ -126,6 +127,22 @@ def record_audit(
     ):
         _sign(session, head, key=key, now=now)
     return Entry(link.seq, link.hash, link.body)
+
+
+def record_command(
+    session: Session, action: str, target_type: str | None, target_id: str | None, **details: Any
+) -> None:
+    """Record what a command of the `accord` CLI changed, as the command line, in the command's
+    transaction. The key is the consent key file the settings name, as for every other record."""
+    record_audit(
+        session,
+        key=SigningKey.load_or_create(Settings().signing_key_path()),
+        actor=CLI,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+    )
 
 
 def _sign(session: Session, head: AuditHead, *, key: SigningKey, now: datetime) -> AuditCheckpoint:

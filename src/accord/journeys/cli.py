@@ -11,6 +11,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from accord.audit.service import record_command
 from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.journeys import service
@@ -73,7 +74,7 @@ def _save(
         try:
             with db.unit_of_work() as session:
                 if new:
-                    service.create(
+                    row = service.create(
                         session,
                         key=key,
                         name=name or "",
@@ -83,7 +84,7 @@ def _save(
                         now=utcnow(),
                     )
                 else:
-                    service.change(
+                    row = service.change(
                         session,
                         key=key,
                         name=name,
@@ -92,6 +93,7 @@ def _save(
                         actor="cli",
                         now=utcnow(),
                     )
+                record_command(session, f"journey.{'create' if new else 'update'}", "journey", key, version=row.version)
             if backfill:
                 _backfill(db, key, quiet=as_json)
             _show(db, key, as_json)
@@ -165,6 +167,7 @@ def delete(key: Annotated[str, typer.Argument(help="The journey's key")], as_jso
         try:
             with db.unit_of_work() as session:
                 gone = service.remove(session, key=key, actor="cli", now=utcnow())
+                record_command(session, "journey.delete", "journey", key)
         except service.JourneyError as error:
             fail(str(error))
     if as_json:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from accord.audit.service import record_command
 from accord.config import Settings
 from accord.db import migrate as migrations
 from accord.db.base import utcnow
@@ -112,7 +113,7 @@ def _save(
         try:
             with db.unit_of_work() as session:
                 if new:
-                    service.create(
+                    row = service.create(
                         session,
                         key=key,
                         name=name or "",
@@ -122,7 +123,7 @@ def _save(
                         now=utcnow(),
                     )
                 else:
-                    service.change(
+                    row = service.change(
                         session,
                         key=key,
                         name=name,
@@ -131,6 +132,7 @@ def _save(
                         actor="cli",
                         now=utcnow(),
                     )
+                record_command(session, f"segment.{'create' if new else 'update'}", "segment", key, version=row.version)
             if backfill:
                 _backfill(db, key, quiet=as_json)
             _show(db, key, as_json)
@@ -197,6 +199,7 @@ def delete(key: Annotated[str, typer.Argument(help="The segment's key")], as_jso
         try:
             with db.unit_of_work() as session:
                 gone = service.remove(session, key=key, actor="cli", now=utcnow())
+                record_command(session, "segment.delete", "segment", key)
         except service.SegmentError as error:
             fail(str(error))
     if as_json:
@@ -261,6 +264,8 @@ def _save_computed(key: str, definition: str, name: str | None, as_json: bool, *
                 row = service.computed_save(
                     session, key=key, name=name, definition=document, actor="cli", now=utcnow(), create=create
                 )
+                action = f"computed_trait.{'create' if create else 'update'}"
+                record_command(session, action, "computed_trait", key, version=row.version)
                 data = _computed_data(row)
         except (service.SegmentError, conditions.ConditionError) as error:
             fail(str(error))
@@ -329,6 +334,7 @@ def computed_delete(
         try:
             with db.unit_of_work() as session:
                 service.computed_remove(session, key=key)
+                record_command(session, "computed_trait.delete", "computed_trait", key)
         except service.SegmentError as error:
             fail(str(error))
     typer.echo(json.dumps({"deleted": key})) if as_json else console.print(f"computed trait {key!r} deleted")
