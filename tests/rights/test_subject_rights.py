@@ -228,6 +228,7 @@ def test_erasure_end_to_end(person: Person, tmp_path: Path) -> None:
         "quarantined": 1,
         "pending_events": 1,
         "notes": 0,
+        "data_keys": 1,
     }
 
     after = database_text(rt, tmp_path)

@@ -24,6 +24,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
     config = _config()
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
+        config.attributes["keyring"] = db.keyring  # migrations that encrypt existing rows need it
         command.upgrade(config, revision)
 
 
@@ -45,4 +46,5 @@ def make_revision(db: Database, message: str) -> None:
     config = _config()
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
+        config.attributes["keyring"] = db.keyring  # migrations that encrypt existing rows need it
         command.revision(config, message=message, autogenerate=True)

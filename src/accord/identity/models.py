@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, JSONDoc, UTCDateTime, utcnow
@@ -14,12 +14,14 @@ class Identity(Base):
 
     `profile_id` is NULL when a limit left the identifier out of every profile (it is then remembered
     in its `cluster_id`, so a later replay sees it). `home_id` is the profile it was first attached to:
-    re-derivation uses it to give a split profile back its own id."""
+    re-derivation uses it to give a split profile back its own id. For a type that is personal data
+    (email, phone), `value` is the blind index and `value_enc` the value, encrypted (accord.identity.blind)."""
 
     __tablename__ = "identities"
 
     type: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(400), primary_key=True)
+    value_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     profile_id: Mapped[str | None] = mapped_column(ForeignKey("profiles.id"), nullable=True)
     home_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     cluster_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

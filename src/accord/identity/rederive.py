@@ -19,11 +19,15 @@ from sqlalchemy.orm import Session
 
 from accord.consent.service import reattribute
 from accord.identity import match_index
+from accord.identity.blind import TABLE as IDENTITY_TABLE
+from accord.identity.blind import protect, seal_value
 from accord.identity.graph import Evidence, Partition, Separation, Separations, partition
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, apply_event
+from accord.security.crypto import Undecryptable, aad
+from accord.security.datakeys import DataKeys, keyring_of
 
 PROFILES = cast(Table, Profile.__table__)
 EVENTS = cast(Table, ProfileEvent.__table__)
@@ -81,7 +85,8 @@ def _rederive(
     for row in session.execute(select(IDENTITIES).where(i.cluster_id == cluster_id)).mappings():
         stored[(row["type"], row["value"])] = dict(row)
     events = _events(session, sorted(members))
-    evidence = _evidence(session, events, stored, rules)
+    plain: dict[Key, str] = {}
+    evidence = _evidence(session, events, stored, rules, plain)
     separations = Separations(
         Separation(sid, frozenset(left), frozenset(right))
         for sid, left, right in session.execute(
@@ -92,7 +97,7 @@ def _rederive(
     )
     homes = {key: row["home_id"] for key, row in stored.items() if row["home_id"]}
     result = partition(evidence, rules, homes, separations)
-    return _write(session, cluster_id, members, stored, events, result, homes, now=now, cause=cause)
+    return _write(session, cluster_id, members, stored, events, result, homes, plain, now=now, cause=cause)
 
 
 def _events(session: Session, member_ids: list[str]) -> list[_StoredEvent]:
@@ -108,14 +113,19 @@ def _events(session: Session, member_ids: list[str]) -> list[_StoredEvent]:
 
 
 def _evidence(
-    session: Session, events: list[_StoredEvent], stored: dict[Key, dict[str, Any]], rules: Rules
+    session: Session,
+    events: list[_StoredEvent],
+    stored: dict[Key, dict[str, Any]],
+    rules: Rules,
+    plain: dict[Key, str],
 ) -> list[Evidence]:
     """Each event's identity evidence under the rules in force. Keys held outside the cluster (possible only
     after a change of rules) are left out: a cluster never reaches into profiles it has not locked."""
     extracted: list[tuple[_StoredEvent, list[Key], list[Key]]] = []
     unknown: set[Key] = set()
+    keyring = keyring_of(session)
     for event in events:
-        identifiers = rules.identifiers(event.payload)
+        identifiers = protect(rules, keyring, rules.identifiers(event.payload), plain)
         lookups = rules.lookups(identifiers) if identifiers else []
         unknown.update(k for k in (*identifiers, *lookups) if k not in stored)
         extracted.append((event, identifiers, lookups))
@@ -173,6 +183,7 @@ def _write(
     events: list[_StoredEvent],
     result: Partition,
     homes: dict[Key, str],
+    plain: dict[Key, str],
     *,
     now: datetime,
     cause: dict[str, Any] | None,
@@ -276,6 +287,7 @@ def _write(
     i = IDENTITIES.c
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
+    keys = DataKeys.of(session)
     for key in sorted(set(stored) | set(result.owner) | result.dropped):
         target = owner.get(key)
         stored_row = stored.get(key)
@@ -288,10 +300,17 @@ def _write(
             "home_id": home,
             "cluster_id": None if target else cluster_id,
         }
+        owner_id = target or home or next(iter(sorted(members)), cluster_id)
         if stored_row is None:
-            inserts.append({"type": key[0], "value": key[1], **values, "first_seen": now, "message_id": ""})
+            sealed = seal_value(keys, owner_id, key, plain[key]) if key in plain else None
+            inserts.append(
+                {"type": key[0], "value": key[1], "value_enc": sealed, **values, "first_seen": now, "message_id": ""}
+            )
         elif any(stored_row[k] != v for k, v in values.items()):
-            updates.append({"key_type": key[0], "key_value": key[1], **values})
+            sealed = stored_row["value_enc"]
+            if sealed is not None and target is not None and target != stored_row["profile_id"]:
+                sealed = _reseal(keys, key, sealed, target)
+            updates.append({"key_type": key[0], "key_value": key[1], "sealed": sealed, **values})
     if inserts:
         session.execute(IDENTITIES.insert(), inserts)
     if updates:
@@ -299,7 +318,10 @@ def _write(
             IDENTITIES.update()
             .where(i.type == bindparam("key_type"), i.value == bindparam("key_value"))
             .values(
-                profile_id=bindparam("profile_id"), home_id=bindparam("home_id"), cluster_id=bindparam("cluster_id")
+                profile_id=bindparam("profile_id"),
+                home_id=bindparam("home_id"),
+                cluster_id=bindparam("cluster_id"),
+                value_enc=bindparam("sealed"),
             ),
             updates,
         )
@@ -328,3 +350,14 @@ def _write(
     )
     done.history_id = history.scalar()
     return done
+
+
+def _reseal(keys: DataKeys, key: Key, sealed: str, target: str) -> str:
+    """An identifier that goes to another profile (an unmerge) is encrypted again under that profile's key,
+    so that erasing either side later leaves nothing of it readable under the other side's key."""
+    where = aad(IDENTITY_TABLE, key[0], key[1])
+    try:
+        value = keys.decrypt(sealed, where)
+    except Undecryptable:
+        return sealed
+    return keys.encrypt(target, value, where)

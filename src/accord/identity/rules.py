@@ -31,6 +31,8 @@ BUILT_IN = {
     "alias": "previousId (alias calls)",
 }
 DEFAULT_NORMALISE = {"email": "email", "phone": "phone"}
+# Identifier types (and normalisers) that are personal data.
+PII_TYPES = ("email", "phone")
 DEFAULT_LIMIT = 5
 DEFAULT_DOCUMENT: dict[str, Any] = {
     "identifiers": [
@@ -75,6 +77,8 @@ class Rules:
     rank: dict[str, int] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     custom: tuple[str, ...] = ()
+    # Types whose values are personal data: stored as a blind index and a ciphertext (accord.identity.blind).
+    pii: frozenset[str] = frozenset()
     _blocked: re.Pattern[str] | None = None
     _normalisers: dict[str, str] = field(default_factory=dict)
 
@@ -257,6 +261,7 @@ def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
         rank={t.name: index for index, t in enumerate(types)},
         limits={t.name: t.limit for t in types},
         custom=tuple(t.name for t in types if t.name not in BUILT_IN),
+        pii=frozenset(t.name for t in types if t.name in PII_TYPES or t.normalise in PII_TYPES),
         _blocked=re.compile(combined, re.IGNORECASE) if blocked else None,
         _normalisers={t.name: t.normalise for t in types},
     )

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from accord.consent.capture import Capture, is_consent_event
 from accord.db.base import one_of, utcnow
 from accord.identity import match_index
+from accord.identity.blind import protect, seal_value
 from accord.identity.graph import Separation, Separations, Tag, place
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rederive import rederive
@@ -32,6 +33,7 @@ from accord.journeys import streaming as journey_streaming
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.rights import service as rights
+from accord.security.datakeys import DataKeys, keyring_of
 from accord.segments import streaming
 
 # The tables, for set-based Core statements on the hot path (the ORM's per-row work costs too much).
@@ -75,6 +77,8 @@ class _Run:
     absorbed_existing: list[str] = field(default_factory=list)
     cluster_renames: list[tuple[str, str]] = field(default_factory=list)
     dirty_clusters: set[str] = field(default_factory=set)
+    plain: dict[Key, str] = field(default_factory=dict)  # blind index -> value, of the run's personal identifiers
+    owners: dict[Key, str] = field(default_factory=dict)  # new identity -> the profile whose data key seals it
 
     def live(self, profile_id: str) -> ProfileState:
         state = self.profiles[profile_id]
@@ -107,9 +111,10 @@ class _Parsed:
     event: dict[str, Any]
     timestamp: datetime
     received_at: datetime
-    identifiers: list[Key]  # highest priority first
+    identifiers: list[Key]  # highest priority first; personal values as their blind index
     lookups: list[Key]  # alias links to look up, never attached
     keys: list[Key]  # both
+    values: list[Key]  # both, as the event gave them (the erased-identifier digests of older erasures)
 
 
 def process_events(
@@ -128,28 +133,43 @@ def process_events(
     if not fresh:
         return outcome
     rules = current_rules(session)
+    keyring = keyring_of(session)
+    plain: dict[Key, str] = {}
     parsed: list[_Parsed] = []
     for source_id, event in fresh:
         try:
             timestamp = parse_time(event["timestamp"], "timestamp")
             received_at = parse_time(event["receivedAt"], "receivedAt")
-            identifiers = rules.identifiers(event)
-            if not identifiers:
+            given = rules.identifiers(event)
+            if not given:
                 raise ValueError("the event carries no usable identifier (all were empty, blocked or placeholders)")
         except Exception as error:  # the event's own data is bad: quarantine it, go on
             quarantine.put(session, source_id, event, error)
             outcome.quarantined += 1
             continue
+        identifiers = protect(rules, keyring, given, plain)
         lookups = rules.lookups(identifiers)
-        parsed.append(_Parsed(source_id, event, timestamp, received_at, identifiers, lookups, identifiers + lookups))
+        parsed.append(
+            _Parsed(
+                source_id,
+                event,
+                timestamp,
+                received_at,
+                identifiers,
+                lookups,
+                identifiers + lookups,
+                given + rules.lookups(given) if rules.pii & {k for k, _ in given} else [],
+            )
+        )
     if consent is not None and parsed and rights.any_erased(session):
-        dropped = rights.suppressed(session, consent.key, [p.keys for p in parsed], utcnow())
+        by_item = [[*p.keys, *p.values] for p in parsed]
+        dropped = rights.suppressed(session, consent.key, by_item, utcnow())
         outcome.suppressed += len(dropped)
         parsed = [p for position, p in enumerate(parsed) if position not in dropped]
     # In the canonical order, so that a run needs no re-derivation for events that are only out of order
     # among themselves (see docs/concepts.md, "Limits and order").
     parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))
-    run = _Run(rules=rules)
+    run = _Run(rules=rules, plain=plain)
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = now or utcnow()
     consent_events: list[tuple[_Parsed, str]] = []
@@ -395,9 +415,11 @@ def _resolve(run: _Run, item: _Parsed, now: datetime, outcome: Outcome) -> Profi
             outcome.merges += 1
         state = survivor
     for key in plan.attach:
+        run.owners[key] = state.id
         row = {
             "type": key[0],
             "value": key[1],
+            "value_enc": None,
             "profile_id": state.id,
             "home_id": anchor_home,
             "cluster_id": None,
@@ -418,9 +440,11 @@ def _resolve(run: _Run, item: _Parsed, now: datetime, outcome: Outcome) -> Profi
         for key in plan.dropped:
             run.dropped[key] = cluster
             if key not in run.dropped_stored:
+                run.owners[key] = state.id
                 run.new_identities[key] = {
                     "type": key[0],
                     "value": key[1],
+                    "value_enc": None,
                     "profile_id": None,
                     "home_id": None,
                     "cluster_id": cluster,
@@ -508,6 +532,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
     # Inserts in key order: two workers inserting the same keys wait for each other in one order.
     if run.new_identities:
+        _seal_identities(session, run)
         rows = [run.new_identities[key] for key in sorted(run.new_identities)]
         for identity in rows:
             if identity["profile_id"] is not None:
@@ -534,6 +559,18 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         _insert_events(session, run.events)
     if run.merges:
         session.execute(MERGES.insert(), run.merges)
+
+
+def _seal_identities(session: Session, run: _Run) -> None:
+    """Encrypt the personal values of the new identities, each under the data key of its event's profile
+    (all keys made or read in two statements)."""
+    sealed = [key for key in run.new_identities if key in run.plain]
+    if not sealed:
+        return
+    keys = DataKeys.of(session)
+    keys.create({run.owners[key] for key in sealed})
+    for key in sealed:
+        run.new_identities[key]["value_enc"] = seal_value(keys, run.owners[key], key, run.plain[key])
 
 
 _EVENT_COLUMNS = ("profile_id", "source_id", "message_id", "type", "event", "timestamp", "received_at", "payload")

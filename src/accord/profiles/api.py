@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from accord.audit.writer import Pending
 from accord.errors import ApiError, documented
 from accord.hashchain import iso
-from accord.identity.models import Identity
 from accord.profiles import service
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.schemas import (
@@ -89,7 +88,7 @@ def moment(name: str, text: str | None) -> datetime | None:
         raise ApiError(400, "invalid_filter", f"{name} is out of range in UTC: {text[:40]!r}") from None
 
 
-def _identity(row: Identity) -> IdentityRead:
+def _identity(row: service.ShownIdentity) -> IdentityRead:
     return IdentityRead(type=row.type, value=row.value, first_seen=row.first_seen)
 
 

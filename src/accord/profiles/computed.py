@@ -393,7 +393,8 @@ def run_computed_trait(
             continue
         event = _identify(usable[0], name, shown)
         digest = hashlib.blake2b(orjson.dumps([name, str(profile_id), shown, run_id]), digest_size=16)
-        event.update(messageId=f"ct_{digest.hexdigest()}", timestamp=stamp, receivedAt=stamp, _accord=meta)
+        event.update(messageId=f"ct_{digest.hexdigest()}", timestamp=stamp, receivedAt=stamp)
+        event["_accord"] = {**event.get("_accord", {}), **meta}
         encoded = orjson.dumps(event)
         if len(encoded) > MAX_EVENT_BYTES or b"\\u0000" in encoded:
             skipped += 1
@@ -417,7 +418,8 @@ def _identify(key: tuple[str, str], name: str, value: Any) -> dict[str, Any]:
     if kind in PLACES:
         event[PLACES[kind]] = text
     elif kind in ("email", "phone"):
-        event["traits"][kind] = text
+        # Stored as a blind index: named as Accord's own link, which identity takes as it is.
+        event["_accord"] = {"link": [[kind, text]]}
     elif kind in DEVICE:
         event["context"] = {"device": {DEVICE[kind]: text}}
     else:

@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from accord.identity.blind import Revealer, protect_one
 from accord.identity.models import Identity
 from accord.identity.service import current_rules
 from accord.profiles.models import Profile, ProfileEvent
@@ -36,6 +37,7 @@ def resolve(session: Session, ref: str) -> Profile | None:
         key = rules.parse_ref(ref)
         if key is None:
             return None
+        key = protect_one(session, rules, key)  # personal identifiers are found by their blind index
         profile_id = session.scalar(
             select(Identity.profile_id).where(
                 Identity.type == key[0], Identity.value == key[1], Identity.profile_id.is_not(None)
@@ -55,10 +57,21 @@ def resolve(session: Session, ref: str) -> Profile | None:
     return profile
 
 
-def identities(session: Session, profile_id: str) -> Sequence[Identity]:
-    return session.scalars(
+@dataclass(frozen=True, slots=True)
+class ShownIdentity:
+    """An identifier as someone allowed to see it sees it: its value decrypted."""
+
+    type: str
+    value: str
+    first_seen: datetime
+
+
+def identities(session: Session, profile_id: str) -> list[ShownIdentity]:
+    rows = session.scalars(
         select(Identity).where(Identity.profile_id == profile_id).order_by(Identity.type, Identity.first_seen)
     ).all()
+    reveal = Revealer.of(session)
+    return [ShownIdentity(row.type, reveal.value(row.type, row.value, row.value_enc), row.first_seen) for row in rows]
 
 
 def merged_ids(session: Session, profile_id: str) -> list[str]:

@@ -29,6 +29,7 @@ from accord.console.models import Note, RecentView
 from accord.db.engine import Database
 from accord.hashchain import iso
 from accord.identity import history as identity_history
+from accord.identity.blind import Revealer
 from accord.identity.models import Identity, MatchKey, MatchReview, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
 from accord.identity.service import current_rules
@@ -37,6 +38,8 @@ from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.rights.models import ErasedIdentifier, Tombstone
+from accord.security import datakeys
+from accord.security.crypto import is_blind
 from accord.segments.models import SegmentMembership, SegmentTransition
 
 FORMAT = "accord-subject-access/1"
@@ -81,6 +84,8 @@ def export(
     moves = session.scalars(
         select(JourneyTransition).where(JourneyTransition.profile_id.in_(ids)).order_by(JourneyTransition.id)
     ).all()
+    reveal = Revealer.of(session)
+    shown = {(i.type, i.value): reveal.value(i.type, i.value, i.value_enc) for i in identities}
     return {
         "format": FORMAT,
         "exported_at": iso(now),
@@ -89,7 +94,7 @@ def export(
         "identities": [
             {
                 "type": i.type,
-                "value": i.value,
+                "value": shown[(i.type, i.value)],
                 "first_seen": iso(i.first_seen),
                 "message_id": i.message_id,
                 "attached": i.profile_id is not None,
@@ -185,7 +190,7 @@ def export(
                 "survivor_id": m.survivor_id,
                 "absorbed_id": m.absorbed_id,
                 "identity_type": m.identity_type,
-                "identity_value": m.identity_value,
+                "identity_value": shown.get((m.identity_type or "", m.identity_value or ""), m.identity_value),
                 "source_id": m.source_id,
                 "message_id": m.message_id,
                 "at": iso(m.merged_at),
@@ -218,10 +223,16 @@ def _theirs(ids: list[str]) -> Any:
 
 
 def person_keys(session: Session, profile: Profile) -> set[Key]:
-    """The person's identifiers: attached to their profiles, or first attached to one of them."""
+    """The person's identifiers: attached to their profiles, or first attached to one of them. A personal
+    one both as stored (its blind index) and as events carry it (decrypted)."""
     ids = _person(session, profile)
-    rows = session.execute(select(Identity.type, Identity.value).where(_theirs(ids)))
-    return {(kind, value) for kind, value in rows}
+    rows = session.execute(select(Identity.type, Identity.value, Identity.value_enc).where(_theirs(ids)))
+    reveal = Revealer.of(session)
+    keys: set[Key] = set()
+    for kind, value, sealed in rows:
+        keys.add((kind, value))
+        keys.add((kind, reveal.value(kind, value, sealed)))
+    return keys
 
 
 def carries(rules: Rules, event: dict[str, Any], keys: set[Key]) -> bool:
@@ -264,6 +275,7 @@ class Erased:
     quarantined: int = 0
     pending_events: int = 0
     notes: int = 0
+    data_keys: int = 0
     keys: set[Key] = field(default_factory=set)
 
     def counts(self) -> dict[str, int]:
@@ -278,6 +290,7 @@ class Erased:
             "quarantined": self.quarantined,
             "pending_events": self.pending_events,
             "notes": self.notes,
+            "data_keys": self.data_keys,
         }
 
 
@@ -338,7 +351,9 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
     # What agents wrote about them in the console, and who looked them up lately.
     done.notes = _count(session.execute(delete(Note).where(Note.profile_id.in_(ids))))
     session.execute(delete(RecentView).where(RecentView.profile_id.in_(ids)))
-    # The rows themselves: timeline, identifiers, profiles.
+    # Crypto-shredding: without their data keys, whatever of theirs is left anywhere (a backup, a copy of a
+    # row that escaped this transaction) is ciphertext nobody can read. Then the rows themselves.
+    done.data_keys = datakeys.destroy(session, ids)
     done.events = _count(session.execute(delete(EVENTS).where(EVENTS.c.profile_id.in_(ids))))
     done.identifiers = _count(session.execute(delete(Identity).where(_theirs(ids))))
     session.execute(update(Profile).where(Profile.merged_into.in_(ids)).values(merged_into=None))
@@ -354,7 +369,8 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
         )
         for pid in ids
     )
-    digests = {identifier_digest(key, kind, value) for kind, value in keys}
+    # Digests of identifiers as events carry them (a personal one decrypted, not its blind index).
+    digests = {identifier_digest(key, kind, value) for kind, value in keys if not is_blind(value)}
     known = set(session.scalars(select(ErasedIdentifier.digest).where(ErasedIdentifier.digest.in_(sorted(digests)))))
     session.add_all(
         ErasedIdentifier(digest=d, erasure_id=done.erasure_id, created_at=now) for d in sorted(digests - known)

@@ -509,10 +509,12 @@ def _candidates(session: Session, event: dict[str, Any]) -> list[dict[str, Any]]
 
 
 def _matches(session: Session, rules: Rules, event: dict[str, Any]) -> list[str]:
+    from accord.identity.blind import protect
     from accord.identity.models import Identity
+    from accord.security.datakeys import keyring_of
 
     found: list[str] = []
-    for kind, value in rules.identifiers(event):
+    for kind, value in protect(rules, keyring_of(session), rules.identifiers(event)):
         profile_id = session.scalar(select(Identity.profile_id).where(Identity.type == kind, Identity.value == value))
         if profile_id is not None and profile_id not in found:
             found.append(profile_id)

@@ -1,0 +1,57 @@
+"""Identifiers that are personal data (email, phone) are stored as a blind index (the identity graph's key,
+found by equality) and a ciphertext under a profile's data key (for showing them to someone allowed to)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from accord.identity.rules import Key, Rules
+from accord.security.crypto import Keyring, Undecryptable, aad, is_blind
+from accord.security.datakeys import DataKeys, keyring_of
+
+TABLE = "identities"
+
+
+def protect(rules: Rules, keyring: Keyring, keys: Iterable[Key], plain: dict[Key, str] | None = None) -> list[Key]:
+    """`keys` with each personal value replaced by its blind index; `plain` learns the value of each."""
+    found: list[Key] = []
+    for kind, value in keys:
+        if kind in rules.pii and not is_blind(value):
+            key = (kind, keyring.blind(kind, value))
+            if plain is not None:
+                plain[key] = value
+            found.append(key)
+        else:
+            found.append((kind, value))
+    return found
+
+
+def protect_one(session: Session, rules: Rules, key: Key) -> Key:
+    return protect(rules, keyring_of(session), [key])[0]
+
+
+def seal_value(keys: DataKeys, owner: str, key: Key, value: str) -> str:
+    """The ciphertext stored beside a blind index, under `owner`'s data key, bound to its row."""
+    return keys.encrypt(owner, value.encode(), aad(TABLE, key[0], key[1]))
+
+
+@dataclass(slots=True)
+class Revealer:
+    """Shows identifiers to someone allowed to see them: the stored value, or the decrypted one."""
+
+    keys: DataKeys
+
+    @classmethod
+    def of(cls, session: Session) -> Revealer:
+        return cls(DataKeys.of(session))
+
+    def value(self, kind: str, value: str, sealed: str | None) -> str:
+        if sealed is None:
+            return value
+        try:
+            return self.keys.decrypt(sealed, aad(TABLE, kind, value)).decode()
+        except Undecryptable:
+            return value  # its key is gone (an erasure in progress): the blind index is all there is
