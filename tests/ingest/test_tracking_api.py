@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from accord.ingest.spec import MAX_BATCH_EVENTS, MAX_ID_LENGTH, MAX_REQUEST_BYTES, iso
 from accord.profiles.models import ProfileEvent
+from accord.profiles.sealed import opened
 from accord.sources.service import create_source, set_enabled
 from conftest import LiveAccord, log_rows
 
@@ -74,9 +75,9 @@ def timeline(live: LiveAccord, ref: str) -> list[dict[str, Any]]:
 def stored_payload(live: LiveAccord, message_id: str) -> dict[str, Any]:
     """The event as stored, for fields the events API does not show."""
     with live.rt.db.read() as session:
-        payload = session.scalar(select(ProfileEvent.payload).where(ProfileEvent.message_id == message_id))
-    assert payload is not None, f"no stored event {message_id}"
-    return dict(payload)
+        row = session.scalars(select(ProfileEvent).where(ProfileEvent.message_id == message_id)).first()
+        assert row is not None, f"no stored event {message_id}"
+        return dict(opened(session, [row])[0].payload)  # stored encrypted
 
 
 def add_source(live: LiveAccord, name: str) -> str:

@@ -21,6 +21,7 @@ from accord.journeys import service as journeys
 from accord.log.models import LogRecord
 from accord.log.port import NewRecord
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.sealed import opened
 from accord.profiles.service import BadReference, resolve
 from accord.segments import service as segments
 from accord.segments.models import SegmentTransition
@@ -174,12 +175,13 @@ def newest_event_id(session: Session, profile_id: str) -> int:
 
 def events_since(session: Session, profile_id: str, *, after: int, limit: int = 100) -> Sequence[ProfileEvent]:
     """The profile's events stored with an id above `after`, oldest first."""
-    return session.scalars(
+    rows = session.scalars(
         select(ProfileEvent)
         .where(ProfileEvent.profile_id == profile_id, ProfileEvent.id > after)
         .order_by(ProfileEvent.id)
         .limit(limit)
     ).all()
+    return opened(session, rows)
 
 
 def source_names(session: Session) -> dict[str, str]:

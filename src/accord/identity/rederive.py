@@ -26,6 +26,7 @@ from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, apply_event
+from accord.profiles.sealed import open_payload, reseal_payload
 from accord.security.crypto import Undecryptable, aad
 from accord.security.datakeys import DataKeys, keyring_of
 
@@ -53,6 +54,7 @@ class _StoredEvent:
     timestamp: datetime
     profile_id: str
     payload: dict[str, Any]
+    stored: Any  # the payload as stored (sealed)
     anchor: Key | None = None
 
 
@@ -103,12 +105,14 @@ def _rederive(
 def _events(session: Session, member_ids: list[str]) -> list[_StoredEvent]:
     e = EVENTS.c
     found: list[_StoredEvent] = []
+    keys = DataKeys.of(session)
     for start in range(0, len(member_ids), 500):
         chunk = member_ids[start : start + 500]
-        for row in session.execute(
+        for event_id, source_id, message_id, timestamp, profile_id, stored in session.execute(
             select(e.id, e.source_id, e.message_id, e.timestamp, e.profile_id, e.payload).where(e.profile_id.in_(chunk))
         ):
-            found.append(_StoredEvent(*row))
+            payload = open_payload(keys, source_id, message_id, stored)
+            found.append(_StoredEvent(event_id, source_id, message_id, timestamp, profile_id, payload, stored))
     return found
 
 
@@ -244,7 +248,7 @@ def _write(
             seen.add(target)
         apply_event(state, event.payload, event.timestamp, event.source_id)
         if target != event.profile_id:
-            moves.append({"event_id": event.id, "profile_id": target})
+            moves.append({"event_id": event.id, "profile_id": target, "stored": event})
             done.moved_events.append((event.source_id, event.message_id, event.profile_id, target))
     profile_rows = [
         {
@@ -326,8 +330,13 @@ def _write(
             updates,
         )
     if moves:
+        for move in moves:
+            moved = move.pop("stored")
+            move["sealed"] = reseal_payload(keys, move["profile_id"], moved.source_id, moved.message_id, moved.stored)
         session.execute(
-            EVENTS.update().where(EVENTS.c.id == bindparam("event_id")).values(profile_id=bindparam("profile_id")),
+            EVENTS.update()
+            .where(EVENTS.c.id == bindparam("event_id"))
+            .values(profile_id=bindparam("profile_id"), payload=bindparam("sealed")),
             moves,
         )
     if done.moved_events:

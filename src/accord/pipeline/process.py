@@ -32,6 +32,7 @@ from accord.ingest.spec import parse_time
 from accord.journeys import streaming as journey_streaming
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
+from accord.profiles.sealed import seal_payload
 from accord.rights import service as rights
 from accord.security.datakeys import DataKeys, keyring_of
 from accord.segments import streaming
@@ -531,8 +532,9 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         session.execute(PROFILES.update().where(PROFILES.c.cluster_id == old).values(cluster_id=new))
         session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
     # Inserts in key order: two workers inserting the same keys wait for each other in one order.
+    keys = DataKeys.of(session)
     if run.new_identities:
-        _seal_identities(session, run)
+        _seal_identities(keys, run)
         rows = [run.new_identities[key] for key in sorted(run.new_identities)]
         for identity in rows:
             if identity["profile_id"] is not None:
@@ -555,19 +557,24 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     if run.events:
         for event in run.events:
             event["profile_id"] = run.live(event["profile_id"]).id
+        # The timeline is encrypted under the data key of the profile each event lands on.
+        keys.create({event["profile_id"] for event in run.events})
+        for event in run.events:
+            event["payload"] = seal_payload(
+                keys, event["profile_id"], event["source_id"], event["message_id"], event["payload"]
+            )
         run.events.sort(key=lambda e: (e["source_id"], e["message_id"]))
         _insert_events(session, run.events)
     if run.merges:
         session.execute(MERGES.insert(), run.merges)
 
 
-def _seal_identities(session: Session, run: _Run) -> None:
+def _seal_identities(keys: DataKeys, run: _Run) -> None:
     """Encrypt the personal values of the new identities, each under the data key of its event's profile
     (all keys made or read in two statements)."""
     sealed = [key for key in run.new_identities if key in run.plain]
     if not sealed:
         return
-    keys = DataKeys.of(session)
     keys.create({run.owners[key] for key in sealed})
     for key in sealed:
         run.new_identities[key]["value_enc"] = seal_value(keys, run.owners[key], key, run.plain[key])

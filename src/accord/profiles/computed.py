@@ -37,6 +37,8 @@ from accord.identity.service import current_rules
 from accord.ingest.spec import MAX_EVENT_BYTES, iso
 from accord.log.port import EventLog, NewRecord
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.sealed import open_payload
+from accord.security.datakeys import DataKeys
 from accord.sources.service import create_source, list_sources
 
 SOURCE_NAME = "computed-traits"
@@ -200,11 +202,13 @@ def snapshot(db: Database, folder: Path, masker: Masker | None = None) -> tuple[
         writer = csv.writer(out)
         writer.writerow(["profile_id", "source_id", "type", "event", "timestamp", "properties"])
         rows = session.execute(
-            select(e.profile_id, e.source_id, e.type, e.event, e.timestamp, e.payload),
+            select(e.profile_id, e.source_id, e.type, e.event, e.timestamp, e.payload, e.message_id),
             execution_options={"yield_per": STREAM},
         )
+        keys = DataKeys.of(session)
         for row in rows:
-            profile_id, source_id, kind, name, at, payload = tuple(row)
+            profile_id, source_id, kind, name, at, stored, message_id = tuple(row)
+            payload = open_payload(keys, source_id, message_id, stored)
             properties = (payload.get("properties") if isinstance(payload, dict) else None) or {}
             if masker is not None:
                 flags = _event_flags(payload)

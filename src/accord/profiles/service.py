@@ -15,6 +15,7 @@ from accord.identity.blind import Revealer, protect_one
 from accord.identity.models import Identity
 from accord.identity.service import current_rules
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.sealed import opened
 
 MAX_MERGE_HOPS = 32
 
@@ -131,5 +132,5 @@ def timeline(
             )
         )
     rows = session.scalars(query.order_by(ProfileEvent.timestamp.desc(), ProfileEvent.id.desc()).limit(limit + 1)).all()
-    page = rows[:limit]
+    page = opened(session, rows[:limit])
     return EventPage(events=page, next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None)

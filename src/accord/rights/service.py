@@ -37,6 +37,7 @@ from accord.ingest.models import QuarantinedEvent
 from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.log.models import LogRecord
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.sealed import opened
 from accord.rights.models import ErasedIdentifier, Tombstone
 from accord.security import datakeys
 from accord.security.crypto import is_blind
@@ -65,9 +66,14 @@ def export(
     ids = _person(session, profile)
     absorbed = [p for p in session.scalars(select(Profile).where(Profile.id.in_(ids))) if p.id != profile.id]
     identities = session.scalars(select(Identity).where(_theirs(ids)).order_by(Identity.type)).all()
-    events = session.scalars(
-        select(ProfileEvent).where(ProfileEvent.profile_id.in_(ids)).order_by(ProfileEvent.timestamp, ProfileEvent.id)
-    ).all()
+    events = opened(
+        session,
+        session.scalars(
+            select(ProfileEvent)
+            .where(ProfileEvent.profile_id.in_(ids))
+            .order_by(ProfileEvent.timestamp, ProfileEvent.id)
+        ).all(),
+    )
     history = consent.history(session, ids, limit=10**9)
     receipts = consent.receipts_of(session, ids, limit=10**9)
     merges = identity_history.history(session, profile, limit=10**9)

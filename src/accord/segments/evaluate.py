@@ -20,6 +20,8 @@ from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
 from accord.db.base import UTCDateTime, one_of
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.sealed import open_payload
+from accord.security.datakeys import DataKeys
 from accord.segments import computed as computed_traits
 from accord.segments import conditions
 from accord.segments.computed import ComputedDefinition
@@ -174,6 +176,7 @@ def load_facts(
     p, e = PROFILES.c, EVENTS.c
     dialect = session.get_bind().dialect.name
     facts: dict[str, Facts] = {}
+    keys: DataKeys | None = None
     for chunk in _chunks(sorted(set(profile_ids))):
         # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
         for profile_id, traits, merged_into in session.execute(
@@ -182,12 +185,17 @@ def load_facts(
             if merged_into is None:
                 facts[profile_id] = Facts(traits=traits or {}, events={})
         if names:
-            columns = [e.profile_id, e.event, e.timestamp] + ([e.payload] if properties else [])
+            columns = [e.profile_id, e.event, e.timestamp]
+            if properties:
+                columns += [e.payload, e.source_id, e.message_id]
+                keys = keys or DataKeys.of(session)
             query = select(*columns).where(one_of(e.profile_id, chunk, dialect), e.type == "track", e.event.in_(names))
             for row in session.execute(query):
                 found = facts.get(row[0])
                 if found is not None:
-                    props = (row[3].get("properties") or {}) if properties else {}
+                    props: Any = {}
+                    if keys is not None:  # the properties are in the encrypted payload
+                        props = open_payload(keys, row[4], row[5], row[3]).get("properties") or {}
                     cast(dict[str, list[Any]], found.events).setdefault(row[1], []).append(
                         (row[2], props if isinstance(props, dict) else {})
                     )
