@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from accord.db import migrate
 from accord.db.base import utcnow
 from accord.identity import history
+from accord.identity.blind import reveal_keys
 from accord.identity.models import Identity, Merge
 from accord.profiles import service as profiles
 from accord.runtime import Runtime
@@ -105,6 +106,8 @@ def test_an_unmerge_reseals_what_it_gives_back(rt: Runtime) -> None:
         merge = merges[-1]
         if merge.identity_type in ("email", "phone"):
             assert is_blind(merge.identity_value or "")
+            key = (merge.identity_type, merge.identity_value or "")
+            assert reveal_keys(session, [key])[key] in (EMAIL, "bob@example.com", PHONE)  # as the history shows it
         person = profiles.resolve(session, merge.survivor_id)
         assert person is not None
         history.unmerge(session, person, merge_id=merge.id, actor="test", now=utcnow(), lock_rows=False)

@@ -9,15 +9,19 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from accord.cli import app
 from accord.config import Settings
+from accord.profiles import service as profiles
+from accord.profiles.models import Profile
 from accord.runtime import Runtime
 from accord.security import datakeys
 from accord.security.crypto import Keyring, Undecryptable, aad, is_blind, is_ciphertext
 from accord.security.keys import FileKeyProvider, KeyringError, MemoryKeyProvider, load_blind_index_key
 from accord.security.models import DataKey
+from pipeline.helpers import process, send
 
 
 def test_a_value_opens_only_where_it_was_sealed(rt: Runtime) -> None:
@@ -194,3 +198,51 @@ def test_keys_rotate_command(settings: Settings, rt: Runtime) -> None:
     result = runner.invoke(app, ["keys", "rotate"], env=env)
     assert result.exit_code == 1
     assert "key-encryption key file" in result.output
+
+
+def test_rotation_while_the_pipeline_writes_and_the_api_reads(rt: Runtime) -> None:
+    """Events processed and timelines read during `rotate`: every identifier and payload reads back after,
+    in a process that knows only the new KEK."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                send(rt, [{"type": "identify", "userId": f"u{n}", "traits": {"email": f"p{n}@example.com"}}])
+                process(rt)
+                with rt.db.read() as session:
+                    person = profiles.resolve(session, f"email:p{n // 2}@example.com")
+                    assert person is not None
+                    assert profiles.timeline(session, person.id).events[0].payload["userId"] == f"u{n // 2}"
+                n += 1
+        except BaseException as error:  # reported by the test thread
+            errors.append(error)
+
+    send(rt, [{"type": "identify", "userId": "u-first", "traits": {"email": "first@example.com"}}])
+    process(rt)
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        datakeys.rotate(rt.db, grace_seconds=0.3, batch=2)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    fresh = Runtime.create(rt.settings)
+    try:
+        with fresh.db.read() as session:
+            assert len(datakeys.count_by_kek(session)) == 1
+            emails = [
+                i.value
+                for profile_id in session.scalars(select(Profile.id))
+                for i in profiles.identities(session, profile_id)
+                if i.type == "email"
+            ]
+            assert "first@example.com" in emails
+            assert all(e.endswith("@example.com") for e in emails)
+            for profile_id in session.scalars(select(Profile.id)):
+                assert all(e.payload for e in profiles.timeline(session, profile_id).events)
+    finally:
+        fresh.close()

@@ -15,6 +15,7 @@ from accord.db.base import utcnow
 from accord.errors import PROFILE_ERRORS, PROFILE_WRITE_ERRORS, ApiError, documented
 from accord.identity import history as merges
 from accord.identity import linkage, service
+from accord.identity.blind import reveal_keys
 from accord.identity.match_index import current_model
 from accord.identity.models import IdentityRules, MatchReview, Merge
 from accord.identity.rules import DEFAULT_RULES, RulesError
@@ -95,14 +96,14 @@ def put_rules(request: Request, rt: Rt, principal: Admin, document: Annotated[di
         raise ApiError(422, "invalid_rules", str(error)) from None
 
 
-def _entry(row: Merge) -> HistoryEntry:
+def _entry(row: Merge, shown: dict[tuple[str, str], str]) -> HistoryEntry:
     return HistoryEntry(
         id=row.id,
         kind=row.kind,
         survivor_id=row.survivor_id,
         absorbed_id=row.absorbed_id,
         identity_type=row.identity_type,
-        identity_value=row.identity_value,
+        identity_value=shown.get((row.identity_type or "", row.identity_value or ""), row.identity_value),
         source_id=row.source_id,
         message_id=row.message_id,
         at=row.merged_at,
@@ -128,7 +129,8 @@ def get_merges(
     with rt.db.read() as session:
         profile = resolve_or_404(session, ref)
         rows = merges.history(session, profile, limit=limit, before=before)
-        return HistoryRead(profile_id=profile.id, data=[_entry(r) for r in rows])
+        shown = reveal_keys(session, [(r.identity_type or "", r.identity_value or "") for r in rows])
+        return HistoryRead(profile_id=profile.id, data=[_entry(r, shown) for r in rows])
 
 
 @profiles.post(

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from accord.identity.models import Identity
 from accord.identity.rules import Key, Rules
 from accord.security.crypto import Keyring, Undecryptable, aad, is_blind
 from accord.security.datakeys import DataKeys, keyring_of
@@ -55,3 +57,21 @@ class Revealer:
             return self.keys.decrypt(sealed, aad(TABLE, kind, value)).decode()
         except Undecryptable:
             return value  # its key is gone (an erasure in progress): the blind index is all there is
+
+
+def reveal_keys(session: Session, keys: Iterable[Key]) -> dict[Key, str]:
+    """The values behind blind indexes that are still stored (merge history names identifiers by them)."""
+    by_type: dict[str, list[str]] = {}
+    for kind, value in keys:
+        if is_blind(value):
+            by_type.setdefault(kind, []).append(value)
+    reveal = Revealer.of(session)
+    shown: dict[Key, str] = {}
+    for kind, values in by_type.items():
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            for value, sealed in session.execute(
+                select(Identity.value, Identity.value_enc).where(Identity.type == kind, Identity.value.in_(chunk))
+            ):
+                shown[(kind, value)] = reveal.value(kind, value, sealed)
+    return shown

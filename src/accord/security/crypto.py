@@ -79,6 +79,7 @@ class Keyring:
         self.provider = provider
         self._blind_key = blind_key
         self._ciphers: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
+        self._blinded: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -90,9 +91,16 @@ class Keyring:
         return cls(MemoryKeyProvider(), os.urandom(32))
 
     def blind(self, kind: str, value: str) -> str:
-        """The blind index of an identifier: HMAC-SHA256 over its type and normalised value."""
-        digest = hmac.digest(self._blind_key, f"{kind}\0{value}".encode(), "sha256")
-        return BLIND_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+        """The blind index of an identifier: HMAC-SHA256 over its type and normalised value. Remembered
+        (a person's identifiers recur in event after event): a dict lookup instead of an HMAC."""
+        found = self._blinded.get((kind, value))
+        if found is None:
+            digest = hmac.digest(self._blind_key, f"{kind}\0{value}".encode(), "sha256")
+            found = BLIND_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+            if len(self._blinded) >= CACHE_SIZE:
+                self._blinded.clear()
+            self._blinded[(kind, value)] = found
+        return found
 
     def new_data_key(self, key_id: str) -> tuple[AESGCM, str, bytes]:
         """A fresh data key: its cipher, and its wrapped form with the KEK id, to store."""
