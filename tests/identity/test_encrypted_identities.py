@@ -123,7 +123,7 @@ def test_the_migration_converts_stored_identifiers(rt: Runtime) -> None:
     config = migrate._config()
     with rt.db.engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0014")
+        command.downgrade(config, "0017")
     now = datetime(2026, 5, 1, tzinfo=UTC)
     stamp = now.replace(tzinfo=None) if rt.db.dialect == "sqlite" else now
     with rt.db.engine.begin() as connection:

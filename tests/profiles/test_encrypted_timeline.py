@@ -97,7 +97,7 @@ def test_the_migration_seals_a_stored_timeline_and_back(rt: Runtime) -> None:
     with rt.db.engine.begin() as connection:
         config.attributes["connection"] = connection
         config.attributes["keyring"] = rt.db.keyring
-        command.downgrade(config, "0015")
+        command.downgrade(config, "0018")
     assert SECRET in repr(raw_events(rt))  # as the code before encryption stored it
     migrate.upgrade(rt.db)
     assert SECRET not in repr(raw_events(rt))

@@ -3,8 +3,8 @@
 Existing rows are converted: `value` becomes the blind index, `value_enc` the value encrypted under the
 data key of its profile (made here when missing); merge history names the blind index.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-11-29 23:10:00
 """
 
@@ -17,8 +17,8 @@ from alembic import context, op
 
 from accord.security.crypto import Keyring, aad, is_blind, seal
 
-revision: str = "0015"
-down_revision: str | None = "0014"
+revision: str = "0018"
+down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

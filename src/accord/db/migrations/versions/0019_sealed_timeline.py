@@ -1,7 +1,7 @@
 """timeline: payloads stored before encryption at rest are encrypted under their profile's data key
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-11-29 23:30:00
 """
 
@@ -16,8 +16,8 @@ from sqlalchemy.dialects import postgresql
 
 from accord.security.crypto import Keyring, aad, is_ciphertext, key_id_of, open_sealed, seal
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0019"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
