@@ -331,3 +331,24 @@ def test_log_in_through_the_single_sign_on_button(browser: Any, sso_site: tuple[
         expect(page.get_by_role("heading", level=1)).to_have_text("Not for your role")
     finally:
         context.close()
+
+
+def test_define_a_journey_in_the_editor_that_checks_as_you_type(page: Any, site: LiveAccord) -> None:
+    from playwright.sync_api import expect
+
+    log_in(page, make_user(site.rt, "analyst"))
+    page.get_by_role("link", name="Journeys").click()
+    page.wait_for_url("**/console/journeys")
+    expect(page.locator("#condition-state")).to_have_text("The definition is valid.")  # the example
+    page.get_by_label("Key (an existing key makes a new version)").fill("onboarding")
+    page.get_by_label("Name", exact=True).fill("Onboarding")
+    editor = page.get_by_label("Definition (JSON, checked as you type)")
+    editor.fill("")
+    editor.press_sequentially('{"stages": [{"key": "signed", "condition": {"event": "Signed Up"}}], "goal": {"x": 1}}')
+    expect(page.locator("#condition-state")).to_contain_text("Not usable yet: $.goal")
+    editor.fill('{"stages": [{"key": "signed", "condition": {"event": "Signed Up"}}]}')
+    expect(page.locator("#condition-state")).to_have_text("The definition is valid.")
+    page.get_by_role("button", name="Save journey").click()
+    page.wait_for_url("**/console/journeys?done=saved")
+    expect(page.get_by_role("status")).to_have_text("Journey saved; positions are being worked out.")
+    expect(page.locator("#journeys-list tbody tr").first).to_contain_text("onboarding")

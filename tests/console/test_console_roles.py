@@ -100,6 +100,7 @@ def prepare(live: LiveAccord) -> dict[str, str]:
     }
 
 
+JOURNEY = '{"stages": [{"key": "seen", "condition": {"event": "E"}}]}'
 # Form fields a request needs to succeed, for an allowed role.
 VALID_FORMS: dict[tuple[str, str], dict[str, str]] = {
     ("POST", "/console/search"): {"q": "42"},
@@ -116,6 +117,9 @@ VALID_FORMS: dict[tuple[str, str], dict[str, str]] = {
     ("POST", "/console/customers/{profile_id}/unmerge"): {"merge_id": "{merge_id}"},
     ("POST", "/console/segments"): {"key": "gold", "condition": '{"trait": "plan", "op": "eq", "value": "gold"}'},
     ("POST", "/console/segments/check"): {"condition": '{"trait": "plan", "op": "eq", "value": "gold"}'},
+    ("POST", "/console/journeys"): {"key": "shop", "definition": JOURNEY},
+    ("POST", "/console/journeys/check"): {"definition": JOURNEY},
+    ("POST", "/console/journeys/delete"): {"key": "shop", "confirm": "shop"},
     ("POST", "/console/admin/sources"): {"name": "kiosk"},
     ("POST", "/console/admin/sources/{source_id}"): {"enabled": "no"},
     ("POST", "/console/admin/users"): {"email": "new@staff.example", "role": "agent", "password": PASSWORD},

@@ -6,10 +6,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from accord.console import admin, customers, dashboard, login, oidc, segments
+from accord.console import admin, customers, dashboard, journeys, login, oidc, segments
 from accord.console.render import STATIC, ConsoleError, LoginRequired, page
 
-ROUTERS = (login.router, oidc.router, customers.router, segments.router, dashboard.router, admin.router)
+ROUTERS = (
+    login.router,
+    oidc.router,
+    customers.router,
+    segments.router,
+    journeys.router,
+    dashboard.router,
+    admin.router,
+)
 
 
 def install(app: FastAPI) -> None:
