@@ -226,7 +226,7 @@ def backfill(as_json: JsonFlag = False) -> None:
 def sweep(as_json: JsonFlag = False) -> None:
     """Re-evaluate time-window segments for every profile now (workers do it periodically)."""
     now = utcnow()
-    profiles = 0
+    chunks = 0
     after: str | None = None
     with database() as db:
         while True:
@@ -234,12 +234,12 @@ def sweep(as_json: JsonFlag = False) -> None:
                 last = service.sweep_step(session, now=now, after=after)
             if last is None:
                 break
-            profiles += 1
+            chunks += 1
             after = last
     if as_json:
-        typer.echo(json.dumps({"swept_chunks": profiles}))
+        typer.echo(json.dumps({"swept_chunks": chunks}))
     else:
-        console.print(f"swept {profiles} chunks of profiles")
+        console.print(f"swept {chunks} chunks of profiles")
 
 
 computed_app = typer.Typer(help="Computed traits: define, list, show, delete.", no_args_is_help=True)

@@ -352,6 +352,14 @@ def profiles_after(session: Session, after: str | None, limit: int) -> tuple[lis
     return live, (rows[-1][0] if rows else None), len(rows)
 
 
+def lock_profiles(session: Session, where: ColumnElement[bool]) -> None:
+    """On PostgreSQL, lock the profile rows `where` selects, in id order as the pipeline locks them, so
+    that a backfill or sweep and the pipeline write a profile's memberships one after the other."""
+    if session.get_bind().dialect.name == "postgresql":
+        p = PROFILES.c
+        session.execute(select(p.id).where(where).order_by(p.id).with_for_update()).all()
+
+
 @dataclass(frozen=True, slots=True)
 class Range:
     walked: int  # profiles in the range, live or merged away
@@ -377,8 +385,7 @@ def refresh_range(
     # Live, tested so that no index on merged_into can be chosen (SQLite would walk every live profile).
     live_profile = func.coalesce(p.merged_into, "") == ""
     in_range = and_(p.id > after if after is not None else true(), p.id <= last, live_profile)
-    if session.get_bind().dialect.name == "postgresql":  # the rows the pipeline locks too, in id order
-        session.execute(select(p.id).where(in_range).order_by(p.id).with_for_update()).all()
+    lock_profiles(session, in_range)
     at, t = literal(now, UTCDateTime), TRANSITIONS.c
     columns = ["segment_key", "profile_id", "kind", "version", "at"]
     # Exits first, so that only the members from before are checked again.

@@ -302,9 +302,8 @@ def sweep_step(session: Session, *, now: datetime, after: str | None, limit: int
 
 def lock_profiles(session: Session, ids: list[str]) -> None:
     """On PostgreSQL, the rows the pipeline locks too (in id order), so a membership is written once."""
-    if ids and session.get_bind().dialect.name == "postgresql":
-        p = evaluate.PROFILES.c
-        session.execute(select(p.id).where(p.id.in_(ids)).order_by(p.id).with_for_update()).all()
+    if ids:
+        evaluate.lock_profiles(session, evaluate.PROFILES.c.id.in_(ids))
 
 
 # --- memberships, members, exports --------------------------------------------------------------------------
