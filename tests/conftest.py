@@ -110,9 +110,17 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 
 
 def free_port() -> int:
+    """A port free now, for a server in another process (which binds it itself: a small race remains)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def bound_socket() -> socket.socket:
+    """A socket bound to a free port, for a `ServerThread`: no other process can take the port meanwhile."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @dataclass
@@ -143,23 +151,36 @@ class LiveAccord:
 
 
 class ServerThread:
-    def __init__(self, app: Any, port: int) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    """Uvicorn in a thread, serving on a socket bound beforehand (`bound_socket()`).
+
+    Binding before the thread starts closes the race in which another test process takes a port between
+    its choice and uvicorn's bind, and the server thread dies with nothing but a timeout to show.
+    """
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        self.sock = sock
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        deadline = time.monotonic() + 15
+        # Generous: on a loaded two-core machine an app's startup (migrations checked, worker started) can
+        # take seconds; a test waits no longer than the server needs.
+        deadline = time.monotonic() + 60
         while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
+            if not self.thread.is_alive():
+                raise RuntimeError("the test server's thread ended before it started (see its output above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start within 60 s")
             time.sleep(0.01)
         return self
 
     def __exit__(self, *_: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+        self.sock.close()
 
 
 @contextmanager
@@ -168,11 +189,10 @@ def running_accord(rt: Runtime) -> Iterator[LiveAccord]:
     with rt.db.unit_of_work() as session:
         source = create_source(session, name=f"test-source-{uuid.uuid4().hex[:6]}")
         token = create_token(session, role="admin")
-    port = free_port()
-    with ServerThread(create_app(rt=rt, worker="thread"), port):
+    with ServerThread(create_app(rt=rt, worker="thread"), bound_socket()) as server:
         yield LiveAccord(
             rt=rt,
-            base_url=f"http://127.0.0.1:{port}",
+            base_url=f"http://127.0.0.1:{server.port}",
             write_key=source.write_key,
             source_id=source.id,
             token=token.token,

@@ -25,7 +25,7 @@ from accord.ingest import quarantine
 from accord.rights.models import Tombstone
 from accord.runtime import Runtime
 from accord.security.service import create_token
-from conftest import ServerThread, free_port
+from conftest import ServerThread, bound_socket
 from consent.world import setup_catalogue
 from pipeline.helpers import process, send
 
@@ -56,11 +56,10 @@ def person(rt: Runtime) -> Iterator[Person]:
     receipt, a quarantined consent event, and one event still waiting in the log. Bob: someone else."""
     with rt.db.unit_of_work() as session:
         admin = create_token(session, role="admin").token
-    port = free_port()
     with (
-        ServerThread(create_app(rt=rt), port),  # no worker: the test processes the log when it chooses
+        ServerThread(create_app(rt=rt), bound_socket()) as server,  # no worker: the test processes the log
         httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {admin}"}, timeout=60
+            base_url=f"http://127.0.0.1:{server.port}", headers={"Authorization": f"Bearer {admin}"}, timeout=60
         ) as client,
     ):
         setup_catalogue(client)

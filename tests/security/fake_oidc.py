@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from conftest import ServerThread, free_port
+from conftest import ServerThread, bound_socket
 
 CLIENT_ID = "accord-console"
 CLIENT_SECRET = "s3cret-for-tests"
@@ -153,9 +153,9 @@ class FakeProvider:
 @contextmanager
 def running_provider(host: str = "127.0.0.1") -> Iterator[FakeProvider]:
     """A provider on a free port; `host` "localhost" makes it another site than Accord on 127.0.0.1."""
-    port = free_port()
-    provider = FakeProvider(issuer=f"http://{host}:{port}")
-    with ServerThread(provider.app(), port):
+    sock = bound_socket()
+    provider = FakeProvider(issuer=f"http://{host}:{sock.getsockname()[1]}")
+    with ServerThread(provider.app(), sock):
         yield provider
 
 
