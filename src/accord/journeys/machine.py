@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.orm import Session
 
+from accord.db.bulk import insert_rows
 from accord.journeys.definition import Compiled, compile_journey
 from accord.journeys.models import Journey, JourneyPosition, JourneyTransition
 from accord.segments import computed as computed_traits
@@ -350,10 +351,11 @@ def _write(session: Session, changes: Changes, journeys: Active) -> None:
             if (position := changes.written[(key, pid)]) is not None
         ]
         if rows:
-            session.execute(POSITIONS.insert(), rows)
+            insert_rows(session, POSITIONS, rows)
     if changes.moves:
-        session.execute(
-            TRANSITIONS.insert(),
+        insert_rows(
+            session,
+            TRANSITIONS,
             [
                 {
                     "journey_key": m.journey,

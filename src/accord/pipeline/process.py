@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-import orjson
-from psycopg.types.json import Jsonb
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -20,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
 from accord.db.base import one_of, utcnow
+from accord.db.bulk import insert_rows
 from accord.identity import match_index
 from accord.identity.blind import protect, seal_value
 from accord.identity.graph import Separation, Separations, Tag, place
@@ -539,7 +538,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         for identity in rows:
             if identity["profile_id"] is not None:
                 identity["profile_id"] = run.live(identity["profile_id"]).id
-        session.execute(IDENTITIES.insert(), rows)
+        insert_rows(session, IDENTITIES, rows)
     if run.attached_dropped:
         rows = [run.attached_dropped[key] for key in sorted(run.attached_dropped)]
         for identity in rows:
@@ -564,9 +563,9 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
                 keys, event["profile_id"], event["source_id"], event["message_id"], event["payload"]
             )
         run.events.sort(key=lambda e: (e["source_id"], e["message_id"]))
-        _insert_events(session, run.events)
+        insert_rows(session, EVENTS, run.events)
     if run.merges:
-        session.execute(MERGES.insert(), run.merges)
+        insert_rows(session, MERGES, run.merges)
 
 
 def _seal_identities(keys: DataKeys, run: _Run) -> None:
@@ -578,18 +577,3 @@ def _seal_identities(keys: DataKeys, run: _Run) -> None:
     keys.create({run.owners[key] for key in sealed})
     for key in sealed:
         run.new_identities[key]["value_enc"] = seal_value(keys, run.owners[key], key, run.plain[key])
-
-
-_EVENT_COLUMNS = ("profile_id", "source_id", "message_id", "type", "event", "timestamp", "received_at", "payload")
-
-
-def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
-    """The timeline rows: COPY on PostgreSQL (a fraction of the round trips and parsing of INSERT)."""
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(EVENTS.insert(), rows)
-        return
-    connection = session.connection().connection.driver_connection
-    statement = f"COPY {EVENTS.name} ({', '.join(_EVENT_COLUMNS)}) FROM STDIN"
-    with connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-        for row in rows:
-            copy.write_row([Jsonb(row[c], dumps=orjson.dumps) if c == "payload" else row[c] for c in _EVENT_COLUMNS])

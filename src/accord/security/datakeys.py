@@ -7,15 +7,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from accord.db.base import utcnow
+from accord.db.base import one_of, utcnow
 from accord.security.crypto import Keyring, Undecryptable, key_id_of, open_sealed, seal
 from accord.security.models import DataKey
 
@@ -41,14 +41,21 @@ class DataKeys:
 
     @classmethod
     def of(cls, session: Session) -> DataKeys:
-        return cls(session, keyring_of(session))
+        """The data keys of the session's current transaction: one object for all its readers and writers
+        (the pipeline, segments, journeys), so a key is read and unwrapped once per transaction; forgotten
+        when the transaction ends, so a key destroyed meanwhile is never used by a later one."""
+        keys = session.info.get(_INFO_KEY)
+        if not isinstance(keys, DataKeys):
+            keys = session.info[_INFO_KEY] = cls(session, keyring_of(session))
+        return keys
 
     def load(self, key_ids: Iterable[str]) -> None:
         wanted = sorted({k for k in key_ids if k not in self._ciphers})
+        dialect = self.session.get_bind().dialect.name
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             for key_id, kek_id, wrapped in self.session.execute(
-                select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(DataKey.id.in_(chunk))
+                select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(one_of(DataKey.__table__.c.id, chunk, dialect))
             ):
                 self._ciphers[key_id] = self.keyring.cipher(key_id, kek_id, bytes(wrapped))
             for key_id in chunk:
@@ -96,9 +103,21 @@ class DataKeys:
             self._ciphers.pop(key_id, None)
 
 
+_INFO_KEY = "accord.datakeys"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_at_end(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:
+        session.info.pop(_INFO_KEY, None)
+
+
 def destroy(session: Session, key_ids: Iterable[str]) -> int:
     """Crypto-shredding: delete these data keys. Returns how many there were."""
     wanted = sorted(set(key_ids))
+    shared = session.info.get(_INFO_KEY)
+    if isinstance(shared, DataKeys):
+        shared.forget(wanted)
     done = 0
     for start in range(0, len(wanted), 500):
         result = session.execute(delete(DataKey).where(DataKey.id.in_(wanted[start : start + 500])))

@@ -19,8 +19,9 @@ from accord.consent import catalogue as consent_catalogue
 from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
 from accord.db.base import UTCDateTime, one_of
+from accord.db.bulk import insert_rows
 from accord.profiles.models import Profile, ProfileEvent
-from accord.profiles.sealed import open_payload
+from accord.profiles.sealed import open_payload, sealed_by
 from accord.security.datakeys import DataKeys
 from accord.segments import computed as computed_traits
 from accord.segments import conditions
@@ -190,7 +191,10 @@ def load_facts(
                 columns += [e.payload, e.source_id, e.message_id]
                 keys = keys or DataKeys.of(session)
             query = select(*columns).where(one_of(e.profile_id, chunk, dialect), e.type == "track", e.event.in_(names))
-            for row in session.execute(query):
+            rows = session.execute(query).all()
+            if keys is not None:  # every data key the chunk's payloads are sealed under, in one query
+                keys.load({key for row in rows if (key := sealed_by(row[3])) is not None})
+            for row in rows:
                 found = facts.get(row[0])
                 if found is not None:
                     props: Any = {}
@@ -318,8 +322,9 @@ def _is_live(session: Session, profile_id: str) -> bool:
 
 def write(session: Session, changes: Changes, segments: Active, now: datetime) -> None:
     if changes.entered:
-        session.execute(
-            MEMBERSHIPS.insert(),
+        insert_rows(
+            session,
+            MEMBERSHIPS,
             [{"segment_key": key, "profile_id": pid, "entered_at": now} for key, pid in changes.entered],
         )
     if changes.exited:
@@ -336,7 +341,7 @@ def write(session: Session, changes: Changes, segments: Active, now: datetime) -
         for key, pid in found
     ]
     if rows:
-        session.execute(TRANSITIONS.insert(), rows)
+        insert_rows(session, TRANSITIONS, rows)
 
 
 def profiles_after(session: Session, after: str | None, limit: int) -> tuple[list[str], str | None, int]:

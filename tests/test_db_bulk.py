@@ -1,0 +1,118 @@
+"""`insert_rows` writes what SQLAlchemy's own insert writes, on SQLite and PostgreSQL: the same values read
+back through the ORM, and on SQLite the same stored text (timestamps compare as strings there)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, select, text
+from sqlalchemy.exc import IntegrityError
+
+from accord.db.bulk import insert_rows
+from accord.identity.models import Merge
+from accord.journeys.models import JourneyPosition
+from accord.runtime import Runtime
+
+POSITIONS = cast(Table, JourneyPosition.__table__)
+MERGES = cast(Table, Merge.__table__)
+
+AWARE = datetime(2026, 11, 30, 2, 7, 59, 123456, tzinfo=UTC)
+WHOLE_SECOND = datetime(2026, 11, 30, 2, 8, 0, tzinfo=UTC)  # microsecond 0: still written with .000000
+ELSEWHERE = datetime(2026, 11, 30, 4, 8, 0, 5, tzinfo=timezone(timedelta(hours=2)))  # stored as UTC
+
+
+def position(profile_id: str, **changes: Any) -> dict[str, Any]:
+    row = {
+        "journey_key": "onboarding",
+        "profile_id": profile_id,
+        "stage": "trial",
+        "stage_entered_at": AWARE,
+        "entered_at": WHOLE_SECOND,
+        "state": "active",
+        "ended_at": None,
+        "reason": None,
+        "path": {"trial": AWARE.isoformat(), "naïve ünïcode": ["ß", 1, 2.5, None, {"nested": True}]},
+    }
+    return {**row, **changes}
+
+
+def stored(rt: Runtime, profile_id: str) -> tuple[Any, ...]:
+    with rt.db.read() as session:
+        row = session.scalars(select(JourneyPosition).where(JourneyPosition.profile_id == profile_id)).one()
+        return (row.stage, row.stage_entered_at, row.entered_at, row.state, row.ended_at, row.reason, row.path)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"ended_at": ELSEWHERE, "reason": "goal", "state": "completed"}, {"path": {}}],
+    ids=["active", "ended-elsewhere", "empty-path"],
+)
+def test_rows_read_back_as_sqlalchemy_wrote_them(rt: Runtime, changes: dict[str, Any]) -> None:
+    with rt.db.unit_of_work() as session:
+        session.execute(POSITIONS.insert(), [position("by-sqlalchemy", **changes)])
+        insert_rows(session, POSITIONS, [position("by-bulk", **changes)])
+    assert stored(rt, "by-bulk") == stored(rt, "by-sqlalchemy")
+    assert stored(rt, "by-bulk")[2] == WHOLE_SECOND
+    if rt.db.dialect == "sqlite":
+        query = text("SELECT stage_entered_at, entered_at, ended_at, path FROM journey_positions WHERE profile_id = :p")
+        with rt.db.read() as session:
+            raw = {p: session.execute(query, {"p": p}).one() for p in ("by-bulk", "by-sqlalchemy")}
+        assert raw["by-bulk"][:3] == raw["by-sqlalchemy"][:3]
+
+
+def test_timestamps_compare_in_time_order_with_bound_values(rt: Runtime) -> None:
+    with rt.db.unit_of_work() as session:
+        insert_rows(session, POSITIONS, [position("p1", entered_at=WHOLE_SECOND)])
+    with rt.db.read() as session:
+        later = session.scalars(
+            select(JourneyPosition.profile_id).where(JourneyPosition.entered_at >= WHOLE_SECOND)
+        ).all()
+        earlier = session.scalars(
+            select(JourneyPosition.profile_id).where(JourneyPosition.entered_at < WHOLE_SECOND)
+        ).all()
+    assert later == ["p1"]
+    assert earlier == []
+
+
+def test_many_rows_in_one_call(rt: Runtime) -> None:
+    rows = [position(f"p{i:04d}", stage_entered_at=AWARE + timedelta(seconds=i)) for i in range(1200)]
+    with rt.db.unit_of_work() as session:
+        insert_rows(session, POSITIONS, rows)
+    with rt.db.read() as session:
+        found = session.execute(
+            select(JourneyPosition.profile_id, JourneyPosition.stage_entered_at).order_by(JourneyPosition.profile_id)
+        ).all()
+    assert [(pid, at) for pid, at in found] == [(r["profile_id"], r["stage_entered_at"]) for r in rows]
+
+
+def test_a_naive_timestamp_is_refused_and_nothing_is_written(rt: Runtime) -> None:
+    with pytest.raises(ValueError, match="naive datetime"), rt.db.unit_of_work() as session:
+        insert_rows(session, POSITIONS, [position("ok"), position("naive", entered_at=datetime(2026, 1, 1))])
+    with rt.db.read() as session:
+        assert session.scalars(select(JourneyPosition.profile_id)).all() == []
+
+
+def test_unknown_columns_and_missing_python_defaults_are_refused(rt: Runtime) -> None:
+    with rt.db.unit_of_work() as session:
+        with pytest.raises(ValueError, match="has no column colour"):
+            insert_rows(session, POSITIONS, [{**position("p"), "colour": "red"}])
+        with pytest.raises(ValueError, match=r"needs .*merged_at"):
+            insert_rows(session, MERGES, [{"survivor_id": "a", "absorbed_id": "b"}])
+        insert_rows(session, POSITIONS, [])  # nothing to do
+
+
+def test_a_duplicate_key_fails_the_transaction(rt: Runtime) -> None:
+    with pytest.raises(IntegrityError), rt.db.unit_of_work() as session:
+        insert_rows(session, POSITIONS, [position("twice"), position("twice")])
+    with rt.db.read() as session:
+        assert session.scalars(select(JourneyPosition.profile_id)).all() == []
+
+
+def test_a_duplicate_key_is_an_integrity_error_as_sqlalchemy_raises_it(rt: Runtime) -> None:
+    """The worker tells a conflict with another worker (IntegrityError: retry) from a fault by the type."""
+    with rt.db.unit_of_work() as session:
+        insert_rows(session, POSITIONS, [position("first")])
+    with pytest.raises(IntegrityError), rt.db.unit_of_work() as session:
+        insert_rows(session, POSITIONS, [position("first")])
