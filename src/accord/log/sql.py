@@ -43,6 +43,7 @@ class SqlEventLog:
         self._lock = threading.Lock()
         self.appended = threading.Event()  # set after each commit: wakes an in-process worker
         self.listeners: list[Callable[[], None]] = []  # called after each commit: nudge workers elsewhere
+        self._typical_count = 1  # events per record in the last claim
 
     def ensure_file_schema(self) -> None:
         """Create the log table in a log file of its own (SQLite); the main migrations cover PostgreSQL."""
@@ -145,20 +146,29 @@ class SqlEventLog:
                 self._delete(session, claim)
 
     def _read(self, session: Session, max_events: int, *, lock: bool) -> list[Delivery]:
+        """The oldest records, up to `max_events` events (at least one record). The query asks for about as
+        many records as that many events fill, judged by the size of the records read last time: rows
+        beyond them would be fetched (their payloads copied out of the database) or, on PostgreSQL, locked
+        away from the other workers for nothing."""
+        wanted = max(1, max_events)
+        limit = min(MAX_CLAIM_RECORDS, max(1, -(-wanted // self._typical_count) + 1))
         query = (
             select(LogRecord.seq, LogRecord.source_id, LogRecord.event_count, LogRecord.payload)
             .order_by(LogRecord.seq)
-            .limit(min(max(1, max_events), MAX_CLAIM_RECORDS))
+            .limit(limit)
         )
         if lock:
             query = query.with_for_update(skip_locked=True)
         deliveries: list[Delivery] = []
         total = 0
-        for seq, source_id, count, payload in session.execute(query):
-            if deliveries and total + count > max_events:
+        # Core rows, fetched as they are read: the loop stops at the first record that does not fit.
+        for seq, source_id, count, payload in session.connection().execute(query):
+            if deliveries and total + count > wanted:
                 break
             deliveries.append(Delivery(seq=seq, source_id=source_id, events=orjson.loads(payload)))
             total += count
+        if deliveries:
+            self._typical_count = max(1, total // len(deliveries))
         return deliveries
 
     @staticmethod

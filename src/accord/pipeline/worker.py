@@ -26,7 +26,7 @@ from accord.segments import service as segments
 from accord.segments.jobs import SEGMENTS, Backfills, SegmentJobs
 
 log = structlog.get_logger(__name__)
-RETRIES = 5
+RETRIES = 8  # attempts of one transaction that other workers conflict with (backoff up to 0.5 s)
 
 
 class Wake(Protocol):
@@ -84,17 +84,25 @@ class Worker:
         return total
 
     def run_once(self) -> int:
-        """One claim's worth of work; returns how many events it handled (0: nothing to claim)."""
+        """One claim's worth of work; returns how many events it handled (0: nothing to claim, or the claim
+        was given back because other workers kept conflicting with it: its records are delivered again)."""
         with self.log.claim(self.batch_size) as claim:
             if not claim.deliveries:
                 return 0
             items = _items(claim.deliveries)
-            outcome = self._process(items)
+            try:
+                outcome = self._process(items)
+            except Contended:
+                log.warning("batch given back after repeated conflicts with other workers")
+                return 0
             claim.acknowledge()
         _count(outcome)
         return outcome.processed + outcome.duplicates + outcome.quarantined + outcome.suppressed
 
-    def _process(self, items: list[Item]) -> Outcome:
+    def _attempt(self, items: list[Item]) -> Outcome:
+        """Process `items` in one transaction, retried while other workers conflict with it (a profile
+        merged meanwhile, an identifier inserted meanwhile, a deadlock, a serialization failure).
+        Contended when they still do after RETRIES; any other error is raised as it is."""
         lock_rows = self.db.dialect == "postgresql"
         for attempt in range(RETRIES):
             try:
@@ -104,37 +112,48 @@ class Worker:
                 if isinstance(error, DBAPIError) and "deadlock" in str(error.orig).lower():
                     self.deadlocks += 1
                 if isinstance(error, DBAPIError) and not isinstance(error, IntegrityError) and not _transient(error):
-                    log.warning("batch failed", error=type(error).__name__)
-                    break
+                    raise
                 metrics.WORKER_RETRIES.inc()
-                time.sleep(random.uniform(0, 0.01 * 2**attempt))
-            except Exception as error:  # a fault in one event's processing: isolate it below
-                log.warning("batch failed", error=type(error).__name__)
-                break
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+        raise Contended(f"{len(items)} events conflicted with other workers {RETRIES} times")
+
+    def _process(self, items: list[Item]) -> Outcome:
+        try:
+            return self._attempt(items)
+        except Contended:
+            if len(items) == 1:
+                raise
+        except Exception as error:  # a fault in one event's processing: isolate it below
+            log.warning("batch failed", error=type(error).__name__)
         log.warning("processing this batch's events one by one")
         return self._one_by_one(items)
 
     def _one_by_one(self, items: list[Item]) -> Outcome:
-        """The slow path: each event in its own savepoint, so one poison event cannot block the rest."""
+        """The slow path: each event in a transaction of its own, so one poison event cannot block the rest
+        and no transaction gathers the locks of many events (taken out of order, they deadlock with other
+        workers). An event whose processing fails is quarantined with its error; one that other workers
+        keep conflicting with is not (its data is fine): Contended, and the claim is given back."""
         outcome = Outcome()
-        lock_rows = self.db.dialect == "postgresql"
-        with self.db.unit_of_work() as session:
-            for source_id, event in items:
-                try:
-                    with session.begin_nested():
-                        single = process_events(
-                            session, [(source_id, event)], lock_rows=lock_rows, consent=self.consent
-                        )
-                except Exception as error:
-                    quarantine.put(session, source_id, event, error)
-                    outcome.quarantined += 1
-                    continue
-                outcome.processed += single.processed
-                outcome.duplicates += single.duplicates
-                outcome.quarantined += single.quarantined
-                outcome.merges += single.merges
-                outcome.suppressed += single.suppressed
+        for item in items:
+            try:
+                single = self._attempt([item])
+            except Contended:
+                raise
+            except Exception as error:
+                with self.db.unit_of_work() as session:
+                    quarantine.put(session, item[0], item[1], error)
+                outcome.quarantined += 1
+                continue
+            outcome.processed += single.processed
+            outcome.duplicates += single.duplicates
+            outcome.quarantined += single.quarantined
+            outcome.merges += single.merges
+            outcome.suppressed += single.suppressed
         return outcome
+
+
+class Contended(Exception):
+    """Other workers kept conflicting with this work; it is given back to the log, not quarantined."""
 
 
 def _items(deliveries: list[Delivery]) -> list[Item]:
