@@ -32,7 +32,7 @@ from accord.config import Settings
 from accord.db import migrate
 from accord.ingest.models import QuarantinedEvent
 from accord.profiles.models import ProfileEvent
-from accord.runtime import Runtime
+from accord.runtime import Runtime, tune_gc
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 HOST = "127.0.0.1"
@@ -179,6 +179,7 @@ def open_runtime(url: str, sqlite_synchronous: str, data_dir: Path | None = None
     where = {} if data_dir is None else {"data_dir": data_dir}
     rt = Runtime.create(Settings(database_url=url, sqlite_synchronous=sqlite_synchronous, **where))
     migrate.upgrade(rt.db)
+    tune_gc()  # as `accord up` and `accord worker` do once started: in-process drains measure the same
     return rt
 
 

@@ -36,7 +36,7 @@ from accord.journeys import cli as journey_cli
 from accord.logs import configure_logging
 from accord.pipeline.embedded import SocketWake, watch_parent
 from accord.pipeline.worker import Worker
-from accord.runtime import Runtime
+from accord.runtime import Runtime, tune_gc
 from accord.security import service as security
 from accord.security import users
 from accord.segments import cli as segment_cli
@@ -144,6 +144,7 @@ def _serve(host: str | None, port: int | None, *, with_worker: bool) -> None:
     with _db(settings):
         pass
     application = create_app(settings, worker="process" if with_worker else None)
+    tune_gc()
     uvicorn.run(
         application,
         host=host or settings.host,
@@ -171,6 +172,7 @@ def worker(
         signal.signal(sig, lambda *_: stop.set())
     if parent_pid is not None:
         watch_parent(parent_pid, stop)
+    tune_gc()
     try:
         Worker(
             db=rt.db,

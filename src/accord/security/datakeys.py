@@ -52,10 +52,11 @@ class DataKeys:
     def load(self, key_ids: Iterable[str]) -> None:
         wanted = sorted({k for k in key_ids if k not in self._ciphers})
         dialect = self.session.get_bind().dialect.name
+        column = DataKey.__table__.c.id
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             for key_id, kek_id, wrapped in self.session.execute(
-                select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(one_of(DataKey.__table__.c.id, chunk, dialect))
+                select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(one_of(column, chunk, dialect))
             ):
                 self._ciphers[key_id] = self.keyring.cipher(key_id, kek_id, bytes(wrapped))
             for key_id in chunk:
