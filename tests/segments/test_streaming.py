@@ -310,3 +310,38 @@ def test_a_backfill_the_database_evaluates_equals_a_recompute_and_records_each_c
     ann, ed = profile_of(rt, "ann"), profile_of(rt, "ed")
     assert sorted(moves[:2]) == sorted([("entered", ann, 1), ("entered", ed, 1)])
     assert moves[2:] == [("exited", ann, 2)]
+
+
+def test_one_load_of_facts_serves_every_evaluation_it_covers(rt: Runtime) -> None:
+    """The pipeline's journeys reuse what its segments read: the same facts as a load of their own, and
+    a load that needs more (another event name, properties) reads again."""
+    define(rt, ["gold", "big", "rare"])
+    run(
+        rt,
+        [
+            {"type": "identify", "userId": "ann", "traits": {"plan": "gold"}, "timestamp": at(1)},
+            {"type": "track", "userId": "ann", "event": "Bought", "properties": {"total": 70}, "timestamp": at(2)},
+            {"type": "track", "userId": "ann", "event": "Viewed", "timestamp": at(3)},
+            {"type": "identify", "userId": "bob", "traits": {"plan": "tin"}, "timestamp": at(1)},
+        ],
+    )
+    ann, bob = profile_of(rt, "ann"), profile_of(rt, "bob")
+    with rt.db.read() as session:
+        active = evaluate.active(session)
+        big, rare, gold = active.by_key["big"], active.by_key["rare"], active.by_key["gold"]
+        cache = evaluate.FactsCache()
+        first = evaluate.load_facts(session, [ann, bob, "no-such-profile"], [big, rare], NOW, cache=cache)
+        again = evaluate.load_facts(session, [ann, bob], [big], NOW, cache=cache)
+        assert (cache.hits, cache.misses) == (2, 3)
+        alone = evaluate.load_facts(session, [ann, bob], [big], NOW)
+        for pid in (ann, bob):
+            assert dict(again[pid].traits) == dict(alone[pid].traits) == dict(first[pid].traits)
+            assert again[pid].events.get("Bought") == alone[pid].events.get("Bought")  # what "big" reads
+        assert again[ann].events["Bought"][0][1] == {"total": 70}  # the properties, decrypted
+        assert set(first) == {ann, bob}
+        # "gold" reads no event: covered. A condition on an event nobody loaded is not.
+        evaluate.load_facts(session, [ann], [gold], NOW, cache=cache)
+        assert (cache.hits, cache.misses) == (3, 3)
+        returned = evaluate.compile_segments([("r", 1, {"event": "Returned", "count": {"gte": 1}})]).by_key["r"]
+        evaluate.load_facts(session, [ann], [returned], NOW, cache=cache)
+        assert (cache.hits, cache.misses) == (3, 4)

@@ -241,6 +241,7 @@ def refresh(
     *,
     journeys: Active | None = None,
     gone: Iterable[str] = (),
+    cache: segment_evaluate.FactsCache | None = None,
 ) -> Changes:
     """Evaluate, for each profile in `wanted`, the journeys named (None: all), and write what changed.
     Profiles in `gone` were merged away: each of their positions goes to the profile they now belong to
@@ -261,7 +262,7 @@ def refresh(
         for pid, theirs in carried.items():
             stored.setdefault(pid, {}).update(theirs)
         needed = [journeys.by_key[k] for k in sorted({k for keys in per_profile.values() for k in keys})]
-        facts = load_facts(session, list(per_profile), needed, now, journeys)
+        facts = load_facts(session, list(per_profile), needed, now, journeys, cache)
         for profile_id, keys in per_profile.items():
             found = facts.get(profile_id)
             if found is None:
@@ -278,12 +279,17 @@ def refresh(
 
 
 def load_facts(
-    session: Session, profile_ids: list[str], needed: list[Compiled], now: datetime, journeys: Active
+    session: Session,
+    profile_ids: list[str],
+    needed: list[Compiled],
+    now: datetime,
+    journeys: Active,
+    cache: segment_evaluate.FactsCache | None = None,
 ) -> dict[str, Facts]:
     """The facts these journeys read, for the live profiles among `profile_ids`: the segments' facts, and
     the profiles' segment memberships as stored."""
     items = [segment_evaluate.Compiled(j.key, j.version, j.definition.stages[0].condition, j.refs) for j in needed]
-    facts = segment_evaluate.load_facts(session, profile_ids, items, now, journeys.computed)
+    facts = segment_evaluate.load_facts(session, profile_ids, items, now, journeys.computed, cache)
     if any(j.refs.segments for j in needed):
         for profile_id, keys in segment_evaluate.memberships(session, list(facts)).items():
             facts[profile_id].segments = set(keys)

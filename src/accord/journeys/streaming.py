@@ -14,7 +14,13 @@ from accord.segments import evaluate as segment_evaluate
 from accord.segments.streaming import Touches
 
 
-def apply(session: Session, touches: Touches, segments: segment_evaluate.Changes, now: datetime) -> machine.Changes:
+def apply(
+    session: Session,
+    touches: Touches,
+    segments: segment_evaluate.Changes,
+    now: datetime,
+    cache: segment_evaluate.FactsCache | None = None,
+) -> machine.Changes:
     journeys = machine.active(session)
     if not journeys.by_key:
         return machine.Changes()
@@ -34,7 +40,7 @@ def apply(session: Session, touches: Touches, segments: segment_evaluate.Changes
         want(profile_id, set(journeys.consent))
     for segment, profile_id in (*segments.entered, *segments.exited):
         want(profile_id, set(journeys.by_segment.get(segment, ())))
-    return machine.refresh(session, wanted, now, journeys=journeys, gone=touches.gone)
+    return machine.refresh(session, wanted, now, journeys=journeys, gone=touches.gone, cache=cache)
 
 
 def consent_changed(

@@ -35,6 +35,7 @@ from accord.profiles.sealed import seal_payload
 from accord.rights import service as rights
 from accord.security.datakeys import DataKeys, keyring_of
 from accord.segments import streaming
+from accord.segments.evaluate import FactsCache
 
 # The tables, for set-based Core statements on the hot path (the ORM's per-row work costs too much).
 PROFILES = cast(Table, Profile.__table__)
@@ -208,8 +209,10 @@ def process_events(
         statements = [(profile_id, item.source_id, item.event, item.timestamp) for item, profile_id in consent_events]
         # After the profiles exist; a bad statement fails the batch, and the one-by-one retry quarantines it.
         consent.record(session, statements, now)  # re-evaluates the consent segments of these profiles
-    changed = streaming.apply(session, touches, now)
-    journey_streaming.apply(session, touches, changed, now)
+    # Journeys read what the segments read (traits, events of some names): one load serves both.
+    facts = FactsCache()
+    changed = streaming.apply(session, touches, now, facts)
+    journey_streaming.apply(session, touches, changed, now, facts)
     return outcome
 
 

@@ -161,54 +161,97 @@ def _chunks(values: list[str], size: int = CHUNK) -> Iterable[list[str]]:
         yield values[start : start + size]
 
 
+@dataclass(slots=True)
+class FactsCache:
+    """What one transaction's evaluations read of its profiles (traits, and the events of the names read),
+    so that the journeys evaluated after the segments do not read and decrypt them again. Valid only while
+    nothing writes traits or events: the pipeline makes one after its writes and drops it at commit."""
+
+    entries: dict[str, _Loaded] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass(slots=True)
+class _Loaded:
+    traits: Mapping[str, Any] | None  # None: not a live profile
+    events: dict[str, list[tuple[datetime, Mapping[str, Any]]]]
+    names: frozenset[str]
+    properties: bool
+
+
 def load_facts(
     session: Session,
     profile_ids: list[str],
     segments: Iterable[Compiled],
     now: datetime,
     definitions: Mapping[str, ComputedDefinition] | None = None,
+    cache: FactsCache | None = None,
 ) -> dict[str, Facts]:
-    """The facts the given segments read, for the live profiles among `profile_ids`."""
+    """The facts the given segments read, for the live profiles among `profile_ids`; with a `cache`, what
+    an earlier call of the same transaction read of a profile is used again when it covers these segments."""
     wanted = list(segments)
     definitions = definitions or {}
-    names = sorted({name for item in wanted for name in item.refs.events})
+    names = frozenset(name for item in wanted for name in item.refs.events)
     properties = any(item.refs.needs_properties for item in wanted)
     purposes = {purpose for item in wanted for purpose in item.refs.purposes}
-    p, e = PROFILES.c, EVENTS.c
-    dialect = session.get_bind().dialect.name
-    facts: dict[str, Facts] = {}
-    keys: DataKeys | None = None
-    for chunk in _chunks(sorted(set(profile_ids))):
-        # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
-        for profile_id, traits, merged_into in session.execute(
-            select(p.id, p.traits, p.merged_into).where(one_of(p.id, chunk, dialect))
-        ):
-            if merged_into is None:
-                facts[profile_id] = Facts(traits=traits or {}, events={})
-        if names:
-            columns = [e.profile_id, e.event, e.timestamp]
-            if properties:
-                columns += [e.payload, e.source_id, e.message_id]
-                keys = keys or DataKeys.of(session)
-            query = select(*columns).where(one_of(e.profile_id, chunk, dialect), e.type == "track", e.event.in_(names))
-            rows = session.execute(query).all()
-            if keys is not None:  # every data key the chunk's payloads are sealed under, in one query
-                keys.load({key for row in rows if (key := sealed_by(row[3])) is not None})
-            for row in rows:
-                found = facts.get(row[0])
-                if found is not None:
-                    props: Any = {}
-                    if keys is not None:  # the properties are in the encrypted payload
-                        props = open_payload(keys, row[4], row[5], row[3]).get("properties") or {}
-                    cast(dict[str, list[Any]], found.events).setdefault(row[1], []).append(
-                        (row[2], props if isinstance(props, dict) else {})
-                    )
+    ids = sorted(set(profile_ids))
+    loaded: dict[str, _Loaded] = {}
+    if cache is not None:
+        for pid in ids:
+            entry = cache.entries.get(pid)
+            if entry is not None and names <= entry.names and (entry.properties or not properties):
+                loaded[pid] = entry
+        cache.hits += len(loaded)
+        cache.misses += len(ids) - len(loaded)
+    missing = [pid for pid in ids if pid not in loaded]
+    fresh = _read_facts(session, missing, names, properties) if missing else {}
+    if cache is not None:
+        cache.entries.update(fresh)
+    loaded.update(fresh)
+    facts = {
+        pid: Facts(traits=entry.traits, events=entry.events)
+        for pid, entry in loaded.items()
+        if entry.traits is not None
+    }
     if purposes and facts:
         _load_consent(session, facts, purposes, now)
     if definitions and any(item.refs.computed for item in wanted):
         for found in facts.values():
             found.computed = _computer(found, definitions, now)
     return facts
+
+
+def _read_facts(session: Session, ids: list[str], names: frozenset[str], properties: bool) -> dict[str, _Loaded]:
+    p, e = PROFILES.c, EVENTS.c
+    dialect = session.get_bind().dialect.name
+    found: dict[str, _Loaded] = {}
+    keys = DataKeys.of(session) if properties and names else None
+    for chunk in _chunks(ids):
+        # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
+        for profile_id, traits, merged_into in session.execute(
+            select(p.id, p.traits, p.merged_into).where(one_of(p.id, chunk, dialect))
+        ):
+            live = merged_into is None
+            found[profile_id] = _Loaded((traits or {}) if live else None, {}, names, properties)
+        if names:
+            columns = [e.profile_id, e.event, e.timestamp]
+            if keys is not None:
+                columns += [e.payload, e.source_id, e.message_id]
+            query = select(*columns).where(
+                one_of(e.profile_id, chunk, dialect), e.type == "track", e.event.in_(sorted(names))
+            )
+            rows = session.execute(query).all()
+            if keys is not None:  # every data key the chunk's payloads are sealed under, in one query
+                keys.load({key for row in rows if (key := sealed_by(row[3])) is not None})
+            for row in rows:
+                entry = found.get(row[0])
+                if entry is not None and entry.traits is not None:
+                    props: Any = {}
+                    if keys is not None:  # the properties are in the encrypted payload
+                        props = open_payload(keys, row[4], row[5], row[3]).get("properties") or {}
+                    entry.events.setdefault(row[1], []).append((row[2], props if isinstance(props, dict) else {}))
+    return found
 
 
 def _computer(found: Facts, definitions: Mapping[str, ComputedDefinition], now: datetime) -> Any:
@@ -272,7 +315,12 @@ class Changes:
 
 
 def refresh(
-    session: Session, wanted: Mapping[str, set[str] | None], now: datetime, *, segments: Active | None = None
+    session: Session,
+    wanted: Mapping[str, set[str] | None],
+    now: datetime,
+    *,
+    segments: Active | None = None,
+    cache: FactsCache | None = None,
 ) -> Changes:
     """Re-evaluate, for each profile in `wanted`, the segments named (None: all), and every segment that
     reads them; write memberships and transitions for what changed. Profiles no longer live (merged away)
@@ -288,7 +336,7 @@ def refresh(
     needed = {key for keys in per_profile.values() for key in keys}
     stored = memberships(session, list(wanted))
     evaluated = [pid for pid, keys in per_profile.items() if keys]
-    facts = load_facts(session, evaluated, (segments.by_key[k] for k in needed), now, segments.computed)
+    facts = load_facts(session, evaluated, (segments.by_key[k] for k in needed), now, segments.computed, cache)
     gone: list[str] = []
     for profile_id, keys in per_profile.items():
         current = stored.get(profile_id, {})

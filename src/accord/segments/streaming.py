@@ -45,7 +45,9 @@ class Touches:
         return result
 
 
-def apply(session: Session, touches: Touches, now: datetime) -> evaluate.Changes:
+def apply(
+    session: Session, touches: Touches, now: datetime, cache: evaluate.FactsCache | None = None
+) -> evaluate.Changes:
     segments = evaluate.active(session)
     if not segments.by_key:
         return evaluate.Changes()
@@ -67,7 +69,7 @@ def apply(session: Session, touches: Touches, now: datetime) -> evaluate.Changes
     for profile_id in touches.gone:
         want(profile_id, set())
     wanted = {pid: keys for pid, keys in wanted.items() if keys is None or keys or pid in touches.gone}
-    return evaluate.refresh(session, wanted, now, segments=segments)
+    return evaluate.refresh(session, wanted, now, segments=segments, cache=cache)
 
 
 def consent_changed(session: Session, profile_ids: list[str], now: datetime) -> evaluate.Changes:
