@@ -13,6 +13,7 @@ from accord.consent.keys import SigningKey
 from accord.db.engine import Database
 from accord.log.sql import SqlEventLog
 from accord.security.limits import RateLimits
+from accord.security.logkeys import LogKeys
 from accord.security.oidc import OidcConfig, OidcProvider
 
 # Cyclic garbage collection for the long-running processes. With CPython's default (a young collection
@@ -61,9 +62,10 @@ class Runtime:
         signing = SigningKey.load_or_create(settings.signing_key_path())
         db = Database.from_settings(settings)
         log_url = settings.log_url()
+        keys = LogKeys(db)
         if log_url == db.url:
-            return cls(settings=settings, db=db, log=SqlEventLog(db), limits=limits, signing=signing, oidc=oidc)
-        log = SqlEventLog(Database(log_url, sqlite_synchronous=settings.sqlite_synchronous))
+            return cls(settings=settings, db=db, log=SqlEventLog(db, keys), limits=limits, signing=signing, oidc=oidc)
+        log = SqlEventLog(Database(log_url, sqlite_synchronous=settings.sqlite_synchronous), keys)
         log.ensure_file_schema()
         return cls(settings=settings, db=db, log=log, limits=limits, signing=signing, oidc=oidc)
 

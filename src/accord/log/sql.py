@@ -4,6 +4,10 @@ Appends from many requests are gathered by one writer thread and committed toget
 acknowledged request costs a share of one fsync rather than one of its own. Acknowledged records are
 deleted: the lasting record of every event is the per-profile event store.
 
+Payloads are sealed (AES-GCM) under the current log key (`accord.security.logkeys`), bound to their
+record's seq: the database holds no event in clear, and a payload copied into another record does not
+open. Seqs are therefore taken before the insert, in the writer's transaction.
+
 On SQLite the log lives in a file of its own beside the main database, so that appends never wait
 for a worker's transaction on the main file (SQLite has one write lock per file). On PostgreSQL it is
 a table in the main database, and workers claim records with FOR UPDATE SKIP LOCKED.
@@ -19,24 +23,36 @@ from contextlib import contextmanager
 from typing import cast
 
 import orjson
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from accord.db.engine import Database
 from accord.ingest.spec import encode_events
 from accord.log.models import LogRecord
 from accord.log.port import Claim, Delivery, NewRecord
+from accord.security.crypto import BINARY_PREFIX, Undecryptable, aad, seal_bytes
+from accord.security.logkeys import LogKeys
 
 _STOP = object()
 MAX_CLAIM_RECORDS = 64
-# The log file's own schema version (PRAGMA user_version): it holds transient records only, so a
-# change is made by draining the log with the old version, not by migrating rows.
-LOG_FILE_SCHEMA = 1
+# The log file's own schema version (PRAGMA user_version). 2: payloads sealed; a file of version 1 has
+# its waiting payloads sealed in place when opened.
+LOG_FILE_SCHEMA = 2
+_PG_SEQS = text("SELECT nextval(pg_get_serial_sequence('event_log', 'seq')) FROM generate_series(1, :n)")
+_SQLITE_LAST_SEQ = text(
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_log'), 0),"
+    " coalesce((SELECT max(seq) FROM event_log), 0))"
+)
+
+
+def payload_aad(seq: int) -> bytes:
+    return aad("event_log", "payload", str(seq))
 
 
 class SqlEventLog:
-    def __init__(self, db: Database, *, max_group: int = 256) -> None:
+    def __init__(self, db: Database, keys: LogKeys, *, max_group: int = 256) -> None:
         self.db = db
+        self.keys = keys
         self.max_group = max_group
         self._queue: queue.SimpleQueue[tuple[NewRecord, Future[None]] | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -51,13 +67,37 @@ class SqlEventLog:
             version = connection.exec_driver_sql("PRAGMA user_version").scalar()
             if version == LOG_FILE_SCHEMA:
                 return
-            if version:
+            if version not in (0, 1):
                 raise RuntimeError(
                     f"the event log file {self.db.url} has schema {version}, this Accord expects {LOG_FILE_SCHEMA}; "
                     "drain it with the Accord that wrote it, then delete it"
                 )
             cast(Table, LogRecord.__table__).create(connection, checkfirst=True)
+            with Session(connection) as session:
+                self.seal_clear_records(session)
             connection.exec_driver_sql(f"PRAGMA user_version = {LOG_FILE_SCHEMA}")
+        self.db.checkpoint_wal()  # the clear payloads' old pages must not stay behind in the WAL
+
+    def seal_clear_records(self, session: Session) -> int:
+        """Seal the payloads stored in clear before the log was encrypted (migration); returns how many."""
+        done = 0
+        for seq, payload in session.execute(select(LogRecord.seq, LogRecord.payload)).all():
+            if bytes(payload).startswith(BINARY_PREFIX):
+                continue
+            session.execute(update(LogRecord).where(LogRecord.seq == seq).values(payload=self.seal(seq, payload)))
+            done += 1
+        return done
+
+    # -- sealing ---------------------------------------------------------------------------------
+    def seal(self, seq: int, payload: bytes) -> bytes:
+        return self.keys.seal(payload, payload_aad(seq))
+
+    def open(self, seq: int, payload: bytes) -> bytes:
+        """A record's payload in clear; Undecryptable, naming the record, when it does not open."""
+        try:
+            return self.keys.open(bytes(payload), payload_aad(seq))
+        except Undecryptable as error:
+            raise Undecryptable(f"event log record {seq}: {error}") from None
 
     # -- appending -------------------------------------------------------------------------------
     def append(self, record: NewRecord) -> None:
@@ -105,16 +145,20 @@ class SqlEventLog:
 
     def _write_group(self, group: list[tuple[NewRecord, Future[None]]]) -> None:
         try:
-            rows = [
-                {
-                    "source_id": record.source_id,
-                    "received_at": record.received_at,
-                    "event_count": len(record.events),
-                    "payload": record.payload or encode_events(record.events),
-                }
-                for record, _ in group
-            ]
+            payloads = [record.payload or encode_events(record.events) for record, _ in group]
+            key_id, cipher = self.keys.current()
             with self.db.unit_of_work() as session:
+                seqs = self._next_seqs(session, len(group))
+                rows = [
+                    {
+                        "seq": seq,
+                        "source_id": record.source_id,
+                        "received_at": record.received_at,
+                        "event_count": len(record.events),
+                        "payload": seal_bytes(cipher, key_id, payload, payload_aad(seq)),
+                    }
+                    for seq, (record, _), payload in zip(seqs, group, payloads, strict=True)
+                ]
                 session.execute(insert(LogRecord), rows)
         except Exception as error:  # every waiting request must hear of the failure; the writer lives on
             for _, future in group:
@@ -125,6 +169,14 @@ class SqlEventLog:
         self.appended.set()
         for listener in self.listeners:
             listener()
+
+    def _next_seqs(self, session: Session, count: int) -> list[int]:
+        """Seqs for `count` new records, before they are written (each payload is bound to its seq). On
+        SQLite the transaction holds the file's write lock, so no other writer takes the same ones."""
+        if self.db.dialect == "postgresql":
+            return sorted(int(seq) for (seq,) in session.execute(_PG_SEQS, {"n": count}))
+        last = int(session.scalar(_SQLITE_LAST_SEQ) or 0)
+        return list(range(last + 1, last + 1 + count))
 
     # -- consuming -------------------------------------------------------------------------------
     @contextmanager
@@ -165,7 +217,7 @@ class SqlEventLog:
         for seq, source_id, count, payload in session.connection().execute(query):
             if deliveries and total + count > wanted:
                 break
-            deliveries.append(Delivery(seq=seq, source_id=source_id, events=orjson.loads(payload)))
+            deliveries.append(Delivery(seq=seq, source_id=source_id, events=orjson.loads(self.open(seq, payload))))
             total += count
         if deliveries:
             self._typical_count = max(1, total // len(deliveries))

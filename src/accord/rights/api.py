@@ -38,7 +38,7 @@ async def post_export(request: Request, ref: Ref, rt: Rt, principal: Admin) -> d
             profile = resolve_or_404(session, ref)
             keys = service.person_keys(session, profile)
             rules = current_rules(session)
-            pending = service.pending_events(rt.log.db, rules, keys)
+            pending = service.pending_events(rt.log, rules, keys)
             document = service.export(session, profile, pending=pending, now=now)
         with rt.db.unit_of_work() as session:
             record_audit(
@@ -92,7 +92,7 @@ async def delete_profile(request: Request, ref: Ref, rt: Rt, principal: Admin) -
                 details={"erasure_id": done.erasure_id, "profile_ids": done.profile_ids, **done.counts()},
                 now=now,
             )
-        done.pending_events = service.scrub_log(rt.log.db, rules, done.keys)
+        done.pending_events = service.scrub_log(rt.log, rules, done.keys)
         rt.db.checkpoint_wal()
         if rt.log.db is not rt.db:
             rt.log.db.checkpoint_wal()

@@ -26,7 +26,6 @@ from accord.consent.keys import SigningKey
 from accord.consent.models import ConsentState, Evidence, LedgerRecord, Receipt, Subject
 from accord.console import service as console
 from accord.console.models import Note, RecentView
-from accord.db.engine import Database
 from accord.hashchain import iso
 from accord.identity import history as identity_history
 from accord.identity.blind import Revealer
@@ -36,6 +35,7 @@ from accord.identity.service import current_rules
 from accord.ingest.models import QuarantinedEvent
 from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.log.models import LogRecord
+from accord.log.sql import SqlEventLog
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.sealed import opened
 from accord.rights.models import ErasedIdentifier, Tombstone
@@ -255,12 +255,12 @@ def _mentions(document: Any, keys: set[Key]) -> bool:
     return any(value.lower() in text for _, value in keys if len(value) >= 3)
 
 
-def pending_events(log_db: Database, rules: Rules, keys: set[Key]) -> list[dict[str, Any]]:
-    """Events in the event log, not processed yet, that carry one of `keys`."""
+def pending_events(event_log: SqlEventLog, rules: Rules, keys: set[Key]) -> list[dict[str, Any]]:
+    """Events in the event log, not processed yet, that carry one of `keys` (each record decrypted)."""
     found: list[dict[str, Any]] = []
-    with log_db.read() as session:
-        for (payload,) in session.execute(select(LogRecord.payload).order_by(LogRecord.seq)):
-            found.extend(e for e in orjson.loads(payload) if carries(rules, e, keys))
+    with event_log.db.read() as session:
+        for seq, payload in session.execute(select(LogRecord.seq, LogRecord.payload).order_by(LogRecord.seq)):
+            found.extend(e for e in orjson.loads(event_log.open(seq, payload)) if carries(rules, e, keys))
     return found
 
 
@@ -396,15 +396,15 @@ def _count(result: Any) -> int:
     return int(result.rowcount or 0)
 
 
-def scrub_log(log_db: Database, rules: Rules, keys: set[Key]) -> int:
+def scrub_log(event_log: SqlEventLog, rules: Rules, keys: set[Key]) -> int:
     """Remove the events that carry `keys` from the records waiting in the event log; returns how many. A
     worker that read a record before this sees the person's identifiers suppressed and drops them anyway."""
     if not keys:
         return 0
     removed = 0
-    with log_db.unit_of_work() as session:
+    with event_log.db.unit_of_work() as session:
         for seq, payload in session.execute(select(LogRecord.seq, LogRecord.payload).order_by(LogRecord.seq)).all():
-            events = orjson.loads(payload)
+            events = orjson.loads(event_log.open(seq, payload))
             kept = [e for e in events if not carries(rules, e, keys)]
             if len(kept) == len(events):
                 continue
@@ -413,7 +413,7 @@ def scrub_log(log_db: Database, rules: Rules, keys: set[Key]) -> int:
                 session.execute(
                     update(LogRecord)
                     .where(LogRecord.seq == seq)
-                    .values(payload=orjson.dumps(kept), event_count=len(kept))
+                    .values(payload=event_log.seal(seq, orjson.dumps(kept)), event_count=len(kept))
                 )
             else:
                 session.execute(delete(LogRecord).where(LogRecord.seq == seq))

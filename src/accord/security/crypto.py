@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from accord.config import Settings
 
 PREFIX = "e1."
+BINARY_PREFIX = b"e1."
 BLIND_PREFIX = "bi:"
 NONCE_BYTES = 12
 CACHE_SIZE = 50_000
@@ -60,6 +61,28 @@ def open_sealed(cipher: AESGCM, token: str, associated: bytes) -> bytes:
     encoded = token.rpartition(".")[2]
     try:
         body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        return cipher.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], associated)
+    except (InvalidTag, ValueError):
+        raise Undecryptable("a ciphertext does not open here (altered, moved, or under another key)") from None
+
+
+def seal_bytes(cipher: AESGCM, key_id: str, plaintext: bytes, associated: bytes) -> bytes:
+    """The binary form, for byte columns (the event log): `e1.<key id>.` then nonce | ciphertext | tag."""
+    nonce = os.urandom(NONCE_BYTES)
+    return b"%s%s.%s%s" % (BINARY_PREFIX, key_id.encode(), nonce, cipher.encrypt(nonce, plaintext, associated))
+
+
+def binary_key_id(blob: bytes) -> str:
+    """The data key id a binary ciphertext names; Undecryptable when it is not one."""
+    end = blob.find(b".", len(BINARY_PREFIX)) if blob.startswith(BINARY_PREFIX) else -1
+    if end <= len(BINARY_PREFIX) or len(blob) < end + 1 + NONCE_BYTES + 16:
+        raise Undecryptable("not a ciphertext (a clear or truncated value)")
+    return blob[len(BINARY_PREFIX) : end].decode("ascii", errors="replace")
+
+
+def open_bytes(cipher: AESGCM, blob: bytes, associated: bytes) -> bytes:
+    body = blob[blob.index(b".", len(BINARY_PREFIX)) + 1 :]
+    try:
         return cipher.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], associated)
     except (InvalidTag, ValueError):
         raise Undecryptable("a ciphertext does not open here (altered, moved, or under another key)") from None

@@ -171,6 +171,10 @@ def rotate(db: Database, *, grace_seconds: float = 2.5, batch: int = 500) -> Rot
     if keyring is None:
         raise RuntimeError("this database has no keyring")
     kek_id = keyring.provider.begin_rotation()
+    from accord.security.logkeys import new_log_key  # the log keys build on this module
+
+    with db.unit_of_work() as session:
+        new_log_key(session, keyring)  # records from now on are sealed under a new log key, wrapped by the new KEK
     rewrapped = 0
     for sweep in range(2):
         if sweep:
