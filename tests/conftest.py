@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from accord.app import create_app
 from accord.config import Settings
@@ -210,3 +212,36 @@ def log_rows(rt: Runtime) -> int:
 
     with rt.log.db.read() as session:
         return int(session.scalar(select(func.count()).select_from(LogRecord)) or 0)
+
+
+def database_text(rt: Runtime, tmp_path: Path) -> bytes:
+    """Every byte Accord keeps: the SQLite files (database, WAL, the event-log file), or a pg_dump."""
+    if rt.db.dialect == "sqlite":
+        files = sorted(p for p in Path(rt.settings.data_dir).rglob("*") if p.is_file() and "keys" not in p.parts)
+        assert any(p.name.endswith("-wal") for p in files)
+        return b"\n".join(p.read_bytes() for p in files)
+    url = make_url(rt.db.url)
+    dump = tmp_path / "dump.sql"
+    subprocess.run(
+        [
+            "pg_dump",
+            "-h",
+            url.host or "127.0.0.1",
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            url.username or "postgres",
+            "-f",
+            str(dump),
+            url.database or "",
+        ],
+        check=True,
+        timeout=120,
+    )
+    text = dump.read_bytes()
+    return text + b"\n" + text.lower()
+
+
+def found(blob: bytes, secret: str) -> bool:
+    # bytea columns are dumped as hex; look for the secret in both forms.
+    return secret.encode() in blob or secret.encode().hex().encode() in blob

@@ -6,7 +6,6 @@ its WAL and the event-log file; PostgreSQL: a pg_dump), the consent ledger still
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from accord.app import create_app
@@ -25,7 +23,7 @@ from accord.ingest import quarantine
 from accord.rights.models import Tombstone
 from accord.runtime import Runtime
 from accord.security.service import create_token
-from conftest import ServerThread, bound_socket
+from conftest import ServerThread, bound_socket, database_text, found
 from consent.world import setup_catalogue
 from pipeline.helpers import process, send
 
@@ -171,39 +169,6 @@ def test_bad_references_are_refused(person: Person, ref: str, status: int, code:
         assert answer.status_code == status, answer.text
         assert answer.json()["code"] == code
     assert person.client.get("/api/v1/profiles/user_id:u-ann").status_code == 200
-
-
-def database_text(rt: Runtime, tmp_path: Path) -> bytes:
-    """Every byte Accord keeps: the SQLite files (database, WAL, the event-log file), or a pg_dump."""
-    if rt.db.dialect == "sqlite":
-        files = sorted(p for p in Path(rt.settings.data_dir).rglob("*") if p.is_file() and "keys" not in p.parts)
-        assert any(p.name.endswith("-wal") for p in files)
-        return b"\n".join(p.read_bytes() for p in files)
-    url = make_url(rt.db.url)
-    dump = tmp_path / "dump.sql"
-    subprocess.run(
-        [
-            "pg_dump",
-            "-h",
-            url.host or "127.0.0.1",
-            "-p",
-            str(url.port or 5432),
-            "-U",
-            url.username or "postgres",
-            "-f",
-            str(dump),
-            url.database or "",
-        ],
-        check=True,
-        timeout=120,
-    )
-    text = dump.read_bytes()
-    return text + b"\n" + text.lower()
-
-
-def found(blob: bytes, secret: str) -> bool:
-    # bytea columns are dumped as hex; look for the secret in both forms.
-    return secret.encode() in blob or secret.encode().hex().encode() in blob
 
 
 def test_erasure_end_to_end(person: Person, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from accord.ingest.spec import SpecError, contains_nul
 from accord.log.port import NewRecord
 from accord.runtime import Runtime, runtime
 from accord.security.auth import Principal, actor_of, require_role
+from accord.security.datakeys import DataKeys
 from accord.security.service import has_pii_access
 from accord.sources import imports, schedules, sql_traits, webhooks
 from accord.sources.connectors import EXTENSIONS, FileInput, InputError
@@ -200,8 +201,8 @@ def get_import(key: Key, run_id: RunId, rt: Rt, _: Analyst) -> ImportRunRead:
     return _run_read(_run_or_404(rt, key, run_id))
 
 
-def _reject(row: ImportReject) -> RejectRead:
-    return RejectRead.model_validate(imports.reject_document(row))
+def _reject(keys: DataKeys, row: ImportReject) -> RejectRead:
+    return RejectRead.model_validate(imports.reject_document(keys, row))
 
 
 @router.get(
@@ -221,9 +222,9 @@ def get_rejects(
     run = _run_or_404(rt, key, run_id)
     with rt.db.read() as session:
         rows = imports.rejects(session, run.id, after=after, limit=limit)
-    return RejectsRead(
-        run_id=run.id, data=[_reject(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None
-    )
+        keys = DataKeys.of(session)
+        data = [_reject(keys, r) for r in rows]
+    return RejectsRead(run_id=run.id, data=data, next_after=rows[-1].id if len(rows) == limit else None)
 
 
 @router.post(

@@ -23,6 +23,7 @@ from accord.db import migrate
 from accord.db.base import utcnow
 from accord.logs import configure_logging
 from accord.runtime import Runtime
+from accord.security.datakeys import DataKeys
 from accord.sources import imports
 from accord.sources import service as sources
 from accord.sources.connectors import FileInput, InputError
@@ -239,7 +240,8 @@ def show_rejects(run_id: str, *, limit: int, as_json: bool, console: Console) ->
     with _runtime() as rt, rt.db.read() as session:
         if imports.get_run(session, run_id[:60]) is None:
             _fail(console, f"no import run {run_id[:60]!r}")
-        rows = [imports.reject_document(r) for r in imports.rejects(session, run_id, limit=limit)]
+        keys = DataKeys.of(session)
+        rows = [imports.reject_document(keys, r) for r in imports.rejects(session, run_id, limit=limit)]
     if as_json:
         typer.echo(json.dumps(rows))
         return

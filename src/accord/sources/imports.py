@@ -33,6 +33,8 @@ from accord.identity.service import current_rules
 from accord.ingest.spec import iso
 from accord.log.port import EventLog, NewRecord
 from accord.profiles.models import ProfileEvent
+from accord.security.crypto import aad
+from accord.security.datakeys import DataKeys, destroy
 from accord.sources.connectors import FileInput, Input, InputError, RowsInput
 from accord.sources.mapping import Mapping, MappingError, parse_mapping
 from accord.sources.models import ImportReject, ImportRun, Source
@@ -411,9 +413,55 @@ class Runner:
             return run
 
 
+def reject_key(run_id: str) -> str:
+    """The data key a run's rejected rows are sealed under (destroyed with them when they are purged)."""
+    return "rej-" + hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+def _reject_aad(field: str, run_id: str, origin: str, position: int) -> bytes:
+    return aad("import_rejects", field, f"{run_id}\0{origin}\0{position}")
+
+
+def _seal_rejects(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with their personal part (the row as read, the line as read) sealed under the run's key."""
+    keys = DataKeys.of(session)
+    sealed = []
+    for r in rows:
+        key = reject_key(r["run_id"])
+        place = (r["run_id"], r["origin"], r["position"])
+        row, line = r["row"], r["text"]
+        sealed.append(
+            r
+            | {
+                "row": None
+                if row is None
+                else {"sealed": keys.encrypt(key, orjson.dumps(row), _reject_aad("row", *place))},
+                "text": None if line is None else keys.encrypt(key, line.encode(), _reject_aad("text", *place)),
+            }
+        )
+    return sealed
+
+
+@dataclass(frozen=True, slots=True)
+class RejectContent:
+    row: dict[str, Any] | None
+    text: str | None
+
+
+def open_reject(keys: DataKeys, reject: ImportReject) -> RejectContent:
+    """A rejected row's content in clear (Undecryptable when altered, moved, or its key purged)."""
+    place = (reject.run_id, reject.origin, reject.position)
+    row: dict[str, Any] | None = None
+    if reject.row is not None:
+        row = orjson.loads(keys.decrypt(str(reject.row.get("sealed", "")), _reject_aad("row", *place)))
+    text_ = None if reject.text is None else keys.decrypt(reject.text, _reject_aad("text", *place)).decode()
+    return RejectContent(row=row, text=text_)
+
+
 def _put_rejects(session: Session, rows: list[dict[str, Any]], *, count: bool = False) -> int:
-    """Keep rejected rows; one kept already (a line seen again by a resumed run) is left as it is.
+    """Keep rejected rows, sealed; one kept already (a line seen again by a resumed run) is left as it is.
     With `count`, returns how many were new."""
+    rows = _seal_rejects(session, rows)
     dialect = session.get_bind().dialect.name
     statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(REJECTS).on_conflict_do_nothing(
         index_elements=["run_id", "origin", "position"]
@@ -538,7 +586,8 @@ def start_replay(session: Session, *, run_id: str, mapping: Mapping | None) -> t
     if not waiting:
         raise ImportFailed("nothing_to_replay", f"run {run_id} has no rejected rows waiting to be replayed")
     mapping = mapping or parse_mapping(parent.mapping)
-    rows = [dict(r.row or {}) for r in waiting]
+    keys = DataKeys.of(session)
+    rows = [open_reject(keys, r).row or {} for r in waiting]
     columns = list(parent.options.get("columns") or [])
     source = RowsInput(rows=rows, columns=columns, location=f"rejects of {run_id}")
     run = create_run(
@@ -559,8 +608,11 @@ def replay_input(session: Session, run: ImportRun) -> Input:
     """The input of a replay run, to resume it: the parent's rejects it took."""
     ids = list(run.options.get("rejects") or [])
     rows = session.scalars(select(ImportReject).where(ImportReject.id.in_(ids)).order_by(ImportReject.id)).all()
+    keys = DataKeys.of(session)
     return RowsInput(
-        rows=[dict(r.row or {}) for r in rows], columns=list(run.options.get("columns") or []), location=run.location
+        rows=[open_reject(keys, r).row or {} for r in rows],
+        columns=list(run.options.get("columns") or []),
+        location=run.location,
     )
 
 
@@ -589,13 +641,14 @@ def preview_document(shown: Preview) -> dict[str, Any]:
     }
 
 
-def reject_document(reject: ImportReject) -> dict[str, Any]:
+def reject_document(keys: DataKeys, reject: ImportReject) -> dict[str, Any]:
+    content = open_reject(keys, reject)
     return {
         "id": reject.id,
         "origin": reject.origin,
         "position": reject.position,
-        "row": reject.row,
-        "text": reject.text,
+        "row": content.row,
+        "text": content.text,
         "reason": reject.reason,
         "replayed_by": reject.replayed_by,
     }
@@ -613,7 +666,9 @@ def input_for(session: Session, run: ImportRun) -> Input:
 
 def purge_rejects(session: Session, *, finished_before: datetime) -> int:
     """Delete the rejected rows of runs that finished before `finished_before` (the rows may hold personal
-    data; the runs keep their counts). Returns how many were deleted."""
+    data; the runs keep their counts) and destroy their keys. Returns how many were deleted."""
     old = select(ImportRun.id).where(ImportRun.finished_at.is_not(None), ImportRun.finished_at < finished_before)
+    runs = session.scalars(select(REJECTS.c.run_id).where(REJECTS.c.run_id.in_(old)).distinct()).all()
     result = session.execute(REJECTS.delete().where(REJECTS.c.run_id.in_(old)))
+    destroy(session, [reject_key(run_id) for run_id in runs])
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,182 @@
+"""Personal data that waits before any profile exists is encrypted at rest: events in the raw event log
+(no worker runs here, so they stay unprocessed) and rows an import rejected. The database files (SQLite:
+the database, its WAL and the log file; PostgreSQL: a pg_dump) hold none of the values sent, the readers
+get them back, and a payload altered or moved gives a clear error."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+from alembic import command
+from sqlalchemy import select, text, update
+
+from accord.db import migrate
+from accord.log.models import LogRecord
+from accord.log.sql import SqlEventLog
+from accord.runtime import Runtime
+from accord.security import datakeys
+from accord.security.crypto import Undecryptable
+from accord.security.datakeys import DataKeys
+from accord.security.logkeys import LOG_KEY_PREFIX
+from accord.security.models import DataKey
+from accord.sources import imports
+from conftest import database_text, found
+from pipeline.helpers import send
+from sources.importing import LOYALTY, run_import, write
+
+WAITING = ("zebulon.waiting@example.net", "Zebulon Waitwell", "+14155550123")
+REJECTED = ("quintus.rejected@example.org", "Quintus", "Rejectington")
+
+
+def _waiting_events() -> list[dict[str, object]]:
+    return [
+        {"type": "identify", "userId": "u-z", "traits": {"email": WAITING[0], "name": WAITING[1]}},
+        {"type": "track", "userId": "u-z", "event": "Called", "properties": {"phone": WAITING[2]}},
+    ]
+
+
+def _claimed(rt: Runtime) -> list[dict[str, object]]:
+    with rt.log.claim(10_000) as claim:  # not acknowledged: the records stay
+        return [event for delivery in claim.deliveries for event in delivery.events]
+
+
+def test_waiting_events_and_rejected_rows_hold_no_personal_data_in_clear(rt: Runtime, tmp_path: Path) -> None:
+    send(rt, _waiting_events())
+    csv = (
+        "Customer ID,E-mail,first,last,points,joined,tier\n"
+        f"7,{REJECTED[0]},{REJECTED[1]},{REJECTED[2]},lots,01/02/2020,gold\n"
+    )
+    run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
+    assert (run.read, run.rejected) == (1, 1)
+    assert rt.log.pending() == 2
+
+    stored = database_text(rt, tmp_path)
+    assert [secret for secret in WAITING + REJECTED if found(stored, secret)] == []
+    assert found(stored, "u-z") is False  # the whole payload is sealed, not only the personal fields
+
+    # The readers get everything back: the worker's claim, and the rejects for a role with PII access.
+    events = _claimed(rt)
+    assert [e["type"] for e in events] == ["identify", "track"]
+    assert events[0]["traits"] == {"email": WAITING[0], "name": WAITING[1]}
+    with rt.db.read() as session:
+        keys = DataKeys.of(session)
+        (reject,) = [imports.reject_document(keys, r) for r in imports.rejects(session, run.id)]
+    assert reject["row"]["E-mail"] == REJECTED[0]
+    assert reject["row"]["last"] == REJECTED[2]
+    assert reject["reason"] == "field points: 'lots' is not an integer"
+
+
+def test_an_altered_or_moved_log_payload_is_a_clear_error(rt: Runtime) -> None:
+    send(rt, _waiting_events())
+    send(rt, _waiting_events())
+    with rt.log.db.read() as session:
+        (first, a), (_, b) = session.execute(select(LogRecord.seq, LogRecord.payload).order_by(LogRecord.seq))
+    a, b = bytes(a), bytes(b)
+
+    def stored(seq: int, payload: bytes) -> None:
+        with rt.log.db.unit_of_work() as session:
+            session.execute(update(LogRecord).where(LogRecord.seq == seq).values(payload=payload))
+
+    for payload, reason in (
+        (a[:-1] + bytes([a[-1] ^ 1]), "does not open here"),  # altered
+        (b, "does not open here"),  # moved from another record
+        (b'[{"type":"track"}]', "not a ciphertext"),  # written in clear
+        (a[:40], "not a ciphertext"),  # truncated
+        (b"e1.log-gone." + a[-40:], "does not exist"),  # under a log key nobody has
+    ):
+        stored(first, payload)
+        with pytest.raises(Undecryptable, match=f"event log record {first}: .*{reason}"):
+            _claimed(rt)
+    stored(first, a)
+    assert len(_claimed(rt)) == 4
+
+
+def _log_keys(rt: Runtime) -> dict[str, str]:
+    with rt.db.read() as session:
+        rows = session.execute(select(DataKey.id, DataKey.kek_id).where(DataKey.id.startswith(LOG_KEY_PREFIX)))
+        return {str(key_id): str(kek_id) for key_id, kek_id in rows.all()}
+
+
+def test_key_rotation_makes_a_new_log_key_and_rewraps_the_old(rt: Runtime) -> None:
+    send(rt, _waiting_events())
+    (before,) = _log_keys(rt)
+    done = datakeys.rotate(rt.db, grace_seconds=0)
+    rt.log.keys.refresh_seconds = 0  # a process looks for a newer log key every second; now at once
+    send(rt, _waiting_events())
+    keys = _log_keys(rt)
+    assert len(keys) == 2
+    assert set(keys.values()) == {done.kek_id}  # the old log key rewrapped, the new one made under the new KEK
+    with rt.log.db.read() as session:
+        sealed_under = [bytes(p).split(b".")[1].decode() for (p,) in session.execute(select(LogRecord.payload))]
+    assert sealed_under[0] == before
+    assert sealed_under[1] != before
+    assert len(_claimed(rt)) == 4  # both read
+
+
+def test_an_altered_rejected_row_is_a_clear_error(rt: Runtime, tmp_path: Path) -> None:
+    csv = "Customer ID,E-mail,first,last,points,joined,tier\n1,a@example.com,A,B,x,01/02/2020,gold\n"
+    run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
+    with rt.db.unit_of_work() as session:
+        (reject,) = imports.rejects(session, run.id)
+        assert reject.row is not None
+        assert set(reject.row) == {"sealed"}
+        reject.position += 1  # the ciphertext is bound to its run and place
+    with rt.db.read() as session, pytest.raises(Undecryptable):
+        imports.reject_document(DataKeys.of(session), imports.rejects(session, run.id)[0])
+
+
+def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Path) -> None:
+    csv = "Customer ID,E-mail,first,last,points,joined,tier\n1,x@example.com,X,Y,no,01/02/2020,gold\n"
+    run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
+    assert run.rejected == 1
+    config = migrate._config()
+    with rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        config.attributes["keyring"] = rt.db.keyring
+        command.downgrade(config, "0019")  # opens the rejects and (PostgreSQL) the log's payloads
+    clear = orjson.dumps([{"type": "track", "userId": "u-m", "event": "Old", "properties": {"email": WAITING[0]}}])
+    with rt.db.read() as session:
+        (row,) = session.execute(text("SELECT row FROM import_rejects")).scalars()
+    assert "x@example.com" in str(row)
+    if rt.db.dialect == "postgresql":
+        with rt.db.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO event_log (source_id, received_at, event_count, payload)"
+                    " VALUES ('src_old', now(), 1, :p)"
+                ),
+                {"p": clear},
+            )
+        migrate.upgrade(rt.db)
+        log = rt.log
+    else:
+        # The SQLite log is a file of its own, of schema 1 before payloads were sealed: opened, it seals them.
+        migrate.upgrade(rt.db)
+        rt.log.close()
+        path = rt.log.db.engine.url.database
+        assert path is not None
+        rt.log.db.dispose()
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                "INSERT INTO event_log (source_id, received_at, event_count, payload)"
+                " VALUES ('src_old', '2026-01-01 00:00:00.000000', 1, ?)",
+                (clear,),
+            )
+            raw.execute("PRAGMA user_version = 1")
+        raw.close()
+        log = SqlEventLog(rt.log.db, rt.log.keys)
+        log.ensure_file_schema()
+    with log.db.read() as session:
+        (payload,) = session.execute(select(LogRecord.payload)).scalars()
+    assert bytes(payload).startswith(b"e1.log-")
+    assert WAITING[0].encode() not in bytes(payload)
+    with log.claim(10) as claim:
+        assert claim.deliveries[0].events[0]["properties"] == {"email": WAITING[0]}
+    with rt.db.read() as session:
+        (reject,) = imports.rejects(session, run.id)
+        assert set(reject.row or {}) == {"sealed"}
+        assert imports.reject_document(DataKeys.of(session), reject)["row"]["E-mail"] == "x@example.com"
+    migrate.upgrade(rt.db)  # nothing left to seal: a no-op
