@@ -3,19 +3,23 @@ the dedupe job, the review queue and unmerge of a matched pair; SQLite and Postg
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from faker import Faker
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from accord.cli import app as cli_app
+from accord.db import migrate
 from accord.db.base import utcnow
-from accord.identity import linkage
+from accord.identity import linkage, match_index
+from accord.identity.matching import blocking_keys, prepare
 from accord.identity.models import MatchKey
 from accord.identity.training import TrainingError
 from conftest import LiveAccord
@@ -368,3 +372,43 @@ def test_concurrent_accepts_of_one_person_all_merge(live: LiveAccord) -> None:
             statuses = list(pool.map(accept, ours))
         assert [status for status, _ in statuses] == [200] * len(ours), statuses
     assert len({profile_id(live, anon) for anon in anons}) == 1
+
+
+def _unkeyed(text: str) -> str:
+    """The blocking keys before they were keyed: anyone could make them from a guessed name."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _stored_keys(live: LiveAccord) -> set[tuple[str, str]]:
+    with live.rt.db.read() as session:
+        return {(k, p) for k, p in session.execute(select(MatchKey.key, MatchKey.profile_id))}
+
+
+def test_the_index_holds_keyed_hashes_and_the_migration_rebuilds_it(live: LiveAccord) -> None:
+    crowd, _ = population(live)
+    train(live)
+    stored = _stored_keys(live)
+    keyring = live.rt.db.keyring
+    assert keyring is not None
+    with live.rt.db.read() as session:
+        model = match_index.current_model(session)
+        assert model is not None
+        record = prepare(crowd[0], model.settings)
+        keyed = set(blocking_keys(record, model.settings, keyring.match_key))
+    unkeyed = set(
+        blocking_keys(record, model.settings, lambda t: hashlib.blake2b(t.encode(), digest_size=16).hexdigest())
+    )
+    assert keyed <= {k for k, _ in stored}
+    assert not unkeyed & {k for k, _ in stored}  # hashing a guessed name finds nothing
+    # The migration that made the index keyed rebuilds it from the profiles: the same keys, the same matches.
+    config = migrate._config()
+    with live.rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        config.attributes["keyring"] = keyring
+        command.downgrade(config, "0021")
+    assert _stored_keys(live) == set()
+    migrate.upgrade(live.rt.db)
+    assert _stored_keys(live) == stored
+    with live.api() as api:
+        body = api.post("/api/v1/identity/match", json={"traits": duplicate(crowd[100], random.Random(100))}).json()
+        assert body["candidates"][0]["profile_id"] == profile_id(live, "p100")

@@ -21,6 +21,9 @@ from accord.identity.matching import (
     score,
 )
 from accord.identity.rules import RulesError, compile_rules
+from accord.security.crypto import Keyring
+
+KEYRING = Keyring.in_memory()
 
 FEBRL = {
     "fields": [
@@ -145,7 +148,7 @@ def test_prepare_ignores_what_is_not_a_value(value: object) -> None:
     record = prepare({"firstName": value, "birthday": value}, DEFAULT_SETTINGS)
     assert record["first_name"] is None or value == "not a date"
     assert record["birthday"] is None
-    assert blocking_keys(record, DEFAULT_SETTINGS) == []
+    assert blocking_keys(record, DEFAULT_SETTINGS, KEYRING.match_key) == []
 
 
 def test_an_impossible_date_is_text_but_not_a_day() -> None:
@@ -157,9 +160,11 @@ def test_an_impossible_date_is_text_but_not_a_day() -> None:
 def test_long_values_are_cut_and_keys_are_hashes() -> None:
     record = prepare({"firstName": "x" * 10_000, "lastName": "y"}, DEFAULT_SETTINGS)
     assert len(record["first_name"]) == 200
-    keys = blocking_keys(record, DEFAULT_SETTINGS)
+    keys = blocking_keys(record, DEFAULT_SETTINGS, KEYRING.match_key)
     assert len(keys) == 1
     assert all(len(k) == 32 and "x" not in k for k in keys)
+    # Keyed: the same record under another blind-index key gives other keys (no guessing by hashing names).
+    assert blocking_keys(record, DEFAULT_SETTINGS, Keyring.in_memory().match_key) != keys
 
 
 @pytest.mark.parametrize(

@@ -129,7 +129,7 @@ def match(
         raise _no_model()
     settings = model.settings
     record = prepare(traits, settings)
-    ids = match_index.candidates(session, match_index.profile_keys(traits, settings), per_key=PER_KEY)
+    ids = match_index.candidates(session, match_index.profile_keys(session, traits, settings), per_key=PER_KEY)
     scored: list[Candidate] = []
     for profile_id, other in match_index.live_traits(session, ids):
         found = score(record, prepare(other, settings), settings, model.weights)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from accord.db.base import JSONDoc, UTCDateTime
 from accord.identity.matching import MatchSettings, Weights, blocking_keys, compile_match, prepare
 from accord.identity.models import MatchKey, MatchModel
+from accord.security.datakeys import keyring_of
 
 KEYS = cast(Table, MatchKey.__table__)
 MODELS = cast(Table, MatchModel.__table__)
@@ -80,8 +81,8 @@ def _insert_keys(session: Session) -> Any:
     return (pg_insert if dialect == "postgresql" else sqlite_insert)(KEYS).on_conflict_do_nothing()
 
 
-def profile_keys(traits: Mapping[str, Any], settings: MatchSettings) -> set[str]:
-    return set(blocking_keys(prepare(dict(traits), settings), settings))
+def profile_keys(session: Session, traits: Mapping[str, Any], settings: MatchSettings) -> set[str]:
+    return set(blocking_keys(prepare(dict(traits), settings), settings, keyring_of(session).match_key))
 
 
 def refresh(
@@ -105,7 +106,7 @@ def refresh(
             select(k.key, k.profile_id).where(k.profile_id.in_(ids[start : start + CHUNK]))
         ):
             current.setdefault(profile_id, set()).add(key)
-    wanted = {pid: profile_keys(traits, settings) for pid, traits in changed.items()}
+    wanted = {pid: profile_keys(session, traits, settings) for pid, traits in changed.items()}
     stale = [
         {"old_key": key, "old_id": pid}
         for pid, keys in sorted(current.items())
@@ -127,7 +128,7 @@ def rebuild(session: Session, settings: MatchSettings, profiles: Iterable[tuple[
     batch: list[dict[str, str]] = []
     total = 0
     for profile_id, traits in profiles:
-        batch.extend({"key": key, "profile_id": profile_id} for key in sorted(profile_keys(traits, settings)))
+        batch.extend({"key": key, "profile_id": profile_id} for key in sorted(profile_keys(session, traits, settings)))
         if len(batch) >= 5_000:
             session.execute(_insert_keys(session), batch)
             total += len(batch)

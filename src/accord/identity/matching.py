@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
@@ -246,9 +247,10 @@ def prepare(traits: dict[str, Any], settings: MatchSettings) -> dict[str, Any]:
     return record
 
 
-def blocking_keys(record: dict[str, Any], settings: MatchSettings) -> list[str]:
+def blocking_keys(record: dict[str, Any], settings: MatchSettings, keyed: Callable[[str], str]) -> list[str]:
     """A key per blocking rule whose fields are all set: two records share a key when they agree exactly on
-    every field of that rule. Keys are hashes, so the index holds no personal data in the clear."""
+    every field of that rule. `keyed` makes each key a keyed hash (`Keyring.match_key`, an HMAC under the
+    blind-index key), so the index holds no personal data and cannot be searched by hashing guessed names."""
     signature = settings.signature()
     keys = []
     for index, rule in enumerate(settings.blocking):
@@ -256,7 +258,7 @@ def blocking_keys(record: dict[str, Any], settings: MatchSettings) -> list[str]:
         if any(v is None for v in values):
             continue
         text = "\x1f".join([signature, str(index), *map(str, values)])
-        keys.append(hashlib.blake2b(text.encode(), digest_size=16).hexdigest())
+        keys.append(keyed(text))
     return keys
 
 

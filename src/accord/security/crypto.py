@@ -125,6 +125,11 @@ class Keyring:
             self._blinded[(kind, value)] = found
         return found
 
+    def match_key(self, material: str) -> str:
+        """A blocking key of probabilistic matching: HMAC-SHA256 under the blind-index key (in a domain of
+        its own), cut to 128 bits as hex. Without the key, nobody can tell which names a key stands for."""
+        return hmac.digest(self._blind_key, b"match-key\0" + material.encode(), "sha256")[:16].hex()
+
     def new_data_key(self, key_id: str) -> tuple[AESGCM, str, bytes]:
         """A fresh data key: its cipher, and its wrapped form with the KEK id, to store."""
         data_key = AESGCM.generate_key(256)
