@@ -13,7 +13,10 @@ import pytest
 from alembic import command
 from sqlalchemy import select, text, update
 
+from accord.console import service as console
 from accord.db import migrate
+from accord.db.base import utcnow
+from accord.ingest import quarantine
 from accord.log.models import LogRecord
 from accord.log.sql import SqlEventLog
 from accord.runtime import Runtime
@@ -29,6 +32,22 @@ from sources.importing import LOYALTY, run_import, write
 
 WAITING = ("zebulon.waiting@example.net", "Zebulon Waitwell", "+14155550123")
 REJECTED = ("quintus.rejected@example.org", "Quintus", "Rejectington")
+QUARANTINED = ("ottoline.quarantined@example.com", "Ottoline Quarantaine")
+NOTE = "Called about her divorce settlement; prefers the Ravensworth branch"
+
+
+def _note(rt: Runtime) -> None:
+    with rt.db.unit_of_work() as session:
+        console.add_note(
+            session, profile_id="p-noted", author_id="u1", author_email="agent@bank.example", text=NOTE, now=utcnow()
+        )
+
+
+def _quarantine(rt: Runtime) -> None:
+    event = {"type": "identify", "messageId": "m-q", "userId": "u-q", "traits": {"email": QUARANTINED[0]}}
+    event["traits"]["name"] = QUARANTINED[1]
+    with rt.db.unit_of_work() as session:
+        quarantine.put(session, "src_q", event, "ValueError: a fault in processing")
 
 
 def _waiting_events() -> list[dict[str, object]]:
@@ -52,9 +71,12 @@ def test_waiting_events_and_rejected_rows_hold_no_personal_data_in_clear(rt: Run
     run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
     assert (run.read, run.rejected) == (1, 1)
     assert rt.log.pending() == 2
+    _quarantine(rt)
+    _note(rt)
 
     stored = database_text(rt, tmp_path)
-    assert [secret for secret in WAITING + REJECTED if found(stored, secret)] == []
+    assert [secret for secret in (*WAITING, *REJECTED, *QUARANTINED, NOTE) if found(stored, secret)] == []
+    assert [secret for secret in NOTE.split() if len(secret) > 7 and found(stored, secret)] == []
     assert found(stored, "u-z") is False  # the whole payload is sealed, not only the personal fields
 
     # The readers get everything back: the worker's claim, and the rejects for a role with PII access.
@@ -67,6 +89,12 @@ def test_waiting_events_and_rejected_rows_hold_no_personal_data_in_clear(rt: Run
     assert reject["row"]["E-mail"] == REJECTED[0]
     assert reject["row"]["last"] == REJECTED[2]
     assert reject["reason"] == "field points: 'lots' is not an integer"
+    with rt.db.read() as session:
+        assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
+    # A quarantined event goes back to the log, sealed there too, when replayed.
+    assert quarantine.replay(rt.db, rt.log) == 1
+    assert _claimed(rt)[-1]["traits"] == {"email": QUARANTINED[0], "name": QUARANTINED[1]}
+    assert not found(database_text(rt, tmp_path), QUARANTINED[0])
 
 
 def test_an_altered_or_moved_log_payload_is_a_clear_error(rt: Runtime) -> None:
@@ -116,6 +144,15 @@ def test_key_rotation_makes_a_new_log_key_and_rewraps_the_old(rt: Runtime) -> No
     assert len(_claimed(rt)) == 4  # both read
 
 
+def test_an_altered_quarantined_event_is_a_clear_error(rt: Runtime) -> None:
+    _quarantine(rt)
+    with rt.db.unit_of_work() as session:
+        (waiting,) = quarantine.waiting(session)
+        waiting.message_id = "m-other"  # the ciphertext is bound to its source and messageId
+    with rt.db.read() as session, pytest.raises(Undecryptable):
+        quarantine.event_of(DataKeys.of(session), quarantine.waiting(session)[0])
+
+
 def test_an_altered_rejected_row_is_a_clear_error(rt: Runtime, tmp_path: Path) -> None:
     csv = "Customer ID,E-mail,first,last,points,joined,tier\n1,a@example.com,A,B,x,01/02/2020,gold\n"
     run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
@@ -132,6 +169,8 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
     csv = "Customer ID,E-mail,first,last,points,joined,tier\n1,x@example.com,X,Y,no,01/02/2020,gold\n"
     run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
     assert run.rejected == 1
+    _quarantine(rt)
+    _note(rt)
     config = migrate._config()
     with rt.db.engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -141,6 +180,11 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
     with rt.db.read() as session:
         (row,) = session.execute(text("SELECT row FROM import_rejects")).scalars()
     assert "x@example.com" in str(row)
+    with rt.db.read() as session:
+        (payload,) = session.execute(text("SELECT payload FROM quarantine")).scalars()
+    assert QUARANTINED[0] in str(payload)
+    with rt.db.read() as session:
+        assert session.execute(text("SELECT text FROM profile_notes")).scalar() == NOTE
     if rt.db.dialect == "postgresql":
         with rt.db.engine.begin() as connection:
             connection.execute(
@@ -179,4 +223,9 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
         (reject,) = imports.rejects(session, run.id)
         assert set(reject.row or {}) == {"sealed"}
         assert imports.reject_document(DataKeys.of(session), reject)["row"]["E-mail"] == "x@example.com"
+        (waiting,) = quarantine.waiting(session)
+        assert set(waiting.payload) == {"sealed"}
+        assert quarantine.event_of(DataKeys.of(session), waiting)["traits"]["email"] == QUARANTINED[0]
+        assert session.execute(text("SELECT text FROM profile_notes")).scalar().startswith("e1.p-noted.")
+        assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
     migrate.upgrade(rt.db)  # nothing left to seal: a no-op

@@ -23,6 +23,8 @@ from accord.log.port import NewRecord
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.sealed import opened
 from accord.profiles.service import BadReference, resolve
+from accord.security.crypto import Undecryptable, aad, is_ciphertext
+from accord.security.datakeys import DataKeys
 from accord.segments import service as segments
 from accord.segments.models import SegmentTransition
 from accord.sources import service as sources
@@ -154,19 +156,48 @@ def add_note(session: Session, *, profile_id: str, author_id: str, author_email:
         raise ValueError("a note needs some text")
     if len(text) > MAX_NOTE:
         raise ValueError(f"a note has at most {MAX_NOTE} characters")
-    note = Note(profile_id=profile_id, author_id=author_id, author_email=author_email, text=text, created_at=now)
+    note = Note(profile_id=profile_id, author_id=author_id, author_email=author_email, text="", created_at=now)
     session.add(note)
+    session.flush()
+    # Sealed under the person's data key, bound to the note's id (known once flushed).
+    note.text = DataKeys.of(session).encrypt(profile_id, text.encode(), _note_aad(note.id))
     session.flush()
     return note
 
 
-def notes(session: Session, profile_ids: Sequence[str], *, limit: int = 100) -> Sequence[Note]:
-    return session.scalars(
+def _note_aad(note_id: int) -> bytes:
+    return aad("profile_notes", "text", str(note_id))
+
+
+@dataclass(frozen=True, slots=True)
+class NoteRead:
+    id: int
+    profile_id: str
+    author_id: str
+    author_email: str
+    text: str
+    created_at: datetime
+
+
+def notes(session: Session, profile_ids: Sequence[str], *, limit: int = 100) -> list[NoteRead]:
+    """The notes about these profiles, newest first, their text decrypted."""
+    rows = session.scalars(
         select(Note)
         .where(Note.profile_id.in_(profile_ids))
         .order_by(Note.created_at.desc(), Note.id.desc())
         .limit(limit)
     ).all()
+    keys = DataKeys.of(session)
+    return [NoteRead(n.id, n.profile_id, n.author_id, n.author_email, _note_text(keys, n), n.created_at) for n in rows]
+
+
+def _note_text(keys: DataKeys, note: Note) -> str:
+    if not is_ciphertext(note.text):
+        return note.text
+    try:
+        return keys.decrypt(note.text, _note_aad(note.id)).decode()
+    except Undecryptable:
+        return "(unreadable: its key was destroyed or the note was altered)"
 
 
 def newest_event_id(session: Session, profile_id: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -14,6 +15,9 @@ from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.ingest.models import QuarantinedEvent
 from accord.log.port import EventLog, NewRecord
+from accord.security.crypto import Undecryptable, aad, is_ciphertext
+from accord.security.datakeys import DataKeys
+from accord.security.logkeys import seal_waiting
 
 MAX_ERROR_LENGTH = 2000
 
@@ -24,13 +28,31 @@ def describe(error: BaseException) -> str:
     return f"{kind}: {error}"[:MAX_ERROR_LENGTH]
 
 
+def _aad(source_id: str, message_id: str) -> bytes:
+    return aad("quarantine", "payload", f"{source_id}\0{message_id}")
+
+
+def is_sealed(payload: Any) -> bool:
+    return isinstance(payload, dict) and len(payload) == 1 and is_ciphertext(payload.get("sealed"))
+
+
+def event_of(keys: DataKeys, row: QuarantinedEvent) -> dict[str, Any]:
+    """A quarantined event in clear (Undecryptable when altered or moved to another row)."""
+    if not is_sealed(row.payload):
+        raise Undecryptable(f"quarantined event {row.id} is not sealed")
+    event: dict[str, Any] = orjson.loads(keys.decrypt(row.payload["sealed"], _aad(row.source_id, row.message_id)))
+    return event
+
+
 def put(session: Session, source_id: str, event: dict[str, Any], error: BaseException | str) -> None:
-    """Quarantine an event; a second failure of the same message updates its row."""
+    """Quarantine an event, sealed under the log key; a second failure of the same message updates its row."""
     reason = error if isinstance(error, str) else describe(error)
+    message_id = str(event.get("messageId", ""))
+    sealed = seal_waiting(session, orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS), _aad(source_id, message_id))
     values = {
         "source_id": source_id,
-        "message_id": str(event.get("messageId", "")),
-        "payload": event,
+        "message_id": message_id,
+        "payload": {"sealed": sealed},
         "error": reason,
         "attempts": 1,
         "quarantined_at": utcnow(),
@@ -73,12 +95,13 @@ def replay(db: Database, log: EventLog, *, ids: Sequence[int] | None = None) -> 
     query = select(QuarantinedEvent).where(QuarantinedEvent.replayed_at.is_(None)).order_by(QuarantinedEvent.id)
     if ids is not None:
         query = query.where(QuarantinedEvent.id.in_(ids))
+    by_source: dict[str, list[dict[str, Any]]] = {}
     with db.read() as session:
         rows = session.scalars(query).all()
+        keys = DataKeys.of(session)
+        for row in rows:
+            by_source.setdefault(row.source_id, []).append(event_of(keys, row))
     now = utcnow()
-    by_source: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_source.setdefault(row.source_id, []).append(row.payload)
     for source_id, events in by_source.items():
         log.append(NewRecord(source_id=source_id, received_at=now, events=events))
     with db.unit_of_work() as session:

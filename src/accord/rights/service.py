@@ -32,6 +32,7 @@ from accord.identity.blind import Revealer
 from accord.identity.models import Identity, MatchKey, MatchReview, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
 from accord.identity.service import current_rules
+from accord.ingest import quarantine
 from accord.ingest.models import QuarantinedEvent
 from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.log.models import LogRecord
@@ -40,7 +41,7 @@ from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.sealed import opened
 from accord.rights.models import ErasedIdentifier, Tombstone
 from accord.security import datakeys
-from accord.security.crypto import is_blind
+from accord.security.crypto import Undecryptable, is_blind
 from accord.segments.models import SegmentMembership, SegmentTransition
 
 FORMAT = "accord-subject-access/1"
@@ -343,8 +344,13 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
             separation.right = [pair for pair in separation.right if tuple(pair) not in keys]
     # Quarantined events that carry one of their identifiers (or name one of their profiles).
     rules = current_rules(session)
+    sealed = datakeys.DataKeys.of(session)
     for waiting in session.scalars(select(QuarantinedEvent)):
-        if carries(rules, waiting.payload, keys) or _holds(waiting.payload, set(ids)):
+        try:
+            event = quarantine.event_of(sealed, waiting)
+        except Undecryptable:  # altered: nobody can read it, nor tell whose it is
+            continue
+        if carries(rules, event, keys) or _holds(event, set(ids)):
             session.delete(waiting)
             done.quarantined += 1
     # Probabilistic matching: their blocking keys, and the pairs it found with them.

@@ -1,7 +1,8 @@
 """The data keys of records that wait before any profile exists: the raw event log's payloads (and the
 quarantine's). The gateway cannot know the person when it acknowledges an event, so these are sealed under
 a shared log key, kept like every data key in `data_keys` (wrapped by the KEK, rewrapped by `accord keys
-rotate`, which also makes a new log key current). A log key's id starts with `log-`."""
+rotate`, which also makes a new log key current). A log key's id starts with `log-`. Events quarantined
+after a failed processing are sealed under it too."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
 from accord.security.crypto import Keyring, Undecryptable, binary_key_id, open_bytes, seal_bytes
-from accord.security.datakeys import keyring_of
+from accord.security.datakeys import DataKeys, keyring_of
 from accord.security.models import DataKey
 
 if TYPE_CHECKING:
@@ -46,6 +47,14 @@ def current_log_key(session: Session) -> tuple[str, str, bytes] | None:
         .limit(1)
     ).first()
     return None if row is None else (row[0], row[1], bytes(row[2]))
+
+
+def seal_waiting(session: Session, plaintext: bytes, associated: bytes) -> str:
+    """Seal a record that waits before any profile exists (a quarantined event) under the current log key,
+    in this session's transaction; the text form, for JSON and text columns."""
+    found = current_log_key(session)
+    key_id = found[0] if found is not None else new_log_key(session)
+    return DataKeys.of(session).encrypt(key_id, plaintext, associated)
 
 
 class LogKeys:
