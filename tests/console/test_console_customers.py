@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from accord.console import service as console_service
 from accord.console.models import Note
 from accord.profiles.models import Profile
 from conftest import LiveAccord
@@ -357,9 +358,11 @@ def test_notes_are_kept_with_their_author(live: LiveAccord, ann: str) -> None:
         page = client.get(f"/console/customers/{ann}").text
     assert "Called about &lt;b&gt;billing&lt;/b&gt;" in page
     with live.rt.db.read() as session:
-        notes = session.scalars(select(Note)).all()
+        stored = session.scalars(select(Note)).all()
+        notes = console_service.notes(session, [ann])
     assert [(n.profile_id, n.text) for n in notes] == [(ann, "Called about <b>billing</b>")]
     assert notes[0].author_email.endswith("@staff.example")
+    assert [n.text.startswith(f"e1.{ann}.") for n in stored] == [True]  # sealed under the customer's key
 
 
 def test_an_admin_unmerges_from_the_merge_history(live: LiveAccord) -> None:
