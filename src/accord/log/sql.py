@@ -39,7 +39,7 @@ MAX_CLAIM_RECORDS = 64
 # its waiting payloads sealed in place when opened.
 LOG_FILE_SCHEMA = 2
 _PG_SEQS = text("SELECT nextval(pg_get_serial_sequence('event_log', 'seq')) FROM generate_series(1, :n)")
-_SQLITE_LAST_SEQ = text(
+_SQLITE_LAST_SEQ = (
     "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_log'), 0),"
     " coalesce((SELECT max(seq) FROM event_log), 0))"
 )
@@ -175,7 +175,8 @@ class SqlEventLog:
         SQLite the transaction holds the file's write lock, so no other writer takes the same ones."""
         if self.db.dialect == "postgresql":
             return sorted(int(seq) for (seq,) in session.execute(_PG_SEQS, {"n": count}))
-        last = int(session.scalar(_SQLITE_LAST_SEQ) or 0)
+        # The driver directly: through the ORM this one-row read cost a tenth of a group commit.
+        last = int(session.connection().exec_driver_sql(_SQLITE_LAST_SEQ).scalar() or 0)
         return list(range(last + 1, last + 1 + count))
 
     # -- consuming -------------------------------------------------------------------------------
