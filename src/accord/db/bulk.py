@@ -49,7 +49,9 @@ def _sqlite_utc(value: datetime | None) -> str | None:
     # that stored values and bound ones compare as strings in time order.
     if value is None:
         return None
-    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = _utc(value)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _converter(column: Column[Any], dialect: Dialect) -> Converter | None:
