@@ -5,6 +5,7 @@ get them back, and a payload altered or moved gives a clear error."""
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from accord.db import migrate
 from accord.db.base import utcnow
 from accord.ingest import quarantine
 from accord.log.models import LogRecord
-from accord.log.sql import SqlEventLog
+from accord.log.sql import UNREADABLE_AFTER, SqlEventLog
+from accord.pipeline.worker import Worker
+from accord.profiles.service import resolve
 from accord.runtime import Runtime
 from accord.security import datakeys
 from accord.security.crypto import Undecryptable
@@ -229,3 +232,29 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
         assert session.execute(text("SELECT text FROM profile_notes")).scalar().startswith("e1.p-noted.")
         assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
     migrate.upgrade(rt.db)  # nothing left to seal: a no-op
+
+
+def test_a_record_that_never_opens_is_set_aside_and_the_log_moves_on(rt: Runtime) -> None:
+    """An altered record fails a few claims (a key not yet seen would pass), then goes to the quarantine
+    with its stored bytes and the reason; the events behind it are processed."""
+    send(rt, _waiting_events())
+    send(rt, [{"type": "track", "userId": "u-after", "event": "Behind"}])
+    with rt.log.db.read() as session:
+        first, payload = session.execute(select(LogRecord.seq, LogRecord.payload).order_by(LogRecord.seq)).first()
+    altered = bytes(payload)[:-1] + bytes([bytes(payload)[-1] ^ 1])
+    with rt.log.db.unit_of_work() as session:
+        session.execute(update(LogRecord).where(LogRecord.seq == first).values(payload=altered))
+    worker = Worker(db=rt.db, log=rt.log)
+    for _ in range(UNREADABLE_AFTER - 1):
+        with pytest.raises(Undecryptable):
+            worker.run_once()
+    assert worker.drain() == 2  # the unreadable record, and the event behind it
+    assert rt.log.pending() == 0
+    with rt.db.read() as session:
+        (row,) = quarantine.waiting(session)
+        assert row.error.startswith(f"UnreadableLogRecord: event log record {first}: ")
+        kept = quarantine.event_of(DataKeys.of(session), row)["accord_unreadable_log_record"]
+        assert kept["seq"] == first
+        assert base64.b64decode(kept["payload_base64"]) == altered
+    with rt.db.read() as session:
+        assert resolve(session, "user_id:u-after") is not None

@@ -28,6 +28,10 @@ class Delivery:
     seq: int
     source_id: str
     events: list[dict[str, Any]]
+    # Set when the record could not be read (altered, or under a key that is gone) after several tries:
+    # its events are unknown; the worker sets the record aside in the quarantine with this reason.
+    unreadable: str | None = None
+    raw: bytes = b""  # the stored payload of an unreadable record, kept for whoever investigates
 
 
 @dataclass(slots=True)

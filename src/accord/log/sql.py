@@ -35,6 +35,7 @@ from accord.security.logkeys import LogKeys
 
 _STOP = object()
 MAX_CLAIM_RECORDS = 64
+UNREADABLE_AFTER = 5  # failed reads of one record (the worker waits a second between them) before it is set aside
 # The log file's own schema version (PRAGMA user_version). 2: payloads sealed; a file of version 1 has
 # its waiting payloads sealed in place when opened.
 LOG_FILE_SCHEMA = 2
@@ -60,6 +61,7 @@ class SqlEventLog:
         self.appended = threading.Event()  # set after each commit: wakes an in-process worker
         self.listeners: list[Callable[[], None]] = []  # called after each commit: nudge workers elsewhere
         self._typical_count = 1  # events per record in the last claim
+        self._failures: dict[tuple[int, int], int] = {}  # (seq, hash of the bytes): failed opens
         self._acks: Database | None = None  # SQLite: the connection acknowledgements are written through
 
     def ensure_file_schema(self) -> None:
@@ -234,11 +236,29 @@ class SqlEventLog:
         for seq, source_id, count, payload in session.connection().execute(query):
             if deliveries and total + count > wanted:
                 break
-            deliveries.append(Delivery(seq=seq, source_id=source_id, events=orjson.loads(self.open(seq, payload))))
+            try:
+                events = orjson.loads(self.open(seq, payload))
+            except (Undecryptable, orjson.JSONDecodeError) as error:
+                if not self._give_up_on((seq, hash(bytes(payload)))):
+                    raise  # perhaps passing (a key this process has not seen yet): the worker tries again
+                deliveries.append(Delivery(seq, source_id, [], unreadable=str(error), raw=bytes(payload)))
+                total += 1
+                continue
+            deliveries.append(Delivery(seq=seq, source_id=source_id, events=events))
             total += count
         if deliveries:
             self._typical_count = max(1, total // len(deliveries))
         return deliveries
+
+    def _give_up_on(self, record: tuple[int, int]) -> bool:
+        """Whether a record (seq, hash of its stored bytes) that failed to open has failed often enough to
+        be set aside: a record altered on disk must not stop the log behind it, a key this process has
+        not seen yet must not set good records aside."""
+        with self._lock:
+            self._failures[record] = self._failures.get(record, 0) + 1
+            if len(self._failures) > 1000:
+                self._failures.pop(next(iter(self._failures)))
+            return self._failures[record] >= UNREADABLE_AFTER
 
     @staticmethod
     def _delete(session: Session, claim: Claim) -> None:

@@ -6,6 +6,7 @@ processor drops what is already stored (dedupe by messageId), so every event tak
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 import time
@@ -89,12 +90,15 @@ class Worker:
         with self.log.claim(self.batch_size) as claim:
             if not claim.deliveries:
                 return 0
+            unreadable = [d for d in claim.deliveries if d.unreadable is not None]
             items = _items(claim.deliveries)
             try:
-                outcome = self._process(items)
+                outcome = self._process(items) if items else Outcome()
             except Contended:
                 log.warning("batch given back after repeated conflicts with other workers")
                 return 0
+            if unreadable:
+                outcome.quarantined += self._set_aside(unreadable)
             claim.acknowledge()
         _count(outcome)
         return outcome.processed + outcome.duplicates + outcome.quarantined + outcome.suppressed
@@ -151,13 +155,29 @@ class Worker:
             outcome.suppressed += single.suppressed
         return outcome
 
+    def _set_aside(self, deliveries: list[Delivery]) -> int:
+        """Quarantine records that could not be read, each as one entry holding the stored bytes (base64)
+        and the reason, so that the log behind them moves on and nothing is deleted unseen."""
+        with self.db.unit_of_work() as session:
+            for delivery in deliveries:
+                log.error("event log record cannot be read; set aside in the quarantine", seq=delivery.seq)
+                entry = {
+                    "messageId": f"accord-log-record-{delivery.seq}",
+                    "accord_unreadable_log_record": {
+                        "seq": delivery.seq,
+                        "payload_base64": base64.b64encode(delivery.raw).decode(),
+                    },
+                }
+                quarantine.put(session, delivery.source_id, entry, f"UnreadableLogRecord: {delivery.unreadable}")
+        return len(deliveries)
+
 
 class Contended(Exception):
     """Other workers kept conflicting with this work; it is given back to the log, not quarantined."""
 
 
 def _items(deliveries: list[Delivery]) -> list[Item]:
-    return [(d.source_id, event) for d in deliveries for event in d.events]
+    return [(d.source_id, event) for d in deliveries if d.unreadable is None for event in d.events]
 
 
 def _transient(error: DBAPIError) -> bool:
