@@ -13,6 +13,7 @@ from sqlalchemy import select
 from accord.console import service as console_service
 from accord.console.models import Note
 from accord.profiles.models import Profile
+from accord.profiles.private import profile_traits
 from conftest import LiveAccord
 from console.helpers import catalogue_with_marketing, logged_in, profile_id, track
 
@@ -68,13 +69,18 @@ def test_find_a_customer_by_any_identifier_or_part_of_the_name(live: LiveAccord,
     assert "<title>Customers · Accord console</title>" in answer.text
 
 
-def test_a_name_search_finds_everyone_it_matches(live: LiveAccord, ann: str) -> None:
+def test_a_name_search_finds_everyone_it_matches_by_whole_words(live: LiveAccord, ann: str) -> None:
     bob = profile_id(live, "user_id:u-bob")
     with live.client() as client:
         csrf = logged_in(client, live.rt, "analyst")
-        assert set(found_ids(search(client, csrf, "ann").text)) == {ann, bob}  # Ann, and Bob Annandale
+        # Names are encrypted: found through a blind index of each word, whole words, any case.
+        assert set(found_ids(search(client, csrf, "ann").text)) == {ann}  # not Bob Annandale
+        assert set(found_ids(search(client, csrf, "LEE ann").text)) == {ann}
+        assert set(found_ids(search(client, csrf, "ann smith").text)) == set()  # every word must match
+        assert set(found_ids(search(client, csrf, "bob").text)) == {bob}
+        assert set(found_ids(search(client, csrf, "anna").text)) == set()
         htmx = client.post(
-            "/console/search", data={"q": "annandale"}, headers={"HX-Request": "true", "X-CSRF-Token": csrf}
+            "/console/search", data={"q": "Annandale"}, headers={"HX-Request": "true", "X-CSRF-Token": csrf}
         )
     assert htmx.status_code == 200
     assert "<html" not in htmx.text  # a fragment for the results region
@@ -321,8 +327,9 @@ def test_an_agent_corrects_a_trait_through_the_event_log(live: LiveAccord, ann: 
     with live.rt.db.read() as session:
         profile = session.get(Profile, ann)
         assert profile is not None
-        assert profile.traits["lastName"] == "Lee-Smith"
-        assert profile.traits.get("phone") is None
+        assert profile_traits(session, profile)["lastName"] == "Lee-Smith"
+        assert profile_traits(session, profile).get("phone") is None
+        assert "lastName" not in profile.traits  # stored encrypted, in traits_enc
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from accord.ingest.spec import normalise_request
 from accord.log.port import NewRecord
 from accord.pipeline.worker import Worker
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.private import profile_traits
 from accord.runtime import Runtime
 
 RECEIVED = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -45,7 +46,7 @@ def snapshot(rt: Runtime) -> list[tuple[Any, ...]]:
             rows.append(
                 (
                     tuple(sorted(identities.get(profile.id, set()))),
-                    tuple(sorted((k, repr(v)) for k, v in profile.traits.items())),
+                    tuple(sorted((k, repr(v)) for k, v in profile_traits(session, profile).items())),
                     tuple(sorted((g, tuple(sorted(c.items()))) for g, c in profile.counts.items())),
                     profile.first_seen,
                     profile.last_seen,

@@ -13,6 +13,7 @@ from accord.cli import app
 from accord.config import Settings
 from accord.profiles import service as profiles
 from accord.profiles.computed import ComputedTraitError, preview_computed_trait, run_computed_trait
+from accord.profiles.private import profile_traits
 from accord.runtime import Runtime
 from pipeline.helpers import process, send
 from sources.importing import run_import, write
@@ -42,7 +43,7 @@ def trait(rt: Runtime, ref: str, name: str) -> object:
     with rt.db.read() as session:
         profile = profiles.resolve(session, ref)
         assert profile is not None
-        return profile.traits.get(name), profile.trait_versions.get(name)
+        return profile_traits(session, profile).get(name), profile.trait_versions.get(name)
 
 
 def test_a_computed_trait_is_set_through_the_log(rt: Runtime, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from accord.profiles import service as profiles
 from accord.profiles.models import ProfileEvent
+from accord.profiles.private import profile_traits
 from accord.runtime import Runtime
 from accord.sources import imports
 from accord.sources.connectors import FileInput
@@ -113,7 +114,7 @@ def traits(rt: Runtime, ref: str) -> dict[str, Any]:
     with rt.db.read() as session:
         profile = profiles.resolve(session, ref)
         assert profile is not None, ref
-        return dict(profile.traits)
+        return profile_traits(session, profile)
 
 
 def versions(rt: Runtime, ref: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from accord.db.base import utcnow
 from accord.identity import history as identity_history
 from accord.profiles import service as profiles
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.private import profile_traits
 from accord.runtime import Runtime
 from accord.security.users import Login
 from accord.segments import service as segment_service
@@ -117,13 +118,13 @@ def event_view(event: ProfileEvent, source_names: dict[str, str]) -> dict[str, A
     }
 
 
-def _trait_rows(profile: Profile, source_names: dict[str, str]) -> list[dict[str, Any]]:
+def _trait_rows(profile: Profile, traits: dict[str, Any], source_names: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
-    for name in sorted(profile.traits):
+    for name in sorted(traits):
         version = profile.trait_versions.get(name)
         parts = [p if isinstance(p, str) else None for p in version] if isinstance(version, list) else []
         parts += [None] * (4 - len(parts))
-        value = profile.traits[name]
+        value = traits[name]
         rows.append(
             {
                 "name": name,
@@ -146,12 +147,13 @@ def customer_context(session: Session, profile: Profile, login: Login) -> dict[s
     receipted = {r.record_id for r in consent.receipts_of(session, ids, limit=1000)}
     timeline = profiles.timeline(session, profile.id, limit=50)
     purposes = catalogue.list_purposes(session)
+    traits = profile_traits(session, profile)
     return {
         "profile": profile,
-        "name": console_service.display_name(profile.traits),
+        "name": console_service.display_name(traits),
         "identities": profiles.identities(session, profile.id),
         "merged_ids": ids[1:],
-        "traits": _trait_rows(profile, names),
+        "traits": _trait_rows(profile, traits, names),
         "events": [event_view(e, names) for e in timeline.events],
         "more_events": timeline.next_cursor is not None,
         "newest_event_id": console_service.newest_event_id(session, profile.id),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, delete, func, literal, or_, select
+from sqlalchemy import delete, distinct, func, select
 from sqlalchemy.orm import Session
 
 from accord.console.models import Note, RecentView
@@ -20,11 +20,13 @@ from accord.ingest.spec import SpecError, normalise_request
 from accord.journeys import service as journeys
 from accord.log.models import LogRecord
 from accord.log.port import NewRecord
+from accord.profiles import private
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.private import NAME_TRAITS, profile_traits
 from accord.profiles.sealed import opened
 from accord.profiles.service import BadReference, resolve
 from accord.security.crypto import Undecryptable, aad, is_ciphertext
-from accord.security.datakeys import DataKeys
+from accord.security.datakeys import DataKeys, keyring_of
 from accord.segments import service as segments
 from accord.segments.models import SegmentTransition
 from accord.sources import service as sources
@@ -35,8 +37,6 @@ RECENT_KEPT = 10
 MAX_NOTE = 4000
 CONSOLE_SOURCE = "accord-console"  # the source that trait corrections are recorded under
 _PHONE = re.compile(r"^\+?[\d\s().\-/]{6,40}$")
-# Where a person's name may be: a `name` trait, or first and last names in either spelling.
-NAME_TRAITS = (("name",), ("firstName", "lastName"), ("first_name", "last_name"))
 TRAIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 
 
@@ -58,8 +58,8 @@ def display_name(traits: dict[str, Any]) -> str:
     return ""
 
 
-def _found(profile: Profile, matched: str) -> Found:
-    return Found(profile.id, display_name(profile.traits), matched, profile.last_seen)
+def _found(session: Session, profile: Profile, matched: str) -> Found:
+    return Found(profile.id, display_name(profile_traits(session, profile)), matched, profile.last_seen)
 
 
 def _by_identifier(session: Session, text: str) -> list[Found]:
@@ -74,36 +74,43 @@ def _by_identifier(session: Session, text: str) -> list[Found]:
         if kind in rules.limits:
             profile = resolve(session, f"{kind}:{text}")
             if profile is not None:
-                found.append(_found(profile, kind.replace("_", " ")))
+                found.append(_found(session, profile, kind.replace("_", " ")))
     try:  # a profile id, or a reference as the REST API takes it (email:..., anonymous_id:...)
         profile = resolve(session, text)
     except BadReference:
         profile = None
     if profile is not None:
-        found.append(_found(profile, "reference" if ":" in text else "profile id"))
+        found.append(_found(session, profile, "reference" if ":" in text else "profile id"))
     return found
 
 
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _name_matches(pattern: str) -> ColumnElement[bool]:
-    conditions = []
-    for keys in NAME_TRAITS:
-        parts: list[Any] = [func.coalesce(Profile.traits[key].as_string(), literal("", String)) for key in keys]
-        joined = parts[0] if len(parts) == 1 else parts[0].concat(" ").concat(parts[1])
-        conditions.append(func.lower(joined).like(pattern, escape="\\"))
-    return or_(*conditions)
+def _by_name(session: Session, text: str, limit: int) -> list[Profile]:
+    """Live profiles whose name has every word of `text` (as a whole word, case-insensitive): found through
+    the blind index of name words, since names are stored encrypted (accord.profiles.private)."""
+    words = sorted(private.blind_words(keyring_of(session), private.query_words(text)))[: private.MAX_WORDS]
+    if not words:
+        return []
+    w = private.WORDS.c
+    having = (
+        select(w.profile_id)
+        .where(w.word.in_(words))
+        .group_by(w.profile_id)
+        .having(func.count(distinct(w.word)) == len(words))
+    )
+    return list(
+        session.scalars(
+            select(Profile)
+            .where(Profile.id.in_(having), Profile.merged_into.is_(None))
+            .order_by(Profile.last_seen.desc())
+            .limit(limit)
+        )
+    )
 
 
 def find_customers(session: Session, text: str, *, limit: int = MAX_RESULTS) -> list[Found]:
-    """Profiles that `text` names: exactly by email, phone, user id or profile id, or by a part of their
-    name (case-insensitive). Live profiles only, most recently seen first after the exact matches.
-
-    The name search reads every profile's name traits: fine for the console's scale of hundreds of
-    thousands of profiles, and the place for a name index when that is not enough."""
+    """Profiles that `text` names: exactly by email, phone, user id or profile id, or by words of their
+    name (whole words, case-insensitive: "ann smith" and "Smith" find Ann Smith, "ann" does not find
+    Anna). Live profiles only, most recently seen first after the exact matches."""
     text = text.strip()[:MAX_QUERY]
     if not text:
         return []
@@ -111,15 +118,8 @@ def find_customers(session: Session, text: str, *, limit: int = MAX_RESULTS) -> 
     results: dict[str, Found] = {}
     for hit in exact:
         results.setdefault(hit.profile_id, hit)
-    if len(text) >= 2:
-        rows = session.scalars(
-            select(Profile)
-            .where(Profile.merged_into.is_(None), _name_matches(_like(text)))
-            .order_by(Profile.last_seen.desc())
-            .limit(limit)
-        )
-        for profile in rows:
-            results.setdefault(profile.id, _found(profile, "name"))
+    for profile in _by_name(session, text, limit):
+        results.setdefault(profile.id, _found(session, profile, "name"))
     return list(results.values())[:limit]
 
 
@@ -146,7 +146,7 @@ def recently_viewed(session: Session, *, user_id: str) -> list[Found]:
     for row in rows:
         profile = resolve(session, row.profile_id)
         if profile is not None:
-            found.setdefault(profile.id, _found(profile, "recent"))
+            found.setdefault(profile.id, _found(session, profile, "recent"))
     return list(found.values())
 
 

@@ -29,6 +29,7 @@ from accord.identity.rules import Key
 from accord.identity.service import current_rules
 from accord.ingest.spec import iso
 from accord.pipeline.process import StaleRead, process_events
+from accord.profiles import private
 from accord.profiles.models import Profile
 
 MATCH_SOURCE = "accord:identity"
@@ -57,10 +58,16 @@ def live_profiles(session: Session) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every live profile's id and traits, in id order."""
     p = PROFILES.c
     result = session.execute(
-        select(p.id, p.traits).where(p.merged_into.is_(None)).order_by(p.id).execution_options(yield_per=5_000)
+        select(p.id, p.traits, p.traits_enc)
+        .where(p.merged_into.is_(None))
+        .order_by(p.id)
+        .execution_options(yield_per=5_000)
     )
-    for profile_id, traits in result:
-        yield profile_id, traits or {}
+    opener = private.Opener.of(session)
+    for part in result.partitions():
+        opener.load(sealed for _, _, sealed in part)  # names and addresses are encrypted
+        for profile_id, clear, sealed in part:
+            yield profile_id, opener.traits(profile_id, clear, sealed)
 
 
 def _records(session: Session, settings: MatchSettings) -> tuple[list[str], list[dict[str, Any]]]:

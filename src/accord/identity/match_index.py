@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from accord.db.base import JSONDoc, UTCDateTime
 from accord.identity.matching import MatchSettings, Weights, blocking_keys, compile_match, prepare
 from accord.identity.models import MatchKey, MatchModel
+from accord.profiles.private import Opener
 from accord.security.datakeys import keyring_of
 
 KEYS = cast(Table, MatchKey.__table__)
@@ -161,16 +162,18 @@ def candidates(session: Session, keys: Iterable[str], *, per_key: int) -> list[s
 
 
 _LIVE_TRAITS = (
-    text("SELECT id, traits FROM profiles WHERE id IN :ids AND merged_into IS NULL")
+    text("SELECT id, traits, traits_enc FROM profiles WHERE id IN :ids AND merged_into IS NULL")
     .bindparams(bindparam("ids", expanding=True))
-    .columns(id=String(), traits=JSONDoc)
+    .columns(id=String(), traits=JSONDoc, traits_enc=String())
 )
 
 
 def live_traits(session: Session, profile_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The traits of those of these profiles that are live."""
+    """The traits of those of these profiles that are live (personal ones decrypted)."""
     found: list[tuple[str, dict[str, Any]]] = []
+    opener = Opener.of(session)
     for start in range(0, len(profile_ids), CHUNK):
-        chunk = profile_ids[start : start + CHUNK]
-        found.extend((pid, traits or {}) for pid, traits in session.execute(_LIVE_TRAITS, {"ids": chunk}))
+        rows = session.execute(_LIVE_TRAITS, {"ids": profile_ids[start : start + CHUNK]}).all()
+        opener.load(sealed for _, _, sealed in rows)
+        found.extend((pid, opener.traits(pid, clear, sealed)) for pid, clear, sealed in rows)
     return found

@@ -24,6 +24,7 @@ from accord.identity.blind import protect, seal_value
 from accord.identity.graph import Evidence, Partition, Separation, Separations, partition
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rules import Key, Rules
+from accord.profiles import private
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, apply_event
 from accord.profiles.sealed import open_payload, reseal_payload
@@ -63,8 +64,12 @@ def rederive(
 ) -> Rederived:
     """Replay the cluster's events and rewrite its identities, profiles and timeline to the result."""
     done = _rederive(session, cluster_id, rules=rules, now=now, cause=cause)
-    rows = session.execute(select(PROFILES.c.id, PROFILES.c.traits).where(PROFILES.c.id.in_(done.profiles)))
-    traits = {profile_id: value or {} for profile_id, value in rows}
+    rows = session.execute(
+        select(PROFILES.c.id, PROFILES.c.traits, PROFILES.c.traits_enc).where(PROFILES.c.id.in_(done.profiles))
+    ).all()
+    opener = private.Opener.of(session)
+    opener.load(sealed for _, _, sealed in rows)
+    traits = {profile_id: opener.traits(profile_id, clear, sealed) for profile_id, clear, sealed in rows}
     match_index.refresh(session, match_index.current_settings(session), traits, done.redirected)
     return done
 
@@ -250,11 +255,26 @@ def _write(
         if target != event.profile_id:
             moves.append({"event_id": event.id, "profile_id": target, "stored": event})
             done.moved_events.append((event.source_id, event.message_id, event.profile_id, target))
+    # Personal traits sealed under the key of the profile they are now on (an unmerge gives some back).
+    opener = private.Opener.of(session)
+    personal = private.personal(session)
+    opener.load(row["traits_enc"] for row in existing.values())
+    trait_columns: dict[str, dict[str, Any]] = {}
+    for s in states.values():
+        was = existing.get(s.id)
+        trait_columns[s.id] = opener.store(s.id, s.traits, personal, was["traits_enc"] if was is not None else None)
+    private.index_names(
+        session,
+        {
+            **{pid: set() for pid in done.redirected},
+            **{s.id: private.name_words(s.traits) for s in states.values()},
+        },
+    )
     profile_rows = [
         {
             "id": s.id,
             "merged_into": None,
-            "traits": s.traits,
+            **trait_columns[s.id],
             "trait_versions": s.trait_versions,
             "counts": s.counts,
             "identity_counts": s.identity_counts,

@@ -29,6 +29,7 @@ from accord.identity.service import current_rules
 from accord.ingest import quarantine
 from accord.ingest.spec import parse_time
 from accord.journeys import streaming as journey_streaming
+from accord.profiles import private
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.profiles.sealed import seal_payload
@@ -65,6 +66,7 @@ class _Run:
     the graph that `place` reads (owner, counts and tags of live profiles)."""
 
     rules: Rules
+    keys: DataKeys  # the data keys of the run's transaction
     profiles: dict[str, ProfileState] = field(default_factory=dict)
     identities: dict[Key, str] = field(default_factory=dict)  # attached keys -> profile (maybe absorbed since)
     homes: dict[Key, str] = field(default_factory=dict)
@@ -170,7 +172,7 @@ def process_events(
     # In the canonical order, so that a run needs no re-derivation for events that are only out of order
     # among themselves (see docs/concepts.md, "Limits and order").
     parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))
-    run = _Run(rules=rules, plain=plain)
+    run = _Run(rules=rules, plain=plain, keys=DataKeys.of(session))
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = now or utcnow()
     consent_events: list[tuple[_Parsed, str]] = []
@@ -316,7 +318,10 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
     if lock_rows:
         query = query.with_for_update()
     requested = set(profile_ids)
-    for row in session.execute(query).mappings():
+    rows = session.execute(query).mappings().all()
+    opener = private.Opener.of(session, run.keys)
+    opener.load(row["traits_enc"] for row in rows)
+    for row in rows:
         if row["merged_into"] is not None:
             raise StaleRead(f"profile {row['id']} was merged while this run read it")
         run.profiles[row["id"]] = ProfileState(
@@ -324,7 +329,8 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
             created_at=row["created_at"],
             first_seen=row["first_seen"],
             last_seen=row["last_seen"],
-            traits=dict(row["traits"]),
+            traits=opener.traits(row["id"], row["traits"], row["traits_enc"]),
+            sealed=row["traits_enc"],
             trait_versions=dict(row["trait_versions"]),
             counts={group: dict(names) for group, names in row["counts"].items()},
             identity_counts=dict(row["identity_counts"] or {}),
@@ -487,11 +493,23 @@ def _join_clusters(run: _Run, clusters: set[str], profile_ids: set[str]) -> str:
 
 
 def _write(session: Session, run: _Run, now: datetime) -> None:
+    opener = private.Opener.of(session, run.keys)
+    personal = private.personal(session)
+    names: dict[str, set[str]] = {}
+
     def row(state: ProfileState) -> dict[str, Any]:
+        # Personal traits are sealed under the profile's key; unchanged ones keep their ciphertext.
+        stored = opener.store(state.id, state.traits, personal, state.sealed)
+        if state.merged_into:
+            names[state.id] = set()
+        elif stored["traits_enc"] != state.sealed:
+            words = private.name_words(state.traits)
+            if words != private.name_words(opener.personal(state.id, state.sealed)):
+                names[state.id] = words
         return {
             "id": state.id,
             "merged_into": run.live(state.id).id if state.merged_into else None,
-            "traits": state.traits,
+            **stored,
             "trait_versions": state.trait_versions,
             "counts": state.counts,
             "first_seen": state.first_seen,
@@ -512,6 +530,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             ),
             rows,
         )
+    private.index_names(session, names)
     changed = {s.id: s.traits for s in run.profiles.values() if s.traits_changed and s.merged_into is None}
     if changed or run.absorbed_existing:
         match_index.refresh(session, match_index.current_settings(session), changed, run.absorbed_existing)
@@ -534,7 +553,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         session.execute(PROFILES.update().where(PROFILES.c.cluster_id == old).values(cluster_id=new))
         session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
     # Inserts in key order: two workers inserting the same keys wait for each other in one order.
-    keys = DataKeys.of(session)
+    keys = run.keys
     if run.new_identities:
         _seal_identities(keys, run)
         rows = [run.new_identities[key] for key in sorted(run.new_identities)]

@@ -15,6 +15,7 @@ from accord.errors import ApiError, documented
 from accord.hashchain import iso
 from accord.profiles import service
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.private import profile_traits
 from accord.profiles.schemas import (
     EventPageRead,
     EventRead,
@@ -120,7 +121,7 @@ async def get_profile(request: Request, ref: Ref, rt: Rt, principal: Reader) -> 
             profile = resolve_or_404(session, ref)
             return ProfileRead(
                 id=profile.id,
-                traits=profile.traits,
+                traits=profile_traits(session, profile),
                 identities=[_identity(i) for i in service.identities(session, profile.id)],
                 counts=profile.counts,
                 first_seen=profile.first_seen,
@@ -145,10 +146,11 @@ async def get_traits(request: Request, ref: Ref, rt: Rt, principal: Reader) -> T
     def read() -> TraitsRead:
         with rt.db.read() as session:
             profile = resolve_or_404(session, ref)
+            traits = profile_traits(session, profile)
             return TraitsRead(
                 profile_id=profile.id,
-                traits=profile.traits,
-                sources={name: _trait_source(profile.trait_versions.get(name)) for name in profile.traits},
+                traits=traits,
+                sources={name: _trait_source(profile.trait_versions.get(name)) for name in traits},
             )
 
     answer = await run_in_threadpool(read)

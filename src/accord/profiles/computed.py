@@ -29,7 +29,6 @@ from typing import Any
 import duckdb
 import orjson
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from accord.db.engine import Database
 from accord.identity.models import Identity
@@ -37,6 +36,7 @@ from accord.identity.service import current_rules
 from accord.ingest.spec import MAX_EVENT_BYTES, iso
 from accord.log.port import EventLog, NewRecord
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.private import Opener, flagged_pii, is_pii_name
 from accord.profiles.sealed import open_payload
 from accord.security.datakeys import DataKeys
 from accord.sources.service import create_source, list_sources
@@ -51,38 +51,6 @@ PREVIEW_SECONDS = 30
 MAX_PREVIEW = 100
 PLACES = {"user_id": "userId", "anonymous_id": "anonymousId"}
 DEVICE = {"device_id": "id", "advertising_id": "advertisingId"}
-# Trait and property names that are personal data whatever a mapping says: identifiers, names, addresses,
-# birth dates. Compared lower-cased without separators, so `firstName`, `first_name` and `First Name` match.
-PII_NAMES = frozenset(
-    {
-        "email",
-        "emailaddress",
-        "phone",
-        "phonenumber",
-        "mobile",
-        "name",
-        "firstname",
-        "lastname",
-        "middlename",
-        "fullname",
-        "username",
-        "address",
-        "street",
-        "streetaddress",
-        "addressline1",
-        "addressline2",
-        "postalcode",
-        "postcode",
-        "zip",
-        "zipcode",
-        "birthday",
-        "birthdate",
-        "dateofbirth",
-        "dob",
-        "ip",
-        "ipaddress",
-    }
-)
 MASK_PREFIX = "masked:"
 
 
@@ -103,42 +71,6 @@ class ComputedRun:
 
 def new_run_id() -> str:
     return f"ctr_{uuid.uuid4().hex[:20]}"
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def is_pii_name(name: str, flagged: Iterable[str] = ()) -> bool:
-    return name in flagged or _normal(name) in PII_NAMES
-
-
-def flagged_pii(session: Session) -> set[str]:
-    """Trait and property names that mappings (of import runs and of webhooks) flag `pii: true`."""
-    from accord.sources.models import ImportRun, SourceMapping
-
-    names: set[str] = set()
-    seen: set[bytes] = set()
-    for column in (ImportRun.mapping, SourceMapping.document):
-        _flags(session.scalars(select(column), execution_options={"yield_per": 500}), names, seen)
-    return names
-
-
-def _flags(documents: Iterable[Any], names: set[str], seen: set[bytes]) -> None:
-    from accord.sources.mapping import MappingError, parse_mapping
-
-    for document in documents:
-        digest = hashlib.blake2b(orjson.dumps(document, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-        if digest in seen:
-            continue
-        seen.add(digest)
-        try:
-            mapping = parse_mapping(document)
-        except MappingError:
-            continue
-        names.update(t.trait for t in mapping.traits if t.pii)
-        if mapping.event is not None:
-            names.update(p.prop for p in mapping.event.properties if p.pii)
 
 
 class Masker:
@@ -219,12 +151,19 @@ def snapshot(db: Database, folder: Path, masker: Masker | None = None) -> tuple[
         writer = csv.writer(out)
         writer.writerow(["profile_id", "traits", "first_seen", "last_seen", "created_at"])
         rows = session.execute(
-            select(p.id, p.traits, p.first_seen, p.last_seen, p.created_at).where(p.merged_into.is_(None)),
+            select(p.id, p.traits, p.traits_enc, p.first_seen, p.last_seen, p.created_at).where(
+                p.merged_into.is_(None)
+            ),
             execution_options={"yield_per": STREAM},
         )
-        for profile_id, traits, *times in rows:
-            shown = masker.document(traits or {}) if masker is not None else traits
-            writer.writerow([_text(v) for v in (profile_id, shown, *times)])
+        opener = Opener.of(session)
+        for part in rows.partitions():
+            # The personal traits are decrypted even when masked: equal values must get equal masks.
+            opener.load(row[2] for row in part)
+            for profile_id, clear, sealed, *times in part:
+                traits = opener.traits(profile_id, clear, sealed)
+                shown = masker.document(traits) if masker is not None else traits
+                writer.writerow([_text(v) for v in (profile_id, shown, *times)])
     return profiles, events
 
 
@@ -378,8 +317,14 @@ def run_computed_trait(
             ):
                 if profile_id is not None:
                     keys.setdefault(profile_id, []).append((kind, value))
-            for profile_id, traits in session.execute(select(Profile.id, Profile.traits).where(Profile.id.in_(part))):
-                if isinstance(traits, dict) and name in traits:
+            opener = Opener.of(session)
+            found = session.execute(
+                select(Profile.id, Profile.traits, Profile.traits_enc).where(Profile.id.in_(part))
+            ).all()
+            opener.load(sealed for _, _, sealed in found)
+            for profile_id, clear, sealed in found:
+                traits = opener.traits(profile_id, clear, sealed)
+                if name in traits:
                     current[profile_id] = traits[name]
     built: list[tuple[dict[str, Any], bytes]] = []
     skipped = unchanged = 0

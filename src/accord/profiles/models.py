@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, JSONDoc, UTCDateTime
@@ -16,7 +16,10 @@ class Profile(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merged_into: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    # Traits that are not personal data, in clear; the personal ones are in `traits_enc`, one ciphertext
+    # under the profile's data key (see accord.profiles.private).
     traits: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    traits_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Per trait, the [timestamp, messageId] of the write that won: last writer wins, in any order.
     trait_versions: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     # {"events": {track event name: n}, "types": {call type: n}}
@@ -39,6 +42,15 @@ class Profile(Base):
             sqlite_where=text("cluster_id IS NOT NULL"),
         ),
     )
+
+
+class ProfileWord(Base):
+    """The name index: a blind index (keyed HMAC) of each word of a profile's name, found by equality."""
+
+    __tablename__ = "profile_words"
+
+    word: Mapped[str] = mapped_column(String(60), primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(40), primary_key=True, index=True)
 
 
 class ProfileEvent(Base):

@@ -28,6 +28,7 @@ class ProfileState:
     is_new: bool = False
     dirty: bool = False
     traits_changed: bool = False  # the matching index must be brought up to date
+    sealed: str | None = None  # the personal traits' ciphertext as read (accord.profiles.private)
     # Identity bookkeeping (kept by the pipeline, not by events): how many identifiers of each type the
     # profile holds, its conflicted cluster if any, and the separation sides its identifiers are on.
     identity_counts: dict[str, int] = field(default_factory=dict)

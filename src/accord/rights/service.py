@@ -37,7 +37,8 @@ from accord.ingest.models import QuarantinedEvent
 from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.log.models import LogRecord
 from accord.log.sql import SqlEventLog
-from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.models import Profile, ProfileEvent, ProfileWord
+from accord.profiles.private import profile_traits
 from accord.profiles.sealed import opened
 from accord.rights.models import ErasedIdentifier, Tombstone
 from accord.security import datakeys
@@ -96,8 +97,8 @@ def export(
     return {
         "format": FORMAT,
         "exported_at": iso(now),
-        "profile": _profile(profile),
-        "merged_profiles": [_profile(p) for p in absorbed],
+        "profile": _profile(session, profile),
+        "merged_profiles": [_profile(session, p) for p in absorbed],
         "identities": [
             {
                 "type": i.type,
@@ -210,11 +211,11 @@ def export(
     }
 
 
-def _profile(profile: Profile) -> dict[str, Any]:
+def _profile(session: Session, profile: Profile) -> dict[str, Any]:
     return {
         "id": profile.id,
         "merged_into": profile.merged_into,
-        "traits": profile.traits,
+        "traits": profile_traits(session, profile),
         "trait_sources": profile.trait_versions,
         "counts": profile.counts,
         "first_seen": iso(profile.first_seen),
@@ -363,6 +364,7 @@ def erase(session: Session, profile: Profile, *, key: SigningKey, actor: str, no
     # What agents wrote about them in the console, and who looked them up lately.
     done.notes = _count(session.execute(delete(Note).where(Note.profile_id.in_(ids))))
     session.execute(delete(RecentView).where(RecentView.profile_id.in_(ids)))
+    session.execute(delete(ProfileWord).where(ProfileWord.profile_id.in_(ids)))  # their name's blind index
     # Crypto-shredding: without their data keys, whatever of theirs is left anywhere (a backup, a copy of a
     # row that escaped this transaction) is ciphertext nobody can read. Then the rows themselves.
     done.data_keys = datakeys.destroy(session, ids)

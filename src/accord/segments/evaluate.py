@@ -21,6 +21,7 @@ from accord.consent.models import ConsentState
 from accord.db.base import UTCDateTime, one_of
 from accord.db.bulk import insert_rows
 from accord.profiles.models import Profile, ProfileEvent
+from accord.profiles.private import Opener
 from accord.profiles.sealed import open_payload, sealed_by
 from accord.security.datakeys import DataKeys
 from accord.segments import computed as computed_traits
@@ -227,13 +228,19 @@ def _read_facts(session: Session, ids: list[str], names: frozenset[str], propert
     dialect = session.get_bind().dialect.name
     found: dict[str, _Loaded] = {}
     keys = DataKeys.of(session) if properties and names else None
+    opener = Opener.of(session)
     for chunk in _chunks(ids):
         # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
-        for profile_id, traits, merged_into in session.execute(
-            select(p.id, p.traits, p.merged_into).where(one_of(p.id, chunk, dialect))
-        ):
-            live = merged_into is None
-            found[profile_id] = _Loaded((traits or {}) if live else None, {}, names, properties)
+        profile_rows = session.execute(
+            select(p.id, p.traits, p.traits_enc, p.merged_into).where(one_of(p.id, chunk, dialect))
+        ).all()
+        opener.load(row[2] for row in profile_rows if row[3] is None)  # personal traits, decrypted once
+        for profile_id, traits, sealed, merged_into in profile_rows:
+            if merged_into is not None:
+                found[profile_id] = _Loaded(None, {}, names, properties)
+            else:
+                whole = (traits or {}) if sealed is None else opener.traits(profile_id, traits, sealed)
+                found[profile_id] = _Loaded(whole, {}, names, properties)
         if names:
             columns = [e.profile_id, e.event, e.timestamp]
             if keys is not None:

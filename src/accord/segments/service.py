@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from accord.consent import catalogue as consent_catalogue
+from accord.profiles import private
 from accord.segments import computed, conditions, evaluate, pushdown
 from accord.segments.conditions import ConditionError
 from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition, SegmentVersion
@@ -256,7 +257,11 @@ def backfill_step(session: Session, key: str, *, now: datetime, limit: int | Non
     item = segments.by_key.get(key)
     where = None
     if item is not None and segments.closure({key}) == {key}:  # no other segment reads this one
-        where = pushdown.predicate(item.node, evaluate.PROFILES.c.traits, session.get_bind().dialect.name)
+        # Personal traits are encrypted (accord.profiles.private): conditions on them run in Python.
+        readable = private.personal(session).readable
+        where = pushdown.predicate(
+            item.node, evaluate.PROFILES.c.traits, session.get_bind().dialect.name, readable=readable
+        )
     if item is not None and where is not None:
         found = evaluate.refresh_range(
             session, item, where, after=row.backfill_after, limit=limit or PUSHDOWN_CHUNK, now=now

@@ -1,0 +1,277 @@
+"""Personal traits at rest. A profile's traits are stored in two columns: `traits`, the ones that are not
+personal data, in clear (segments can compare them in SQL), and `traits_enc`, the personal ones (email,
+phone, names, addresses, birth dates, IP addresses, and every trait a source mapping flags `pii: true`)
+as one ciphertext under the profile's data key, bound to its row (`profiles`, `traits_enc`, profile id).
+
+Readers put the two together (`Opener.traits`); writers split them again (`split`, `Opener.seal`). A
+profile written before this (or before a mapping flagged a trait) holds those traits in clear, and reads
+the same. Decrypted traits are remembered for the session's transaction only, keyed by their ciphertext,
+like the data keys: a profile read by the pipeline and then by its segments is decrypted once.
+
+Names are found through a blind index per name word (`profile_words`): the keyed HMAC of each word of
+the `name`, `firstName` and `lastName` traits, case-folded. Equality per word only: "ann" finds
+"Ann Smith", not "Anna"."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Table, delete, event, func, select
+from sqlalchemy.orm import Session
+
+from accord.profiles.models import ProfileWord
+from accord.security.crypto import Keyring, Undecryptable, aad, is_ciphertext, key_id_of
+from accord.security.datakeys import DataKeys, keyring_of
+
+TABLE, FIELD = "profiles", "traits_enc"
+WORDS = cast(Table, ProfileWord.__table__)
+WORD_KIND = "name-word"  # what the blind index of a name word is keyed under, beside identifier types
+CACHE_SIZE = 20_000  # decrypted traits remembered per transaction
+MAX_WORDS = 20  # per profile: a name is a few words; a long text in a name trait is not indexed whole
+# Trait and property names that are personal data whatever a mapping says: identifiers, names, addresses,
+# birth dates. Compared lower-cased without separators, so `firstName`, `first_name` and `First Name` match.
+PII_NAMES = frozenset(
+    {
+        "email",
+        "emailaddress",
+        "phone",
+        "phonenumber",
+        "mobile",
+        "name",
+        "firstname",
+        "lastname",
+        "middlename",
+        "fullname",
+        "username",
+        "address",
+        "street",
+        "streetaddress",
+        "addressline1",
+        "addressline2",
+        "postalcode",
+        "postcode",
+        "zip",
+        "zipcode",
+        "birthday",
+        "birthdate",
+        "dateofbirth",
+        "dob",
+        "ip",
+        "ipaddress",
+    }
+)
+# Where a person's name may be: a `name` trait, or first and last names in either spelling.
+NAME_TRAITS = (("name",), ("firstName", "lastName"), ("first_name", "last_name"))
+_WORD = re.compile(r"\w+")
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def is_pii_name(name: str, flagged: Iterable[str] = ()) -> bool:
+    return name in flagged or _normal(name) in PII_NAMES
+
+
+def flagged_pii(session: Session) -> set[str]:
+    """Trait and property names that mappings (of import runs and of webhooks) flag `pii: true`."""
+    from accord.sources.models import ImportRun, SourceMapping
+
+    names: set[str] = set()
+    seen: set[bytes] = set()
+    for column in (ImportRun.mapping, SourceMapping.document):
+        _flags(session.scalars(select(column), execution_options={"yield_per": 500}), names, seen)
+    return names
+
+
+def _flags(documents: Iterable[Any], names: set[str], seen: set[bytes]) -> None:
+    from accord.sources.mapping import MappingError, parse_mapping
+
+    for document in documents:
+        digest = hashlib.blake2b(orjson.dumps(document, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        try:
+            mapping = parse_mapping(document)
+        except MappingError:
+            continue
+        names.update(t.trait for t in mapping.traits if t.pii)
+        if mapping.event is not None:
+            names.update(p.prop for p in mapping.event.properties if p.pii)
+
+
+@dataclass(frozen=True, slots=True)
+class Personal:
+    """Which traits are personal data: by name, or flagged by a mapping."""
+
+    flagged: frozenset[str] = frozenset()
+
+    def __call__(self, name: str) -> bool:
+        return is_pii_name(name, self.flagged)
+
+    def readable(self, name: str) -> bool:
+        """Whether a trait is stored in clear, so SQL can compare it (segments' pushdown)."""
+        return not self(name)
+
+
+_personal: dict[str, tuple[tuple[Any, ...], Personal]] = {}
+_personal_lock = threading.Lock()
+
+
+def personal(session: Session) -> Personal:
+    """The personal traits now: one small aggregate read; the mappings are parsed again only after one
+    was added (mappings are versioned, import runs keep theirs: rows are only ever added)."""
+    from accord.sources.models import ImportRun, SourceMapping
+
+    stamp = tuple(
+        session.execute(select(select(func.max(SourceMapping.id)).scalar_subquery(), func.count(ImportRun.id))).one()
+    )
+    bind = str(session.get_bind().engine.url)
+    cached = _personal.get(bind)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    found = Personal(frozenset(flagged_pii(session)))
+    with _personal_lock:
+        _personal[bind] = (stamp, found)
+    return found
+
+
+def split(traits: Mapping[str, Any], is_personal: Personal) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(clear, personal): what goes into `traits`, and what into the ciphertext."""
+    clear: dict[str, Any] = {}
+    private: dict[str, Any] = {}
+    for name, value in traits.items():
+        (private if is_personal(name) else clear)[name] = value
+    return clear, private
+
+
+def _where(profile_id: str) -> bytes:
+    return aad(TABLE, FIELD, profile_id)
+
+
+@dataclass(slots=True)
+class Opener:
+    """Decrypts and encrypts personal traits within one transaction (one per session, see `of`)."""
+
+    keys: DataKeys
+    opened: dict[str, dict[str, Any]] = field(default_factory=dict)  # ciphertext -> personal traits
+
+    @classmethod
+    def of(cls, session: Session, keys: DataKeys | None = None) -> Opener:
+        found = session.info.get("accord.opener")
+        if not isinstance(found, Opener) or (keys is not None and found.keys is not keys):
+            found = cls(keys or DataKeys.of(session))
+            session.info["accord.opener"] = found
+        return found
+
+    def load(self, tokens: Iterable[str | None]) -> None:
+        """Read the data keys of these ciphertexts in one go."""
+        self.keys.load(
+            {key_id_of(t) for t in tokens if isinstance(t, str) and is_ciphertext(t) and t not in self.opened}
+        )
+
+    def personal(self, profile_id: str, token: str | None) -> dict[str, Any]:
+        """The personal traits of a profile; `{}` when there are none or its data key is gone (erased)."""
+        if not is_ciphertext(token):
+            return {}
+        assert token is not None
+        found = self.opened.get(token)
+        if found is None:
+            try:
+                found = orjson.loads(self.keys.decrypt(token, _where(profile_id)))
+            except Undecryptable:
+                found = {}
+            if not isinstance(found, dict):
+                found = {}
+            self._remember(token, found)
+        return found
+
+    def traits(self, profile_id: str, clear: Mapping[str, Any] | None, token: str | None) -> dict[str, Any]:
+        """Every trait of a profile, as stored in its two columns (a new dict)."""
+        whole = dict(clear or {})
+        if token is not None:
+            whole.update(self.personal(profile_id, token))
+        return whole
+
+    def seal(self, profile_id: str, private: dict[str, Any], previous: str | None = None) -> str | None:
+        """The ciphertext to store for these personal traits: `previous` again when they are what it holds
+        (and it is under this profile's key), a new one otherwise, None when there are none."""
+        if not private:
+            return None
+        if (
+            is_ciphertext(previous)
+            and key_id_of(previous or "") == profile_id
+            and self.personal(profile_id, previous) == private
+        ):
+            return previous
+        token = self.keys.encrypt(profile_id, orjson.dumps(private), _where(profile_id))
+        self._remember(token, private)
+        return token
+
+    def _remember(self, token: str, private: dict[str, Any]) -> None:
+        if len(self.opened) >= CACHE_SIZE:  # a long export or backfill: keep memory bounded
+            self.opened.clear()
+        self.opened[token] = private
+
+    def store(
+        self, profile_id: str, traits: Mapping[str, Any], is_personal: Personal, previous: str | None = None
+    ) -> dict[str, Any]:
+        """The two columns' values for these traits: {"traits": ..., "traits_enc": ...}."""
+        clear, private = split(traits, is_personal)
+        return {"traits": clear, "traits_enc": self.seal(profile_id, private, previous)}
+
+
+def _forget(session: Session, *_: Any) -> None:
+    session.info.pop("accord.opener", None)
+
+
+event.listen(Session, "after_commit", _forget)
+event.listen(Session, "after_rollback", _forget)
+
+
+def profile_traits(session: Session, profile: Any) -> dict[str, Any]:
+    """Every trait of a `Profile` read through the ORM (a new dict: the object is left as it is)."""
+    return Opener.of(session).traits(profile.id, profile.traits, profile.traits_enc)
+
+
+# -- the name index --------------------------------------------------------------------------------------
+
+
+def name_words(traits: Mapping[str, Any]) -> set[str]:
+    """The words of a person's name traits, case-folded (NFKC): what the index holds, what a search asks."""
+    words: set[str] = set()
+    for keys in NAME_TRAITS:
+        for key in keys:
+            value = traits.get(key)
+            if isinstance(value, str):
+                words.update(query_words(value))
+    return set(sorted(words)[:MAX_WORDS]) if len(words) > MAX_WORDS else words
+
+
+def query_words(text: str) -> list[str]:
+    return [w[:100] for w in _WORD.findall(unicodedata.normalize("NFKC", text).casefold())]
+
+
+def blind_words(keyring: Keyring, words: Iterable[str]) -> set[str]:
+    return {keyring.blind(WORD_KIND, word) for word in words}
+
+
+def index_names(session: Session, changed: Mapping[str, set[str]]) -> None:
+    """Bring the name index of these profiles to these words (blind them first; an empty set: none)."""
+    if not changed:
+        return
+    keyring = keyring_of(session)
+    ids = sorted(changed)
+    for start in range(0, len(ids), 500):
+        session.execute(delete(WORDS).where(WORDS.c.profile_id.in_(ids[start : start + 500])))
+    rows = [{"word": word, "profile_id": pid} for pid in ids for word in sorted(blind_words(keyring, changed[pid]))]
+    if rows:
+        session.execute(WORDS.insert(), rows)
