@@ -132,7 +132,13 @@ def personal(session: Session) -> Personal:
     from accord.sources.models import ImportRun, SourceMapping
 
     stamp = tuple(
-        session.execute(select(select(func.max(SourceMapping.id)).scalar_subquery(), func.count(ImportRun.id))).one()
+        session.execute(
+            select(
+                select(func.max(SourceMapping.id)).scalar_subquery(),
+                select(func.max(SourceMapping.created_at)).scalar_subquery(),
+                select(func.count(ImportRun.id)).scalar_subquery(),
+            )
+        ).one()
     )
     bind = str(session.get_bind().engine.url)
     cached = _personal.get(bind)
