@@ -66,7 +66,6 @@ class _Run:
     the graph that `place` reads (owner, counts and tags of live profiles)."""
 
     rules: Rules
-    keys: DataKeys  # the data keys of the run's transaction
     profiles: dict[str, ProfileState] = field(default_factory=dict)
     identities: dict[Key, str] = field(default_factory=dict)  # attached keys -> profile (maybe absorbed since)
     homes: dict[Key, str] = field(default_factory=dict)
@@ -172,7 +171,7 @@ def process_events(
     # In the canonical order, so that a run needs no re-derivation for events that are only out of order
     # among themselves (see docs/concepts.md, "Limits and order").
     parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))
-    run = _Run(rules=rules, plain=plain, keys=DataKeys.of(session))
+    run = _Run(rules=rules, plain=plain)
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = now or utcnow()
     consent_events: list[tuple[_Parsed, str]] = []
@@ -319,7 +318,7 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
         query = query.with_for_update()
     requested = set(profile_ids)
     rows = session.execute(query).mappings().all()
-    opener = private.Opener.of(session, run.keys)
+    opener = private.Opener.of(session)
     opener.load(row["traits_enc"] for row in rows)
     for row in rows:
         if row["merged_into"] is not None:
@@ -493,7 +492,7 @@ def _join_clusters(run: _Run, clusters: set[str], profile_ids: set[str]) -> str:
 
 
 def _write(session: Session, run: _Run, now: datetime) -> None:
-    opener = private.Opener.of(session, run.keys)
+    opener = private.Opener.of(session)
     personal = private.personal(session)
     names: dict[str, set[str]] = {}
 
@@ -553,7 +552,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         session.execute(PROFILES.update().where(PROFILES.c.cluster_id == old).values(cluster_id=new))
         session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
     # Inserts in key order: two workers inserting the same keys wait for each other in one order.
-    keys = run.keys
+    keys = DataKeys.of(session)
     if run.new_identities:
         _seal_identities(keys, run)
         rows = [run.new_identities[key] for key in sorted(run.new_identities)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, delete, event, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.orm import Session
 
 from accord.profiles.models import ProfileWord
@@ -171,11 +171,13 @@ class Opener:
     opened: dict[str, dict[str, Any]] = field(default_factory=dict)  # ciphertext -> personal traits
 
     @classmethod
-    def of(cls, session: Session, keys: DataKeys | None = None) -> Opener:
+    def of(cls, session: Session) -> Opener:
+        """The opener of the session's current transaction: it lives as long as the transaction's data keys
+        (`DataKeys.of`), so what it decrypted is forgotten when the transaction ends."""
+        keys = DataKeys.of(session)
         found = session.info.get("accord.opener")
-        if not isinstance(found, Opener) or (keys is not None and found.keys is not keys):
-            found = cls(keys or DataKeys.of(session))
-            session.info["accord.opener"] = found
+        if not isinstance(found, Opener) or found.keys is not keys:
+            found = session.info["accord.opener"] = cls(keys)
         return found
 
     def load(self, tokens: Iterable[str | None]) -> None:
@@ -233,14 +235,6 @@ class Opener:
         """The two columns' values for these traits: {"traits": ..., "traits_enc": ...}."""
         clear, private = split(traits, is_personal)
         return {"traits": clear, "traits_enc": self.seal(profile_id, private, previous)}
-
-
-def _forget(session: Session, *_: Any) -> None:
-    session.info.pop("accord.opener", None)
-
-
-event.listen(Session, "after_commit", _forget)
-event.listen(Session, "after_rollback", _forget)
 
 
 def profile_traits(session: Session, profile: Any) -> dict[str, Any]:
