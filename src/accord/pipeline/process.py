@@ -518,8 +518,8 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    # The data keys of new profiles in one go (their traits and events are sealed under them).
-    DataKeys.of(session).create({s.id for s in run.profiles.values() if s.is_new})
+    # The data keys of new live profiles in one go (their traits and events are sealed under them).
+    DataKeys.of(session).create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None})
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
     if rows:
         # One multi-row upsert for new and changed profiles alike.
