@@ -6,6 +6,7 @@ Revises: 0021
 Create Date: 2026-11-30 03:00:00
 """
 
+import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -28,13 +29,23 @@ def upgrade() -> None:
     if not isinstance(keyring, Keyring):
         raise RuntimeError("rebuilding the matching index needs the key files: run `accord migrate`")
     # The index is derived data: rebuilt from the live profiles with the code that keeps it, as training does.
-    from accord.identity import linkage, match_index
+    # The profiles are read here as this revision stores them (traits in clear; 0025 encrypts the personal
+    # ones later), not through the application's reader, which expects the newest schema.
+    from accord.identity import match_index
 
     with Session(bind=bind, info={"keyring": keyring}) as session:
         model = match_index.current_model(session)
         assert model is not None
-        match_index.rebuild(session, model.settings, linkage.live_profiles(session))
+        live = session.execute(sa.text("SELECT id, traits FROM profiles WHERE merged_into IS NULL ORDER BY id"))
+        profiles = ((str(pid), _document(traits)) for pid, traits in live.all())
+        match_index.rebuild(session, model.settings, profiles)
         session.flush()
+
+
+def _document(traits: object) -> dict[str, object]:
+    """A JSON column as read through text(): a dict on PostgreSQL, a string on SQLite."""
+    value = json.loads(traits) if isinstance(traits, str | bytes) else traits
+    return value if isinstance(value, dict) else {}
 
 
 def downgrade() -> None:
