@@ -25,7 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from accord.db.base import UTCDateTime
+from accord.db.base import UTCDateTime, as_utc
 
 Converter = Callable[[Any], Any]
 
@@ -38,19 +38,13 @@ def _json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    return value.astimezone(UTC)
-
-
 def _sqlite_utc(value: datetime | None) -> str | None:
     # SQLAlchemy's SQLite DATETIME stores "YYYY-MM-DD HH:MM:SS.ffffff", microseconds always written, so
     # that stored values and bound ones compare as strings in time order.
     if value is None:
         return None
     if value.tzinfo is not UTC:
-        value = _utc(value)
+        value = as_utc(value)
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
@@ -58,7 +52,7 @@ def _converter(column: Column[Any], dialect: Dialect) -> Converter | None:
     if isinstance(column.type, UTCDateTime):
         if dialect.name == "sqlite":
             return _sqlite_utc
-        return lambda value: None if value is None else _utc(value)
+        return lambda value: None if value is None else as_utc(value)
     resolved = column.type.dialect_impl(dialect)
     if isinstance(resolved, JSON):
         # A Python None is the JSON null, as SQLAlchemy writes it (none_as_null is off on every column).
