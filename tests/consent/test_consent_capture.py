@@ -11,6 +11,7 @@ import pytest
 
 from accord.ingest import quarantine
 from accord.runtime import Runtime
+from accord.security.datakeys import DataKeys
 from consent.tcf import tc_string
 from consent.world import ConsentWorld, consent_world
 
@@ -56,7 +57,8 @@ def decision(world: ConsentWorld, purpose: str, channel: str, ref: str | None = 
 
 def waiting(world: ConsentWorld) -> list[tuple[str, str]]:
     with world.live.rt.db.read() as session:
-        return [(row.message_id, row.error) for row in quarantine.waiting(session)]
+        keys = DataKeys.of(session)
+        return [(row.message_id, quarantine.error_of(keys, row)) for row in quarantine.waiting(session)]
 
 
 def test_a_banner_statement_is_recorded_with_its_evidence(world: ConsentWorld) -> None:

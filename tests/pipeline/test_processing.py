@@ -13,6 +13,7 @@ from accord.log.port import NewRecord
 from accord.profiles import service as profiles
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime
+from accord.security.datakeys import DataKeys
 from pipeline.helpers import RECEIVED, process, reset, send, snapshot, use_rules
 
 
@@ -157,8 +158,10 @@ def test_event_with_only_placeholder_ids_is_quarantined_then_replayed(rt: Runtim
     process(rt)
     assert profile(rt, "anonymous_id:real")[0].counts["events"] == {"Fine": 1}
     with rt.db.read() as session:
-        waiting = quarantine.waiting(session)
-        assert [(q.message_id, "no usable identifier" in q.error) for q in waiting] == [("ghost-1", True)]
+        waiting, keys = quarantine.waiting(session), DataKeys.of(session)
+        assert [(q.message_id, "no usable identifier" in quarantine.error_of(keys, q)) for q in waiting] == [
+            ("ghost-1", True)
+        ]
     # A replay re-sends it; it fails again and stays visible, with its attempts counted.
     assert quarantine.replay(rt.db, rt.log) == 1
     process(rt)

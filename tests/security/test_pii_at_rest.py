@@ -1,5 +1,6 @@
 """Personal data that waits before any profile exists is encrypted at rest: events in the raw event log
-(no worker runs here, so they stay unprocessed) and rows an import rejected. The database files (SQLite:
+(no worker runs here, so they stay unprocessed), rows an import rejected, and the errors of both, which may
+quote the value that failed. The database files (SQLite:
 the database, its WAL and the log file; PostgreSQL: a pg_dump) hold none of the values sent, the readers
 get them back, and a payload altered or moved gives a clear error."""
 
@@ -14,6 +15,7 @@ import pytest
 from alembic import command
 from sqlalchemy import select, text, update
 
+from accord.consent.capture import CONSENT_EVENT
 from accord.console import service as console
 from accord.db import migrate
 from accord.db.base import utcnow
@@ -24,19 +26,22 @@ from accord.pipeline.worker import Worker
 from accord.profiles.service import resolve
 from accord.runtime import Runtime
 from accord.security import datakeys
-from accord.security.crypto import Undecryptable
+from accord.security.crypto import Undecryptable, is_ciphertext, key_id_of
 from accord.security.datakeys import DataKeys
 from accord.security.logkeys import LOG_KEY_PREFIX
 from accord.security.models import DataKey
 from accord.sources import imports
 from conftest import database_text, found
-from pipeline.helpers import send
+from pipeline.helpers import process, send
 from sources.importing import LOYALTY, run_import, write
 
 WAITING = ("zebulon.waiting@example.net", "Zebulon Waitwell", "+14155550123")
 REJECTED = ("quintus.rejected@example.org", "Quintus", "Rejectington")
 QUARANTINED = ("ottoline.quarantined@example.com", "Ottoline Quarantaine")
 NOTE = "Called about her divorce settlement; prefers the Ravensworth branch"
+# Values that end up quoted in an error text: in a typed field of an import, as a consent event's purpose.
+MISTYPED = "petronella.mistyped@example.org"
+MISPURPOSED = "barnabas.mispurposed@example.net"
 
 
 def _note(rt: Runtime) -> None:
@@ -92,12 +97,50 @@ def test_waiting_events_and_rejected_rows_hold_no_personal_data_in_clear(rt: Run
     assert reject["row"]["E-mail"] == REJECTED[0]
     assert reject["row"]["last"] == REJECTED[2]
     assert reject["reason"] == "field points: 'lots' is not an integer"
+    assert not found(stored, "'lots'")
     with rt.db.read() as session:
         assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
     # A quarantined event goes back to the log, sealed there too, when replayed.
     assert quarantine.replay(rt.db, rt.log) == 1
     assert _claimed(rt)[-1]["traits"] == {"email": QUARANTINED[0], "name": QUARANTINED[1]}
     assert not found(database_text(rt, tmp_path), QUARANTINED[0])
+
+
+def test_error_texts_that_quote_the_failed_value_are_sealed(rt: Runtime, tmp_path: Path) -> None:
+    csv = f"Customer ID,E-mail,first,last,points,joined,tier\n8,a@example.com,A,B,{MISTYPED},01/02/2020,gold\n"
+    run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
+    assert (run.read, run.rejected) == (1, 1)
+    consent = {"purpose": MISPURPOSED, "status": "given"}
+    send(rt, [{"type": "track", "userId": "u-c", "event": CONSENT_EVENT, "properties": consent, "messageId": "m-c"}])
+    assert process(rt) == 1
+
+    stored = database_text(rt, tmp_path)
+    assert [secret for secret in (MISTYPED, MISPURPOSED) if found(stored, secret)] == []
+    assert not found(stored, "is not an integer")  # the whole reason is sealed, not only the value in it
+    assert not found(stored, "in the catalogue")
+
+    # The operator still reads the whole error: the rejects (API, CLI) and the quarantine (CLI) open them.
+    with rt.db.read() as session:
+        keys = DataKeys.of(session)
+        (reject,) = [imports.reject_document(keys, r) for r in imports.rejects(session, run.id)]
+        (waiting,) = quarantine.waiting(session)
+        assert is_ciphertext(waiting.error)
+        error = quarantine.error_of(keys, waiting)
+    assert reject["reason"] == f"field points: '{MISTYPED}' is not an integer"
+    assert waiting.message_id == "m-c"
+    assert error == f"ConsentError unknown_purpose: no purpose '{MISPURPOSED}' in the catalogue"
+    # Each is bound to its row: moved to another, it does not open.
+    with rt.db.unit_of_work() as session:
+        (waiting,) = quarantine.waiting(session)
+        waiting.message_id = "m-other"
+        (row,) = imports.rejects(session, run.id)
+        row.position += 1
+    with rt.db.read() as session:
+        keys = DataKeys.of(session)
+        with pytest.raises(Undecryptable):
+            quarantine.error_of(keys, quarantine.waiting(session)[0])
+        with pytest.raises(Undecryptable):
+            imports.open_reject(keys, imports.rejects(session, run.id)[0])
 
 
 def test_an_altered_or_moved_log_payload_is_a_clear_error(rt: Runtime) -> None:
@@ -178,6 +221,15 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
     with rt.db.engine.begin() as connection:
         config.attributes["connection"] = connection
         config.attributes["keyring"] = rt.db.keyring
+        command.downgrade(config, "0025")  # opens the error texts
+    with rt.db.read() as session:
+        assert (
+            session.execute(text("SELECT reason FROM import_rejects")).scalar()
+            == "field points: 'no' is not an integer"
+        )
+        assert session.execute(text("SELECT error FROM quarantine")).scalar() == "ValueError: a fault in processing"
+    with rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
         command.downgrade(config, "0019")  # opens the rejects and (PostgreSQL) the log's payloads
     clear = orjson.dumps([{"type": "track", "userId": "u-m", "event": "Old", "properties": {"email": WAITING[0]}}])
     with rt.db.read() as session:
@@ -226,9 +278,13 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
         (reject,) = imports.rejects(session, run.id)
         assert set(reject.row or {}) == {"sealed"}
         assert imports.reject_document(DataKeys.of(session), reject)["row"]["E-mail"] == "x@example.com"
+        assert is_ciphertext(reject.reason)
+        assert imports.reject_document(DataKeys.of(session), reject)["reason"] == "field points: 'no' is not an integer"
         (waiting,) = quarantine.waiting(session)
         assert set(waiting.payload) == {"sealed"}
         assert quarantine.event_of(DataKeys.of(session), waiting)["traits"]["email"] == QUARANTINED[0]
+        assert key_id_of(waiting.error) == key_id_of(waiting.payload["sealed"])  # the log key of its event
+        assert quarantine.error_of(DataKeys.of(session), waiting) == "ValueError: a fault in processing"
         assert session.execute(text("SELECT text FROM profile_notes")).scalar().startswith("e1.p-noted.")
         assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
     migrate.upgrade(rt.db)  # nothing left to seal: a no-op
@@ -252,7 +308,9 @@ def test_a_record_that_never_opens_is_set_aside_and_the_log_moves_on(rt: Runtime
     assert rt.log.pending() == 0
     with rt.db.read() as session:
         (row,) = quarantine.waiting(session)
-        assert row.error.startswith(f"UnreadableLogRecord: event log record {first}: ")
+        assert quarantine.error_of(DataKeys.of(session), row).startswith(
+            f"UnreadableLogRecord: event log record {first}: "
+        )
         kept = quarantine.event_of(DataKeys.of(session), row)["accord_unreadable_log_record"]
         assert kept["seq"] == first
         assert base64.b64decode(kept["payload_base64"]) == altered

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from accord.runtime import Runtime
+from accord.security.datakeys import DataKeys
 from accord.sources import imports
 from accord.sources.connectors import FileInput
 from accord.sources.mapping import load_mapping
@@ -134,7 +135,8 @@ def test_rejected_rows_replay_through_a_fixed_mapping(rt: Runtime, tmp_path: Pat
     run = run_import(rt, write(tmp_path, "loyalty.csv", csv), LOYALTY)
     assert (run.read, run.imported, run.rejected) == (4, 2, 2)
     with rt.db.read() as session:
-        reasons = {r.position: r.reason for r in imports.rejects(session, run.id)}
+        keys = DataKeys.of(session)
+        reasons = {r.position: imports.open_reject(keys, r).reason for r in imports.rejects(session, run.id)}
     assert reasons == {2: "field points: 'abc' is not an integer", 4: "field joined: '2021-06-05' is not a date"}
     either = "coalesce(try_strptime(joined, '%d/%m/%Y'), try_cast(joined AS DATE))"
     fixed = LOYALTY.replace('parse_date: "%d/%m/%Y"', f'sql: "{either}"')

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from accord.runtime import Runtime
+from accord.security.datakeys import DataKeys
 from accord.sources import imports
 from accord.sources.connectors import FileInput, InputError
 from accord.sources.mapping import CsvOptions
@@ -22,7 +23,9 @@ TYPED = (
 
 def reasons(rt: Runtime, run_id: str) -> dict[tuple[str, int], str]:
     with rt.db.read() as session:
-        return {(r.origin, r.position): r.reason for r in imports.rejects(session, run_id, limit=1000)}
+        keys = DataKeys.of(session)
+        rows = imports.rejects(session, run_id, limit=1000)
+        return {(r.origin, r.position): imports.open_reject(keys, r).reason for r in rows}
 
 
 def test_wrong_encoding_rejects_the_line_and_the_right_one_reads_it(rt: Runtime, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ class QuarantinedEvent(Base):
     source_id: Mapped[str] = mapped_column(String(40))
     message_id: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
-    error: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)  # sealed under the log key too: it may quote the value that failed
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     quarantined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,4 +1,6 @@
-"""Quarantine: accepted events that failed processing, kept with their error until replayed."""
+"""Quarantine: accepted events that failed processing, kept with their error until replayed.
+
+Both the event and its error are sealed under the log key: an error may quote the value that failed."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from accord.ingest.models import QuarantinedEvent
 from accord.log.port import EventLog, NewRecord
 from accord.security.crypto import Undecryptable, aad, is_ciphertext
 from accord.security.datakeys import DataKeys
-from accord.security.logkeys import seal_waiting
+from accord.security.logkeys import waiting_key
 
 MAX_ERROR_LENGTH = 2000
 
@@ -28,8 +30,8 @@ def describe(error: BaseException) -> str:
     return f"{kind}: {error}"[:MAX_ERROR_LENGTH]
 
 
-def _aad(source_id: str, message_id: str) -> bytes:
-    return aad("quarantine", "payload", f"{source_id}\0{message_id}")
+def _aad(source_id: str, message_id: str, field: str = "payload") -> bytes:
+    return aad("quarantine", field, f"{source_id}\0{message_id}")
 
 
 def is_sealed(payload: Any) -> bool:
@@ -44,16 +46,25 @@ def event_of(keys: DataKeys, row: QuarantinedEvent) -> dict[str, Any]:
     return event
 
 
+def error_of(keys: DataKeys, row: QuarantinedEvent) -> str:
+    """A quarantined event's error in clear (Undecryptable when altered or moved to another row)."""
+    if not is_ciphertext(row.error):
+        raise Undecryptable(f"the error of quarantined event {row.id} is not sealed")
+    return keys.decrypt(row.error, _aad(row.source_id, row.message_id, "error")).decode()
+
+
 def put(session: Session, source_id: str, event: dict[str, Any], error: BaseException | str) -> None:
-    """Quarantine an event, sealed under the log key; a second failure of the same message updates its row."""
+    """Quarantine an event with its error, both sealed under the log key; a second failure of the same
+    message updates its row."""
     reason = error if isinstance(error, str) else describe(error)
     message_id = str(event.get("messageId", ""))
-    sealed = seal_waiting(session, orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS), _aad(source_id, message_id))
+    keys, key_id = DataKeys.of(session), waiting_key(session)
+    payload = orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS)
     values = {
         "source_id": source_id,
         "message_id": message_id,
-        "payload": {"sealed": sealed},
-        "error": reason,
+        "payload": {"sealed": keys.encrypt(key_id, payload, _aad(source_id, message_id))},
+        "error": keys.encrypt(key_id, reason.encode(), _aad(source_id, message_id, "error")),
         "attempts": 1,
         "quarantined_at": utcnow(),
         "replayed_at": None,

@@ -2,7 +2,7 @@
 quarantine's). The gateway cannot know the person when it acknowledges an event, so these are sealed under
 a shared log key, kept like every data key in `data_keys` (wrapped by the KEK, rewrapped by `accord keys
 rotate`, which also makes a new log key current). A log key's id starts with `log-`. Events quarantined
-after a failed processing are sealed under it too."""
+after a failed processing are sealed under it too, with their errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from accord.db.base import utcnow
 from accord.security.crypto import Keyring, Undecryptable, binary_key_id, open_bytes, seal_bytes
-from accord.security.datakeys import DataKeys, keyring_of
+from accord.security.datakeys import keyring_of
 from accord.security.models import DataKey
 
 if TYPE_CHECKING:
@@ -49,12 +49,11 @@ def current_log_key(session: Session) -> tuple[str, str, bytes] | None:
     return None if row is None else (row[0], row[1], bytes(row[2]))
 
 
-def seal_waiting(session: Session, plaintext: bytes, associated: bytes) -> str:
-    """Seal a record that waits before any profile exists (a quarantined event) under the current log key,
-    in this session's transaction; the text form, for JSON and text columns."""
+def waiting_key(session: Session) -> str:
+    """The key to seal a record that waits before any profile exists (a quarantined event and its error)
+    with: the current log key, made in this session's transaction when there is none yet."""
     found = current_log_key(session)
-    key_id = found[0] if found is not None else new_log_key(session)
-    return DataKeys.of(session).encrypt(key_id, plaintext, associated)
+    return found[0] if found is not None else new_log_key(session)
 
 
 class LogKeys:

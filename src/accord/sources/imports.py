@@ -423,7 +423,8 @@ def _reject_aad(field: str, run_id: str, origin: str, position: int) -> bytes:
 
 
 def _seal_rejects(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows with their personal part (the row as read, the line as read) sealed under the run's key."""
+    """The rows with their personal part (the row as read, the line as read, and the reason, which may quote
+    the value that failed) sealed under the run's key."""
     keys = DataKeys.of(session)
     sealed = []
     for r in rows:
@@ -437,6 +438,7 @@ def _seal_rejects(session: Session, rows: list[dict[str, Any]]) -> list[dict[str
                 if row is None
                 else {"sealed": keys.encrypt(key, orjson.dumps(row), _reject_aad("row", *place))},
                 "text": None if line is None else keys.encrypt(key, line.encode(), _reject_aad("text", *place)),
+                "reason": keys.encrypt(key, r["reason"].encode(), _reject_aad("reason", *place)),
             }
         )
     return sealed
@@ -446,16 +448,18 @@ def _seal_rejects(session: Session, rows: list[dict[str, Any]]) -> list[dict[str
 class RejectContent:
     row: dict[str, Any] | None
     text: str | None
+    reason: str
 
 
 def open_reject(keys: DataKeys, reject: ImportReject) -> RejectContent:
-    """A rejected row's content in clear (Undecryptable when altered, moved, or its key purged)."""
+    """A rejected row's content and reason in clear (Undecryptable when altered, moved, or its key purged)."""
     place = (reject.run_id, reject.origin, reject.position)
     row: dict[str, Any] | None = None
     if reject.row is not None:
         row = orjson.loads(keys.decrypt(str(reject.row.get("sealed", "")), _reject_aad("row", *place)))
     text_ = None if reject.text is None else keys.decrypt(reject.text, _reject_aad("text", *place)).decode()
-    return RejectContent(row=row, text=text_)
+    reason = keys.decrypt(reject.reason, _reject_aad("reason", *place)).decode()
+    return RejectContent(row=row, text=text_, reason=reason)
 
 
 def _put_rejects(session: Session, rows: list[dict[str, Any]], *, count: bool = False) -> int:
@@ -649,7 +653,7 @@ def reject_document(keys: DataKeys, reject: ImportReject) -> dict[str, Any]:
         "position": reject.position,
         "row": content.row,
         "text": content.text,
-        "reason": reject.reason,
+        "reason": content.reason,
         "replayed_by": reject.replayed_by,
     }
 

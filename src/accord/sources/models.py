@@ -66,7 +66,7 @@ class ImportReject(Base):
     position: Mapped[int] = mapped_column(BigInteger)
     row: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)  # the line as read, when the reader refused it
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)  # sealed too: it may quote the value that failed
     replayed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     __table_args__ = (UniqueConstraint("run_id", "origin", "position"),)
