@@ -17,11 +17,13 @@
 
 (c) Latency: a real `accord up` runs as a subprocess with the segments defined, and is offered a steady
     load (a batch of 10 every 10 ms = 1,000 events/s, open loop). Every fifth batch carries a probe: an
-    identify that moves a known user into or out of the `probe` segment. From the moment the POST is
-    acknowledged, GET /api/v1/profiles/user_id:.../segments is polled until the change shows. Every
+    identify that moves a known user into or out of the `probe` segment. Latency runs from the moment the
+    POST is acknowledged to the moment the change is visible. Every
     tenth batch (offset by three) carries a stage probe: an identify that moves a known user one stage on
-    in the `probe` journey (20 stages on a counter trait), polled through
-    GET /api/v1/profiles/user_id:.../journeys.
+    in the `probe` journey (20 stages on a counter trait). With `--probe sse` (the default) the change is
+    visible when it arrives on the change stream, GET /api/v1/stream?segment=probe&journey=probe, which
+    a service agent's screen would hold open; with `--probe poll`, when polling (every 5 ms per probe)
+    GET /api/v1/profiles/user_id:.../segments or .../journeys shows it.
 The last line of the output is one JSON object with every figure.
 """
 
@@ -75,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=int, default=1_000, help="offered load for latency, events/s (default 1,000)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of offered load (default 30)")
+    parser.add_argument(
+        "--probe", choices=("sse", "poll"), default="sse", help="how latency probes see a change (default sse)"
+    )
     parser.add_argument(
         "--parts", default="throughput,backfill,latency", help="what to run (default throughput,backfill,latency)"
     )
@@ -328,6 +333,60 @@ BATCH = 10
 PROBE_TIMEOUT = 10.0
 
 
+class StreamProbes:
+    """Probe changes as the change stream delivers them: each probe's latency runs from its acknowledgement
+    to its message, whichever of the two the client sees first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.expected: dict[tuple[str, str], float] = {}  # (profile id, change): acknowledged at
+        self.arrived: dict[tuple[str, str], float] = {}  # (profile id, change): message received at
+        self.segment_ms: list[float] = []
+        self.stage_ms: list[float] = []
+
+    def acknowledged(self, key: tuple[str, str], at: float) -> None:
+        if key in self.arrived:
+            self._seen(key, at, self.arrived.pop(key))
+        else:
+            self.expected[key] = at
+
+    def message(self, data: dict[str, Any]) -> None:
+        if data.get("segment") == "probe":
+            key = (data["profile_id"], f"segment:{data['kind']}")
+        elif data.get("journey") == "probe" and data.get("stage"):
+            key = (data["profile_id"], f"stage:{data['stage']}")
+        else:
+            return
+        now = self.loop.time()
+        if key in self.expected:
+            self._seen(key, self.expected.pop(key), now)
+        else:
+            self.arrived[key] = now
+
+    def _seen(self, key: tuple[str, str], acked: float, arrived: float) -> None:
+        into = self.segment_ms if key[1].startswith("segment:") else self.stage_ms
+        into.append(max(0.0, arrived - acked) * 1000)
+
+    async def listen(self, client: httpx.AsyncClient) -> None:
+        """Read the change stream for the probe segment and journey until cancelled, resuming each time
+        the server ends it (every 25 s) after the last id."""
+        last: str | None = None
+        while True:
+            try:
+                headers = {"Last-Event-ID": last} if last else {}
+                params = {"segment": "probe", "journey": "probe"}
+                async with client.stream("GET", "/api/v1/stream", params=params, headers=headers) as response:
+                    event_id: str | None = None
+                    async for line in response.aiter_lines():
+                        if line.startswith("id: "):
+                            event_id = line[4:]
+                        elif line.startswith("data: "):
+                            self.message(orjson.loads(line[6:]))
+                            last = event_id or last
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+
+
 def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     with (
         common.temp_dir("accord-bench-seglatency-", args.tmp) as data_dir,
@@ -378,6 +437,8 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
     visible: list[float] = []
     staged: list[float] = []
     unseen = unstaged = errors = 0
+    streamed = StreamProbes(loop) if args.probe == "sse" else None
+    profile_of: dict[str, str] = {}
 
     def probe(user: str, enter: bool) -> dict[str, Any]:
         value = f"{'in' if enter else 'out'}-{uuid.uuid4().hex}"
@@ -441,17 +502,31 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
             )
             calls = [*calls[:-1], move]
         acked = await post(calls)
-        if target is not None and acked is not None:
+        if acked is None:
+            return
+        if streamed is not None:
+            if target is not None:
+                streamed.acknowledged((profile_of[target[0]], f"segment:{'entered' if target[1] else 'exited'}"), acked)
+            if stage_target is not None:
+                streamed.acknowledged((profile_of[stage_target[0]], f"stage:s{stage_target[1]}"), acked)
+            return
+        if target is not None:
             await watch(*target, acked)
-        if stage_target is not None and acked is not None:
+        if stage_target is not None:
             await watch_stage(*stage_target, acked)
 
     try:
         for chunk in common.batches([probe(user, False) for user in users], 100):  # the probe users exist
             (await ingest.post("/v1/batch", content=orjson.dumps({"batch": chunk}))).raise_for_status()
         for user in users:
-            while (await api.get(f"/api/v1/profiles/user_id:{user}")).status_code != 200:
+            while (found := await api.get(f"/api/v1/profiles/user_id:{user}")).status_code != 200:
                 await asyncio.sleep(0.05)
+            profile_of[user] = found.json()["id"]
+        listening = None
+        if streamed is not None:
+            listening = asyncio.create_task(streamed.listen(api))
+            await asyncio.sleep(1.0)  # connected, and past what the stream holds from before the load
+            streamed.arrived.clear()
         tasks: set[asyncio.Task[None]] = set()
         started = loop.time() + 0.05
         for index in range(n_batches):
@@ -461,12 +536,21 @@ async def _offer_load(args: argparse.Namespace, base_url: str, write_key: str, t
             tasks.add(asyncio.create_task(send(index)))
         offered = loop.time() - started + interval
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=PROBE_TIMEOUT + 60)
+        if streamed is not None and listening is not None:
+            waited = loop.time() + PROBE_TIMEOUT
+            while streamed.expected and loop.time() < waited:
+                await asyncio.sleep(0.05)
+            listening.cancel()
+            visible, staged = streamed.segment_ms, streamed.stage_ms
+            unseen = sum(1 for _, change in streamed.expected if change.startswith("segment:"))
+            unstaged = len(streamed.expected) - unseen
     finally:
         await ingest.aclose()
         await api.aclose()
     pct = common.percentiles(visible)
     stage_pct = common.percentiles(staged)
     return {
+        "probe": args.probe,
         "offered_per_s": args.rate,
         "achieved_per_s": round(n_batches * BATCH / offered),
         "segments": args.segments + 1,
@@ -532,14 +616,19 @@ def main(argv: list[str] | None = None) -> int:
         met = lat["p99_ms"] is not None and lat["p99_ms"] < 50 and not lat["unseen"]
         st = lat["stage"]
         stage_met = st["p99_ms"] is not None and st["p99_ms"] < 50 and not st["unseen"]
+        how = (
+            ("on GET /api/v1/stream", "on GET /api/v1/stream")
+            if lat["probe"] == "sse"
+            else ("polling GET /api/v1/profiles/{ref}/segments", "polling GET /api/v1/profiles/{ref}/journeys")
+        )
         print(
             f"\nlatency (`accord up`, {lat['achieved_per_s']:,} of {lat['offered_per_s']:,} events/s offered, "
             f"{lat['segments']} segments, {lat['journeys']} journeys)\n"
-            f"  acknowledged -> segment change visible via GET /api/v1/profiles/{{ref}}/segments, "
+            f"  acknowledged -> segment change visible {how[0]}, "
             f"{lat['samples']} probes ({lat['unseen']} unseen, {lat['errors']} errors):\n"
             f"  p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms\n"
             f"  target p99 < 50 ms: {'met' if met else 'NOT met'}\n"
-            f"  acknowledged -> stage change visible via GET /api/v1/profiles/{{ref}}/journeys, "
+            f"  acknowledged -> stage change visible {how[1]}, "
             f"{st['samples']} probes ({st['unseen']} unseen):\n"
             f"  p50 {st['p50_ms']} ms, p95 {st['p95_ms']} ms, p99 {st['p99_ms']} ms, max {st['max_ms']} ms\n"
             f"  target p99 < 50 ms: {'met' if stage_met else 'NOT met'}"

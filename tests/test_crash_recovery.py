@@ -18,8 +18,10 @@ from sqlalchemy import func, select
 from accord.config import Settings
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime
+from accord.security.service import create_token
 from accord.sources.service import create_source
 from conftest import free_port
+from segments.test_segments_api import GOLD, create, ready
 
 
 def _env(settings: Settings, port: int) -> dict[str, str]:
@@ -201,3 +203,33 @@ def test_the_api_nudges_an_idle_worker_child(rt: Runtime, settings: Settings) ->
     with rt.db.read() as session:
         stored = sorted(session.scalars(select(ProfileEvent.message_id)).all())
     assert stored == ["first-0", "first-1", "second-0", "second-1"]
+
+
+def test_the_worker_child_wakes_the_apis_streams(rt: Runtime, settings: Settings) -> None:
+    """The streams of `accord up` poll only every minute here, longer than the wait below: a segment entry
+    still reaches an open stream, because the worker child reports each commit back to the API process."""
+    with rt.db.unit_of_work() as session:
+        write_key = create_source(session, name="wake").write_key
+        token = create_token(session, role="admin").token
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with (
+        accord_up(settings, port, ACCORD_STREAM_POLL_SECONDS="60"),
+        httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api,
+    ):
+        assert create(api, "gold", GOLD).status_code == 201
+        ready(api, "gold", timeout=60)
+
+        def upgrade() -> None:
+            event = {"userId": "kim", "traits": {"plan": "gold"}, "messageId": "wake-1"}
+            httpx.post(f"{base_url}/v1/identify", json=event, auth=(write_key, ""), timeout=30).raise_for_status()
+
+        received: list[bytes] = []
+        with api.stream("GET", "/api/v1/stream?segment=gold") as response:
+            assert response.status_code == 200
+            threading.Timer(0.3, upgrade).start()
+            for line in response.iter_lines():  # the stream ends by itself after 25 s
+                if line.startswith("data: "):
+                    received.append(line.encode())
+                    break
+    assert len(received) == 1 and b'"entered"' in received[0]

@@ -58,7 +58,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         thread = None
-        child = WorkerProcess() if worker == "process" else None
+        child = WorkerProcess(on_commit=rt.commits.notify) if worker == "process" else None
         if child is not None:
             child.start()
             rt.log.listeners.append(child.nudge)
@@ -71,6 +71,7 @@ def create_app(
                 wake=rt.log.appended,
                 consent=Capture(key=rt.signing, settings=settings),
                 segment_sweep_seconds=settings.segment_sweep_seconds,
+                on_commit=rt.commits.notify,
             )
             thread = threading.Thread(target=in_process.run, args=(stop,), name="accord-worker", daemon=True)
             thread.start()

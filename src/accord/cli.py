@@ -176,15 +176,17 @@ def worker(
     if parent_pid is not None:
         watch_parent(parent_pid, stop)
     tune_gc()
+    wake = None if wake_fd is None else SocketWake(wake_fd)
     try:
         Worker(
             db=rt.db,
             log=rt.log,
             batch_size=settings.worker_batch_size,
             poll_interval=settings.worker_poll_interval,
-            wake=None if wake_fd is None else SocketWake(wake_fd),
+            wake=wake,
             consent=Capture(key=rt.signing, settings=settings),
             segment_sweep_seconds=settings.segment_sweep_seconds,
+            on_commit=None if wake is None else wake.announce,
         ).run(stop)
     finally:
         rt.close()

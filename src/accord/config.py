@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     worker_poll_interval: float = Field(
         default=0.02, description="Seconds a worker waits for new log records when idle."
     )
+    stream_poll_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description="Seconds between a live stream's reads when no worker in this process or its child reports"
+        " commits (workers on other machines); with one that does, streams read as soon as it commits.",
+    )
     segment_sweep_seconds: float = Field(
         default=60.0, ge=0, description="How often workers re-evaluate time-window segments; 0: never."
     )

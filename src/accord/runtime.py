@@ -12,6 +12,7 @@ from accord.config import Settings
 from accord.consent.keys import SigningKey
 from accord.db.engine import Database
 from accord.log.sql import SqlEventLog
+from accord.pipeline.commits import Commits
 from accord.security.limits import RateLimits
 from accord.security.logkeys import LogKeys
 from accord.security.oidc import OidcConfig, OidcProvider
@@ -41,6 +42,7 @@ class Runtime:
     signing: SigningKey
     audit: AuditWriter = field(init=False)  # the audit records of reads, group-committed
     oidc: OidcProvider | None = None  # single sign-on, when ACCORD_OIDC_ISSUER is set
+    commits: Commits = field(default_factory=Commits)  # the pipeline's commits, which wake the live streams
 
     def __post_init__(self) -> None:
         self.audit = AuditWriter(self.db, self.signing)

@@ -7,14 +7,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from accord.db import migrate
+from accord.runtime import Runtime
 from accord.security.service import ROLES, create_token
-from conftest import LiveAccord
+from conftest import LiveAccord, make_settings, running_accord
 from segments.test_segments_api import GOLD, create, ready, track
 
 
@@ -118,3 +121,24 @@ def test_each_credential_as_documented(live: LiveAccord, credential: str) -> Non
                     expected = 403 if credential in ROLES else 401
                     assert response.status_code == expected, (url, credential)
                     assert response.json()["code"] in {"unauthorized", "forbidden"}
+
+
+def test_streams_read_when_the_worker_commits_not_only_at_their_poll(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With the poll set to a minute (longer than the wait below), a change still reaches an open stream: the in-process worker's
+    commit wakes it (accord.pipeline.commits)."""
+    rt = Runtime.create(make_settings(backend, tmp_path, request, stream_poll_seconds=60))
+    migrate.upgrade(rt.db)
+    try:
+        with running_accord(rt) as live, live.api() as api:
+            assert create(api, "gold", GOLD).status_code == 201
+            ready(api, "gold")
+
+            def upgrade() -> None:
+                track(live, [{"type": "identify", "userId": "kim", "traits": {"plan": "gold"}}])
+
+            found = collect(api, "/api/v1/stream?segment=gold", 1, during=upgrade)
+            assert [(data["segment"], data["kind"]) for _, _, data in found] == [("gold", "entered")]
+    finally:
+        rt.close()

@@ -6,7 +6,6 @@ history; pages are addressed by the pseudonymous profile id, and no page title n
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +39,8 @@ ReceiptReader = Annotated[Login, Depends(auth.require_login("analyst", "agent", 
 Agent = Annotated[Login, Depends(auth.require_login("agent"))]
 Admin = Annotated[Login, Depends(auth.require_login())]
 ProfileId = Annotated[str, Path(max_length=40, pattern=r"^[A-Za-z0-9_\-]+$")]
-POLL_SECONDS = 0.25  # how often the live timeline looks for new events
+POLL_SECONDS = 0.25  # how often the live timeline looks for new events when no worker reports commits
+MIN_GAP_SECONDS = 0.05  # and at most this often when one does (accord.pipeline.commits)
 STREAM_SECONDS = 25.0  # then the browser reconnects (with Last-Event-ID), so no stream outlives a logout long
 LOOKBACK_IDS = 1000  # on PostgreSQL ids can commit out of order; look back this far for ones not yet sent
 DONE = {
@@ -247,6 +247,7 @@ async def live(request: Request, profile_id: ProfileId, login: Reader, after: in
         cursor, sent = floor, set[int]()
         started = time.monotonic()
         while time.monotonic() - started < STREAM_SECONDS:
+            seen, polled = rt.commits.count, time.monotonic()
             items, moved, journeys = await run_in_threadpool(poll, cursor, sent)
             if moved is not None:
                 yield _sse("status", fragment("_moved.html", survivor=moved))
@@ -259,7 +260,7 @@ async def live(request: Request, profile_id: ProfileId, login: Reader, after: in
                 yield _sse("journeys", journeys)
             if len(sent) > 10 * LOOKBACK_IDS:
                 sent = {i for i in sent if i > cursor - LOOKBACK_IDS}
-            await asyncio.sleep(POLL_SECONDS)
+            await rt.commits.next_poll(seen, polled, every=POLL_SECONDS, min_gap=MIN_GAP_SECONDS)
         if await auth.current_login(request) is None:
             yield _sse("status", fragment("_ended.html"))
 

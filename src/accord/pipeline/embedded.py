@@ -3,7 +3,8 @@
 A process rather than a thread, so the API and the worker each get a core instead of sharing one
 interpreter lock. The child watches its parent and exits when the parent is gone (even by kill -9).
 Each commit of the event log nudges the child through a socket pair, so an idle worker starts on new
-events at once rather than at its next poll.
+events at once rather than at its next poll; the child answers on the same pair after each commit of its
+effects, which wakes the API's live streams (`accord.pipeline.commits`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -23,16 +25,20 @@ log = structlog.get_logger(__name__)
 
 
 class WorkerProcess:
-    def __init__(self) -> None:
+    def __init__(self, on_commit: Callable[[], None] | None = None) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._supervise, name="accord-worker-supervisor", daemon=True)
         self._nudges, self._woken = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._nudges.setblocking(False)
+        self._on_commit = on_commit
+        self._listen = threading.Thread(target=self._hear_commits, name="accord-worker-commits", daemon=True)
 
     def start(self) -> None:
         self._spawn()
         self._watch.start()
+        if self._on_commit is not None:
+            self._listen.start()
 
     def nudge(self) -> None:
         """Tell the worker there are new log records; never blocks (a full buffer: it is awake anyway)."""
@@ -44,6 +50,20 @@ class WorkerProcess:
         command = [sys.executable, "-m", "accord", "worker", "--parent-pid", str(os.getpid()), "--wake-fd", str(wake)]
         # Inherits the environment, so the same settings.
         self._process = subprocess.Popen(command, pass_fds=(wake,))
+
+    def _hear_commits(self) -> None:
+        assert self._on_commit is not None
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._nudges], [], [], 0.5)
+                if not ready:
+                    continue
+                while True:  # one call for every answer that has arrived
+                    self._nudges.recv(64)
+            except BlockingIOError:
+                self._on_commit()
+            except (OSError, ValueError):  # closed by stop()
+                return
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -94,6 +114,11 @@ class SocketWake:
     def wait(self, timeout: float | None = None) -> bool:
         ready, _, _ = select.select([self._socket], [], [], timeout)
         return bool(ready)
+
+    def announce(self) -> None:
+        """Tell the parent this worker committed (never blocks: with a full buffer it is told anyway)."""
+        with contextlib.suppress(OSError):
+            self._socket.send(b"c")
 
     def clear(self) -> None:
         """Drop the nudges that arrived meanwhile: one pass over the log takes them all."""

@@ -10,6 +10,7 @@ import base64
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,7 @@ class Worker:
     consent: Capture | None = None
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
     segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
+    on_commit: Callable[[], None] | None = None  # after each commit of effects: wakes the live streams
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
@@ -61,6 +63,7 @@ class Worker:
             try:
                 handled = self.run_once()
                 if handled == 0 and jobs.tick():
+                    self._committed()
                     continue
             except Exception as error:  # the database went away, say: wait, then carry on
                 log.warning("worker run failed; retrying", error=type(error).__name__)
@@ -111,7 +114,9 @@ class Worker:
         for attempt in range(RETRIES):
             try:
                 with self.db.unit_of_work() as session:
-                    return process_events(session, items, lock_rows=lock_rows, consent=self.consent)
+                    outcome = process_events(session, items, lock_rows=lock_rows, consent=self.consent)
+                self._committed()
+                return outcome
             except (StaleRead, IntegrityError, DBAPIError) as error:
                 if isinstance(error, DBAPIError) and "deadlock" in str(error.orig).lower():
                     self.deadlocks += 1
@@ -120,6 +125,10 @@ class Worker:
                 metrics.WORKER_RETRIES.inc()
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
         raise Contended(f"{len(items)} events conflicted with other workers {RETRIES} times")
+
+    def _committed(self) -> None:
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _process(self, items: list[Item]) -> Outcome:
         try:

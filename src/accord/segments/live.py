@@ -1,15 +1,17 @@
 """Live views as server-sent events: a profile's new timeline events, segment entries and exits and journey
 stage changes, and every segment and journey change (optionally of one segment or journey), as they commit.
 
-Each stream stays open for STREAM_SECONDS and then ends; EventSource clients reconnect by themselves and
-send the last id back (Last-Event-ID), so nothing is missed and no stream outlives a revoked token long.
+A stream polls the database when the pipeline reports a commit (`Runtime.commits`: a worker in this
+process or `accord up`'s child), at most every MIN_GAP_SECONDS, and otherwise every
+`ACCORD_STREAM_POLL_SECONDS` (workers elsewhere do not report). Each stream stays open for
+STREAM_SECONDS and then ends; EventSource clients reconnect by themselves and send the last id back
+(Last-Event-ID), so nothing is missed and no stream outlives a revoked token long.
 The routes stay out of the OpenAPI schema (a schema-driven client would wait out every stream); their
 roles are in docs/security.md and tested like the others.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -32,7 +34,7 @@ from accord.segments.models import SegmentTransition
 router = APIRouter(tags=["live"], include_in_schema=False)
 Rt = Annotated[Runtime, Depends(runtime)]
 Reader = Annotated[Principal, Depends(require_role("analyst", "agent"))]
-POLL_SECONDS = 0.1
+MIN_GAP_SECONDS = 0.01  # between two polls of one stream, however often the pipeline commits
 STREAM_SECONDS = 25.0
 LOOKBACK_IDS = 1000  # on PostgreSQL ids can commit out of order; look back this far for ones not yet sent
 HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
@@ -156,12 +158,13 @@ async def profile_stream(
         yield b"retry: 1000\n\n"
         started = time.monotonic()
         while time.monotonic() - started < STREAM_SECONDS:
+            seen, polled = rt.commits.count, time.monotonic()
             messages, done = await run_in_threadpool(poll)
             for message in messages:
                 yield message
             if done:
                 return
-            await asyncio.sleep(POLL_SECONDS)
+            await rt.commits.next_poll(seen, polled, every=rt.settings.stream_poll_seconds, min_gap=MIN_GAP_SECONDS)
 
     return _respond(stream())
 
@@ -218,8 +221,9 @@ async def changes_stream(
         yield b"retry: 1000\n\n"
         started = time.monotonic()
         while time.monotonic() - started < STREAM_SECONDS:
+            seen, polled = rt.commits.count, time.monotonic()
             for message in await run_in_threadpool(poll):
                 yield message
-            await asyncio.sleep(POLL_SECONDS)
+            await rt.commits.next_poll(seen, polled, every=rt.settings.stream_poll_seconds, min_gap=MIN_GAP_SECONDS)
 
     return _respond(stream())
