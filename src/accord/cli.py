@@ -660,6 +660,8 @@ def computed_trait(
         if sql is not None or sql_file is not None:
             with rt.db.unit_of_work() as session:
                 import_cli.define_sql_trait(rt, session, key=name, sql=text, pii=pii)
+            if pii:
+                rt.db.checkpoint_wal()  # values moved out of `traits` leave no older page behind (SQLite)
         claimed = sql_traits.claim(rt.db, name, now=utcnow())
         with rt.db.unit_of_work() as session:
             import_cli.audit_change(rt, session, "sql_trait.run", name, version=claimed.version, run_id=claimed.run_id)

@@ -1,12 +1,14 @@
 """Personal traits at rest. A profile's traits are stored in two columns: `traits`, the ones that are not
 personal data, in clear (segments can compare them in SQL), and `traits_enc`, the personal ones (email,
-phone, names, addresses, birth dates, IP addresses, and every trait a source mapping flags `pii: true`)
-as one ciphertext under the profile's data key, bound to its row (`profiles`, `traits_enc`, profile id).
+phone, names, addresses, birth dates, IP addresses, every trait a source mapping flags `pii: true`, and
+every SQL computed trait declared `pii`) as one ciphertext under the profile's data key, bound to its row
+(`profiles`, `traits_enc`, profile id).
 
 Readers put the two together (`Opener.traits`); writers split them again (`split`, `Opener.seal`). A
-profile written before this (or before a mapping flagged a trait) holds those traits in clear, and reads
-the same. Decrypted traits are remembered for the session's transaction only, keyed by their ciphertext,
-like the data keys: a profile read by the pipeline and then by its segments is decrypted once.
+profile written before a mapping flagged a trait holds it in clear, and reads the same; a trait whose
+definition becomes personal has its stored values moved at once (`seal_stored`). Decrypted traits are
+remembered for the session's transaction only, keyed by their ciphertext, like the data keys: a profile
+read by the pipeline and then by its segments is decrypted once.
 
 Names are found through a blind index per name word (`profile_words`): the keyed HMAC of each word of
 the `name`, `firstName` and `lastName` traits, case-folded. Equality per word only: "ann" finds
@@ -23,15 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import ColumnElement, Table, bindparam, delete, false, func, or_, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from accord.profiles.models import ProfileWord
+from accord.profiles.models import Profile, ProfileWord
 from accord.security.crypto import Keyring, Undecryptable, aad, is_ciphertext, key_id_of
 from accord.security.datakeys import DataKeys, keyring_of
 
 TABLE, FIELD = "profiles", "traits_enc"
 WORDS = cast(Table, ProfileWord.__table__)
+PROFILES = cast(Table, Profile.__table__)
 WORD_KIND = "name-word"  # what the blind index of a name word is keyed under, beside identifier types
 CACHE_SIZE = 20_000  # decrypted traits remembered per transaction
 MAX_WORDS = 20  # per profile: a name is a few words; a long text in a name trait is not indexed whole
@@ -81,14 +85,23 @@ def is_pii_name(name: str, flagged: Iterable[str] = ()) -> bool:
 
 
 def flagged_pii(session: Session) -> set[str]:
-    """Trait and property names that mappings (of import runs and of webhooks) flag `pii: true`."""
+    """Trait and property names that mappings (of import runs and of webhooks) flag `pii: true`, and the
+    traits whose definition declares them personal data (SQL computed traits with `pii`)."""
     from accord.sources.models import ImportRun, SourceMapping
 
-    names: set[str] = set()
+    names: set[str] = declared_pii(session)
     seen: set[bytes] = set()
     for column in (ImportRun.mapping, SourceMapping.document):
         _flags(session.scalars(select(column), execution_options={"yield_per": 500}), names, seen)
     return names
+
+
+def declared_pii(session: Session) -> set[str]:
+    """Traits whose definition says they are personal data: the SQL computed traits declared `pii` (the
+    declarative ones are computed when read, never stored)."""
+    from accord.sources.models import SqlTrait
+
+    return set(session.scalars(select(SqlTrait.key).where(SqlTrait.pii.is_(True))))
 
 
 def _flags(documents: Iterable[Any], names: set[str], seen: set[bytes]) -> None:
@@ -128,15 +141,19 @@ _personal_lock = threading.Lock()
 
 def personal(session: Session) -> Personal:
     """The personal traits now: one small aggregate read; the mappings are parsed again only after one
-    was added (mappings are versioned, import runs keep theirs: rows are only ever added)."""
-    from accord.sources.models import ImportRun, SourceMapping
+    was added (mappings are versioned, import runs keep theirs: rows are only ever added), or after a SQL
+    computed trait was declared `pii` or no longer is (the count of those and their latest change)."""
+    from accord.sources.models import ImportRun, SourceMapping, SqlTrait
 
+    declared = SqlTrait.pii.is_(True)
     stamp = tuple(
         session.execute(
             select(
                 select(func.max(SourceMapping.id)).scalar_subquery(),
                 select(func.max(SourceMapping.created_at)).scalar_subquery(),
                 select(func.count(ImportRun.id)).scalar_subquery(),
+                select(func.count(SqlTrait.key)).where(declared).scalar_subquery(),
+                select(func.max(SqlTrait.updated_at)).where(declared).scalar_subquery(),
             )
         ).one()
     )
@@ -235,6 +252,49 @@ class Opener:
         """The two columns' values for these traits: {"traits": ..., "traits_enc": ...}."""
         clear, private = split(traits, is_personal)
         return {"traits": clear, "traits_enc": self.seal(profile_id, private, previous)}
+
+
+def _holds(names: list[str], dialect: str) -> ColumnElement[bool]:
+    """Profiles whose clear `traits` hold one of these trait names (names are plain: letters, digits, _)."""
+    if not names:
+        return false()
+    if dialect == "postgresql":
+        return or_(*(type_coerce(PROFILES.c.traits, JSONB).has_key(name) for name in names))
+    return or_(*(func.json_type(PROFILES.c.traits, f'$."{name}"').is_not(None) for name in names))
+
+
+def seal_stored(session: Session, names: Iterable[str], *, batch: int = 500) -> int:
+    """Move the values of traits that have become personal (a definition declared `pii`) out of the profiles'
+    clear `traits` into `traits_enc`, sealed under each profile's key, in this session's transaction;
+    returns how many profiles changed. The rows are locked as the pipeline locks them (PostgreSQL), so a
+    worker writing one of them meanwhile finishes first, and its value is moved too."""
+    wanted = sorted(n for n in set(names) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", n))
+    if not wanted:
+        return 0
+    dialect = session.get_bind().dialect.name
+    is_personal = Personal(personal(session).flagged | frozenset(wanted))
+    opener = Opener.of(session)
+    p = PROFILES.c
+    changed, last = 0, ""
+    while True:
+        query = select(p.id, p.traits, p.traits_enc).where(p.id > last, _holds(wanted, dialect))
+        query = query.order_by(p.id).limit(batch)
+        rows = session.execute(query.with_for_update() if dialect == "postgresql" else query).all()
+        if not rows:
+            return changed
+        last = rows[-1][0]
+        opener.load(token for _, _, token in rows)
+        updates = []
+        for pid, clear, token in rows:
+            stored = opener.store(pid, opener.traits(pid, clear, token), is_personal, token)
+            updates.append({"pid": pid, "clear": stored["traits"], "sealed": stored["traits_enc"]})
+        session.execute(
+            PROFILES.update()
+            .where(p.id == bindparam("pid"))
+            .values(traits=bindparam("clear"), traits_enc=bindparam("sealed")),
+            updates,
+        )
+        changed += len(updates)
 
 
 def profile_traits(session: Session, profile: Any) -> dict[str, Any]:

@@ -503,9 +503,12 @@ def create_sql_trait(request: Request, body: SqlTraitCreate, rt: Rt, principal: 
                 create=True,
             )
             _audit(request, session, rt, principal, "sql_trait.create", row.key, version=row.version, pii=row.pii)
-            return _sql_read(session, row)
+            read = _sql_read(session, row)
     except sql_traits.SqlTraitError as error:
         raise _sql_fail(error) from None
+    if read.pii:
+        rt.db.checkpoint_wal()  # the values it moved out of `traits` leave no older page behind (SQLite)
+    return read
 
 
 @sql_router.post(
@@ -548,7 +551,7 @@ def put_sql_trait(request: Request, key: TraitKey, body: SqlTraitUpdate, rt: Rt,
             current = sql_traits.get(session, key)
             if current.pii and not has_pii_access(principal.role):
                 raise ApiError(403, "forbidden", f"the {principal.role} role may not change a trait that reads pii")
-            before = current.version
+            before, was_pii = current.version, current.pii
             row = sql_traits.save(
                 session,
                 key=key,
@@ -562,9 +565,12 @@ def put_sql_trait(request: Request, key: TraitKey, body: SqlTraitUpdate, rt: Rt,
             )
             if row.version != before:
                 _audit(request, session, rt, principal, "sql_trait.update", row.key, version=row.version, pii=row.pii)
-            return _sql_read(session, row)
+            read = _sql_read(session, row)
     except sql_traits.SqlTraitError as error:
         raise _sql_fail(error) from None
+    if read.pii and not was_pii:
+        rt.db.checkpoint_wal()  # the values it moved out of `traits` leave no older page behind (SQLite)
+    return read
 
 
 @sql_router.delete("/{key}", status_code=204, responses=WRITE_ERRORS, summary="Delete a SQL computed trait")

@@ -444,6 +444,8 @@ def schedule_computed(
                 data = _schedule_document(added)
         except (schedules.ScheduleError, sql_traits.SqlTraitError) as error:
             _fail(console, str(error))
+        if sql is not None and pii:
+            rt.db.checkpoint_wal()  # values moved out of `traits` leave no older page behind (SQLite)
     _print(data, as_json, console)
 
 

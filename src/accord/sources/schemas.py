@@ -109,7 +109,9 @@ class SqlTraitCreate(BaseModel):
 
     key: str = Field(pattern=SQL_KEY, description="The trait it sets: letters, digits and _, not starting with a digit")
     sql: str = Field(min_length=1, max_length=20_000, description="One SELECT over the analytical view")
-    pii: bool = Field(default=False, description="Reads personal data unmasked; its values are flagged as PII")
+    pii: bool = Field(
+        default=False, description="Reads personal data unmasked; its values are flagged as PII and stored encrypted"
+    )
     description: str = Field(default="", max_length=2000)
 
 

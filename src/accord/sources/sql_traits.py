@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from accord.db.engine import Database
 from accord.log.port import EventLog
-from accord.profiles import computed
+from accord.profiles import computed, private
 from accord.sources.models import Schedule, SqlTrait
 
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
@@ -83,7 +83,9 @@ def save(
     expected_version: int | None = None,
 ) -> SqlTrait:
     """Define (`create` True), change (False) or either (None) a SQL trait. A change that alters anything
-    is a new version; saving what is stored already changes nothing."""
+    is a new version; saving what is stored already changes nothing. A trait declared `pii` here (new, or
+    not `pii` before) is personal data from now on: the values profiles hold already move to their
+    encrypted traits in this transaction (accord.profiles.private)."""
     try:
         query = computed.check(key, sql)
     except computed.ComputedTraitError as error:
@@ -93,6 +95,7 @@ def save(
     if description is not None and "\x00" in description:
         raise SqlTraitError(422, "invalid_sql_trait", "a description may not hold a NUL character (\\u0000)")
     row = session.get(SqlTrait, key)
+    was_pii = row is not None and row.pii
     if create is True and row is not None:
         raise SqlTraitError(409, "sql_trait_exists", f"SQL computed trait {key!r} exists; change it with PUT")
     if create is False and row is None:
@@ -122,6 +125,8 @@ def save(
             row.updated_at = now
             row.actor = actor[:100]
     session.flush()
+    if row.pii and not was_pii:
+        private.seal_stored(session, [key])
     return row
 
 
@@ -167,7 +172,9 @@ class Claimed:
 
 
 def claim(db: Database, key: str, *, now: datetime) -> Claimed:
-    """Take the trait for one run (404 if it is unknown, 409 if a run of it is under way)."""
+    """Take the trait for one run (404 if it is unknown, 409 if a run of it is under way). A trait declared
+    `pii` first has any value still stored in clear moved to the encrypted traits: one a worker wrote while
+    the trait was being declared so."""
     with db.unit_of_work() as session:
         row = get(session, key)
         taken = session.execute(
@@ -180,7 +187,11 @@ def claim(db: Database, key: str, *, now: datetime) -> Claimed:
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             raise SqlTraitError(409, "run_in_progress", f"a run of {key!r} is under way; try again when it is done")
-        return Claimed(row.key, row.version, row.sql, row.pii, computed.new_run_id())
+        moved = private.seal_stored(session, [row.key]) if row.pii else 0
+        claimed = Claimed(row.key, row.version, row.sql, row.pii, computed.new_run_id())
+    if moved:
+        db.checkpoint_wal()  # no older page with the values in clear stays behind (SQLite)
+    return claimed
 
 
 def run(db: Database, log: EventLog, claimed: Claimed, *, folder: Path, now: datetime) -> computed.ComputedRun:
