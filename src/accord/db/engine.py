@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import Settings
@@ -18,6 +21,21 @@ from accord.security.crypto import Keyring
 
 def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+CONFLICT_WORDS = ("deadlock", "could not serialize", "locked", "busy")
+
+
+def conflicted(error: DBAPIError) -> bool:
+    """Whether another transaction got in the way (a key it wrote meanwhile, a deadlock, a serialization
+    failure, a busy SQLite): the transaction is worth another try, after a `backoff`."""
+    return isinstance(error, IntegrityError) or any(word in str(error.orig).lower() for word in CONFLICT_WORDS)
+
+
+def backoff(attempt: int, *, base: float, cap: float = 0.5) -> None:
+    """Wait before trying a conflicted transaction again: a random while up to `base` * 2**`attempt`
+    seconds, at most `cap`, so that the transactions that collided do not collide again in step."""
+    time.sleep(random.uniform(0, min(cap, base * 2**attempt)))
 
 
 class Database:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import random
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from accord.audit.service import Actor, record_audit
 from accord.db.base import utcnow
+from accord.db.engine import backoff, conflicted
 from accord.errors import PROFILE_ERRORS, PROFILE_WRITE_ERRORS, ApiError, documented
 from accord.identity import history as merges
 from accord.identity import linkage, service
@@ -253,14 +252,6 @@ def get_reviews(
         )
 
 
-def _retryable(error: DBAPIError) -> bool:
-    """A key written meanwhile, a deadlock, a serialization failure or a busy SQLite: worth another try."""
-    text = str(error.orig).lower()
-    return isinstance(error, IntegrityError) or any(
-        word in text for word in ("deadlock", "could not serialize", "locked", "busy")
-    )
-
-
 def _decide(rt: Runtime, who: Actor, review_id: int, reason: str, *, accept: bool) -> ReviewRead:
     decide = linkage.accept if accept else linkage.reject
     for attempt in range(DECISION_ATTEMPTS):
@@ -289,11 +280,11 @@ def _decide(rt: Runtime, who: Actor, review_id: int, reason: str, *, accept: boo
         except linkage.LinkageError as error:
             raise ApiError(error.status, error.code, str(error)) from None
         except (StaleRead, DBAPIError) as error:  # another merge took one of the profiles meanwhile: read again
-            if isinstance(error, DBAPIError) and not _retryable(error):
+            if isinstance(error, DBAPIError) and not conflicted(error):
                 raise
             if attempt == DECISION_ATTEMPTS - 1:
                 raise ApiError(409, "profile_changed", "the profiles changed meanwhile; try again") from None
-            time.sleep(random.uniform(0, min(0.5, 0.02 * 2**attempt)))
+            backoff(attempt, base=0.02)
     raise AssertionError("unreachable")
 
 

@@ -9,7 +9,6 @@ the limits, and undone by the ordinary unmerge.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +16,10 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from accord.db.engine import Database
+from accord.db.engine import Database, backoff, conflicted
 from accord.identity import match_index, training
 from accord.identity.match_index import LoadedModel, current_model
 from accord.identity.matching import MatchSettings, Weights, level_labels, prepare, score
@@ -36,7 +35,7 @@ MATCH_SOURCE = "accord:identity"
 MATCH_EVENT = "Profiles Matched"
 PER_KEY = 200  # candidates read per blocking key
 LINK_BATCH = 200
-RETRIES = 5
+RETRIES = 8  # attempts of a chunk that other transactions conflict with (backoff up to 0.5 s)
 PROFILES = cast(Table, Profile.__table__)
 
 
@@ -194,6 +193,11 @@ def apply_links(session: Session, links: Sequence[Link], *, now: datetime, actor
     rules = current_rules(session)
     live = live_ids(session, [pid for link in links for pid in (link.left_id, link.right_id)])
     anchors = _anchors(session, set(live.values()), rules.rank)
+    unanchored = {pid: live_id for pid, live_id in live.items() if live_id not in anchors}
+    if unanchored and live_ids(session, list(unanchored)) != unanchored:
+        # Merged meanwhile (its identifiers moved to the survivor between the two reads): not a profile
+        # without identifiers, which no link can name; read again rather than report the pair blocked.
+        raise StaleRead("a profile of a linked pair was merged meanwhile")
     events = []
     for n, link in enumerate(links):
         left, right = live.get(link.left_id), live.get(link.right_id)
@@ -417,10 +421,10 @@ def _merge_chunk(
                     ],
                 )
             return links
-        except (StaleRead, IntegrityError, DBAPIError):
-            if attempt == RETRIES - 1:
+        except (StaleRead, DBAPIError) as error:
+            if attempt == RETRIES - 1 or (isinstance(error, DBAPIError) and not conflicted(error)):
                 raise
-            time.sleep(random.uniform(0, 0.01 * 2**attempt))
+            backoff(attempt, base=0.01)
     return []
 
 

@@ -7,19 +7,17 @@ processor drops what is already stored (dedupe by messageId), so every event tak
 from __future__ import annotations
 
 import base64
-import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from accord import metrics
 from accord.consent.capture import Capture
-from accord.db.engine import Database
+from accord.db.engine import Database, backoff, conflicted
 from accord.ingest import quarantine
 from accord.journeys import service as journeys
 from accord.log.port import Delivery, EventLog
@@ -117,13 +115,13 @@ class Worker:
                     outcome = process_events(session, items, lock_rows=lock_rows, consent=self.consent)
                 self._committed()
                 return outcome
-            except (StaleRead, IntegrityError, DBAPIError) as error:
+            except (StaleRead, DBAPIError) as error:
                 if isinstance(error, DBAPIError) and "deadlock" in str(error.orig).lower():
                     self.deadlocks += 1
-                if isinstance(error, DBAPIError) and not isinstance(error, IntegrityError) and not _transient(error):
+                if isinstance(error, DBAPIError) and not conflicted(error):
                     raise
                 metrics.WORKER_RETRIES.inc()
-                time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+                backoff(attempt, base=0.01)
         raise Contended(f"{len(items)} events conflicted with other workers {RETRIES} times")
 
     def _committed(self) -> None:
@@ -187,11 +185,6 @@ class Contended(Exception):
 
 def _items(deliveries: list[Delivery]) -> list[Item]:
     return [(d.source_id, event) for d in deliveries if d.unreadable is None for event in d.events]
-
-
-def _transient(error: DBAPIError) -> bool:
-    text = str(error.orig).lower()
-    return any(word in text for word in ("deadlock", "could not serialize", "locked", "busy"))
 
 
 def _count(outcome: Outcome) -> None:
