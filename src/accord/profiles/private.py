@@ -284,6 +284,7 @@ def seal_stored(session: Session, names: Iterable[str], *, batch: int = 500) -> 
             return changed
         last = rows[-1][0]
         opener.load(token for _, _, token in rows)
+        opener.keys.create(pid for pid, _, _ in rows)  # in one go: each is sealed under its profile's key
         updates = []
         for pid, clear, token in rows:
             stored = opener.store(pid, opener.traits(pid, clear, token), is_personal, token)
