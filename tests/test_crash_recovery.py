@@ -232,4 +232,5 @@ def test_the_worker_child_wakes_the_apis_streams(rt: Runtime, settings: Settings
                 if line.startswith("data: "):
                     received.append(line.encode())
                     break
-    assert len(received) == 1 and b'"entered"' in received[0]
+    assert len(received) == 1
+    assert b'"entered"' in received[0]

@@ -126,8 +126,8 @@ def test_each_credential_as_documented(live: LiveAccord, credential: str) -> Non
 def test_streams_read_when_the_worker_commits_not_only_at_their_poll(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """With the poll set to a minute (longer than the wait below), a change still reaches an open stream: the in-process worker's
-    commit wakes it (accord.pipeline.commits)."""
+    """With the poll set to a minute (longer than the wait below), a change still reaches an open stream:
+    the in-process worker's commit wakes it (accord.pipeline.commits)."""
     rt = Runtime.create(make_settings(backend, tmp_path, request, stream_poll_seconds=60))
     migrate.upgrade(rt.db)
     try:
