@@ -4,8 +4,9 @@
 chain's checkpoints and head, and walks a long chain in ranges, one process per range, the report being
 the one a single walk gives (each range starts from the record stored just before it). What differs
 between the chains is described by a `ChainTable`: which table, which columns repeat body fields, what a
-chain checks beyond the links (the consent ledger's evidence). It holds names and module-level functions
-only, so that it can be handed to another process.
+chain checks beyond the links (the consent ledger's evidence, which it opens with data keys). It holds names
+and module-level functions only, so that it can be handed to another process; so is the key provider a
+verification is given (the file provider travels as its path: each process opens the key file itself).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import multiprocessing
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from accord import hashchain
@@ -38,10 +39,22 @@ class ChainTable:
     checkpoint: type[Any]
     messages: hashchain.MacMessages
     checkpoint_typ: str
-    more_columns: str = ""  # for `attachment`: ", e.salt, e.body"
+    more_columns: str = ""  # for `attachments`: ", e.record_id, e.salt, e.body"
     join: str = ""  # and where they come from: " LEFT JOIN consent_evidence e ON e.record_id = r.id"
-    attachment: Callable[[tuple[Any, ...]], Any] | None = None  # from those columns, for `extra`
+    # From those columns (in each stored row from the index given), a chunk of rows at a time so that keys are
+    # read in bulk: what `extra` gets of each row.
+    attachments: Callable[[list[Any], int, Lookup], list[Any]] | None = None
     extra: hashchain.Extra | None = None
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What `attachments` may use in the process that walks a range: the walk's connection (a query per
+    chunk), the key provider the verification was given (None: none), and a cache that lasts the walk."""
+
+    connection: Connection
+    keys: Any
+    cache: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +75,11 @@ def verify(
     batch: int = 20_000,
     workers: int = 1,
     min_per_worker: int = PARALLEL_MIN_RECORDS // 2,
+    keys: Any = None,
 ) -> Verification:
     """Walk the whole chain, its checkpoints and head; stop at the first problem and name it. With
-    `workers` > 1 and a long chain, consecutive ranges are walked in that many processes at once."""
+    `workers` > 1 and a long chain, consecutive ranges are walked in that many processes at once. `keys`
+    (a key provider, or None) is handed to the chain's `attachments` in each of them."""
     with Session(engine) as session:
         checkpoints = {
             row.seq: hashchain.Signed(row.seq, row.hash, row.signed_at, _signed(key, chain, row))
@@ -79,13 +94,13 @@ def verify(
     if bad_signature is not None:
         return Verification(first_bad=bad_signature)
     if len(ranges) == 1:
-        walked = [_walk(engine, chain, ranges[0], mac_key=key.mac_key, checkpoints=checkpoints, batch=batch)]
+        walked = [_walk(engine, chain, ranges[0], mac_key=key.mac_key, checkpoints=checkpoints, batch=batch, keys=keys)]
     else:
         url = engine.url.render_as_string(hide_password=False)
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
         with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as pool:
             futures = [
-                pool.submit(_walk_elsewhere, url, chain, part, key.mac_key, checkpoints, batch) for part in ranges
+                pool.submit(_walk_elsewhere, url, chain, part, key.mac_key, checkpoints, batch, keys) for part in ranges
             ]
             walked = [future.result() for future in futures]
     report = hashchain.join(walked)
@@ -120,7 +135,7 @@ def _ranges(session: Session, chain: ChainTable, last_seq: int, parts: int) -> l
     return found
 
 
-def _rows(engine: Engine, chain: ChainTable, batch: int, part: _Range) -> Generator[tuple[Any, ...]]:
+def _rows(connection: Connection, chain: ChainTable, batch: int, part: _Range) -> Generator[list[Any]]:
     columns = ", ".join(f"r.{name}" for name in ("seq", *chain.mirrored, "body", "hash", "mac")) + chain.more_columns
     query = text(
         f"SELECT {columns} FROM {chain.table} r{chain.join}"  # noqa: S608 (names from the code; bounds are bound)
@@ -130,12 +145,9 @@ def _rows(engine: Engine, chain: ChainTable, batch: int, part: _Range) -> Genera
     bounds = {"after": after, "upto": _NO_SEQ_ABOVE if part.upto is None else part.upto}
     # Closed explicitly: verification stops at the first problem, and PostgreSQL's server-side cursor
     # must not outlive it.
-    with (
-        engine.connect() as connection,
-        connection.execution_options(stream_results=True, yield_per=batch).execute(query, bounds) as result,
-    ):
+    with connection.execution_options(stream_results=True, yield_per=batch).execute(query, bounds) as result:
         for chunk in result.partitions(batch):
-            yield from chunk
+            yield list(chunk)
 
 
 def _walk(
@@ -146,17 +158,25 @@ def _walk(
     mac_key: MacKey,
     checkpoints: dict[int, hashchain.Signed],
     batch: int,
+    keys: Any = None,
 ) -> Verification:
-    width = len(chain.mirrored)
+    # Each stored row: seq, the mirrored columns, body, hash, mac, then `more_columns`.
+    names, end = chain.mirrored, 1 + len(chain.mirrored)
+    body_at, hash_at, mac_at = end, end + 1, end + 2
 
-    def rows(stored: Iterator[tuple[Any, ...]]) -> Iterator[hashchain.Row]:
-        for seq, *rest in stored:
-            mirrored, (body, digest, mac), more = rest[:width], rest[width : width + 3], tuple(rest[width + 3 :])
-            columns = dict(zip(chain.mirrored, mirrored, strict=True))
-            attachment = None if chain.attachment is None else chain.attachment(more)
-            yield hashchain.Row(seq, mirrored[0], body, digest, mac, columns, attachment)
+    def rows(stored: Iterator[list[Any]]) -> Iterator[hashchain.Row]:
+        for chunk in stored:
+            attached = [None] * len(chunk) if chain.attachments is None else chain.attachments(chunk, end + 3, lookup)
+            for row, attachment in zip(chunk, attached, strict=True):
+                columns = dict(zip(names, row[1:end], strict=True))
+                yield hashchain.Row(row[0], row[1], row[body_at], row[hash_at], row[mac_at], columns, attachment)
 
-    with closing(_rows(engine, chain, batch, part)) as stored:
+    # A read: on SQLite, a plain BEGIN rather than the write lock the engine takes for a unit of work.
+    with (
+        engine.connect().execution_options(accord_read_only=True) as connection,
+        closing(_rows(connection, chain, batch, part)) as stored,
+    ):
+        lookup = Lookup(connection, keys)
         return hashchain.walk(
             rows(stored),
             expected=part.expected,
@@ -169,11 +189,17 @@ def _walk(
 
 
 def _walk_elsewhere(
-    url: str, chain: ChainTable, part: _Range, mac_key: MacKey, checkpoints: dict[int, hashchain.Signed], batch: int
+    url: str,
+    chain: ChainTable,
+    part: _Range,
+    mac_key: MacKey,
+    checkpoints: dict[int, hashchain.Signed],
+    batch: int,
+    keys: Any,
 ) -> Verification:
-    """`_walk` in a process of its own, with an engine of its own."""
+    """`_walk` in a process of its own, with an engine of its own (and the key provider, opened here)."""
     engine = create_engine(url)
     try:
-        return _walk(engine, chain, part, mac_key=mac_key, checkpoints=checkpoints, batch=batch)
+        return _walk(engine, chain, part, mac_key=mac_key, checkpoints=checkpoints, batch=batch, keys=keys)
     finally:
         engine.dispose()

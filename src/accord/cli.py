@@ -381,7 +381,8 @@ def consent_verify(
 ) -> None:
     """Walk the whole consent ledger; exit 1 and name the first bad record if anything was tampered with."""
     with _consent_runtime() as (db, key, _):
-        report = consent_ledger.verify(db.engine, key=key, workers=workers)
+        keys = None if db.keyring is None else db.keyring.provider
+        report = consent_ledger.verify(db.engine, key=key, keys=keys, workers=workers)
     bad = report.first_bad
     data = {
         "ok": report.ok,

@@ -83,7 +83,7 @@ class Verification:
         return self.first_bad is None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per record walked, and a frozen one costs twice as much to make
 class Row:
     """One stored record as verification reads it; `columns` repeat body fields for queries."""
 

@@ -14,6 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from accord.cli import app as cli
+from accord.consent import service
+from accord.db.base import utcnow
 from accord.runtime import Runtime
 from accord.security.service import create_token
 from consent.world import ConsentWorld, consent_world
@@ -305,6 +307,39 @@ def test_extra_or_reserved_fields_are_refused(world: ConsentWorld, changes: dict
 def test_oversized_fields_are_refused(world: ConsentWorld, changes: dict[str, Any]) -> None:
     response = world.record(**given_body(**changes))
     assert (response.status_code, response.json()["code"]) == (422, "invalid_request"), response.text
+    assert history(world) == []
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [{"ip": 5}, {"user_agent": ["Mozilla"]}, {"note": {"a": 1}}, {"reference": None, "ip": True}, "203.0.113.9", [1]],
+)
+def test_malformed_evidence_is_refused(world: ConsentWorld, evidence: Any) -> None:
+    response = world.record(**given_body(evidence=evidence))
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_request"), response.text
+    assert history(world) == []
+
+
+def test_evidence_too_large_for_the_ledger_is_refused(world: ConsentWorld) -> None:
+    """The pipeline and the preference centre record through the service, which caps the evidence's JSON."""
+    rt = world.live.rt
+    statement = service.Statement(
+        purpose="marketing",
+        channel="email",
+        status="refused",
+        method="banner",
+        evidence={"ip": "203.0.113.9", "user_agent": "u" * service.MAX_EVIDENCE},
+    )
+    with pytest.raises(service.ConsentError) as refused, rt.db.unit_of_work() as session:
+        service.record(
+            session,
+            [(world.profile_id, statement)],
+            actor={"type": "system", "id": "t"},
+            key=rt.signing,
+            settings=rt.settings,
+            now=utcnow(),
+        )
+    assert refused.value.code == "evidence_too_large"
     assert history(world) == []
 
 

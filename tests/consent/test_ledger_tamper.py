@@ -27,6 +27,7 @@ from accord.consent.keys import SigningKey
 from accord.consent.models import Checkpoint, LedgerRecord
 from accord.db.base import utcnow
 from accord.runtime import Runtime
+from accord.security.datakeys import DataKeys
 from accord.security.service import create_token
 from consent.world import ConsentWorld, consent_world
 
@@ -116,6 +117,12 @@ def tamper(rt: Runtime, *statements: tuple[str, dict[str, Any]]) -> None:
             connection.exec_driver_sql(sql)
 
 
+def verify(rt: Runtime, **options: Any) -> ledger.Verification:
+    """`ledger.verify` as Accord runs it: with the key provider, so that it opens each record's evidence."""
+    assert rt.db.keyring is not None
+    return ledger.verify(rt.db.engine, key=rt.signing, keys=rt.db.keyring.provider, **options)
+
+
 def row(rt: Runtime, seq: int) -> dict[str, Any]:
     with rt.db.engine.connect() as connection:
         found = connection.execute(text("SELECT * FROM consent_ledger WHERE seq = :seq"), {"seq": seq}).mappings()
@@ -192,6 +199,52 @@ def edit_the_evidence(chain: Chain) -> None:
             {"body": rfc8785.dumps({"ip": "198.51.100.1", "reference": "form-7"}), "id": chain.ids[7]},
         )
         assert changed.rowcount == 1
+
+
+def evidence_of(chain: Chain, seq: int) -> bytes:
+    with chain.rt.db.engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT body FROM consent_evidence WHERE record_id = :id"), {"id": chain.ids[seq]}
+        ).scalar_one()
+    return bytes(stored)
+
+
+def store_evidence(chain: Chain, seq: int, body: bytes) -> None:
+    with chain.rt.db.engine.begin() as connection:
+        changed = connection.execute(
+            text("UPDATE consent_evidence SET body = :body WHERE record_id = :id"), {"body": body, "id": chain.ids[seq]}
+        )
+        assert changed.rowcount == 1
+
+
+def flip_a_sealed_evidence_byte(chain: Chain) -> None:
+    sealed = evidence_of(chain, 7)
+    assert sealed.startswith(f"e1.{chain.world.profile_id}.".encode())
+    store_evidence(chain, 7, sealed[:-1] + bytes([sealed[-1] ^ 0x01]))
+
+
+def move_sealed_evidence(chain: Chain) -> None:
+    """Record 8's sealed evidence copied over record 7's: same data key, but bound to record 8."""
+    store_evidence(chain, 7, evidence_of(chain, 8))
+
+
+def reseal_other_evidence(chain: Chain) -> None:
+    """Someone who holds the keys seals other evidence for record 7: it opens, but its digest differs."""
+    with chain.rt.db.unit_of_work() as session:
+        keys = DataKeys.of(session)
+        other = rfc8785.dumps({"ip": "198.51.100.1", "reference": "form-7"})
+        sealed = ledger.seal_evidence(keys, chain.ids[7], chain.world.profile_id, other)
+    store_evidence(chain, 7, sealed)
+
+
+def truncate_sealed_evidence(chain: Chain) -> None:
+    store_evidence(chain, 7, evidence_of(chain, 7)[:20])
+
+
+def destroy_the_evidence_key(chain: Chain) -> None:
+    """The profile's data key deleted while its evidence stays: no erasure does that (it deletes both)."""
+    with chain.rt.db.engine.begin() as connection:
+        connection.execute(text("DELETE FROM data_keys WHERE id = :id"), {"id": chain.world.profile_id})
 
 
 def delete_a_middle_row(chain: Chain) -> None:
@@ -301,6 +354,13 @@ TAMPERINGS = {
     "body edited and rehashed": Tampering(edit_body_and_rehash, 7, 7, "MAC does not verify"),
     "status column edited": Tampering(edit_the_status_column, 7, 7, "status column differs"),
     "evidence edited": Tampering(edit_the_evidence, 7, 7, "evidence was changed"),
+    "sealed evidence byte flipped": Tampering(
+        flip_a_sealed_evidence_byte, 7, 7, "evidence does not open: it was altered"
+    ),
+    "sealed evidence moved": Tampering(move_sealed_evidence, 7, 7, "moved from another record"),
+    "evidence resealed": Tampering(reseal_other_evidence, 7, 7, "evidence was changed"),
+    "sealed evidence truncated": Tampering(truncate_sealed_evidence, 7, 7, "evidence does not open"),
+    "evidence key destroyed": Tampering(destroy_the_evidence_key, 1, 1, "its data key was destroyed"),
     "middle row deleted": Tampering(delete_a_middle_row, 10, None, "record 10 is missing"),
     "forged row appended": Tampering(append_a_forged_row, 21, "forged-21", "MAC does not verify"),
     "two rows swapped": Tampering(swap_two_rows, 5, 5, "says it is number 6"),
@@ -313,7 +373,7 @@ TAMPERINGS = {
 
 
 def test_a_clean_ledger_verifies(chain: Chain, tmp_path: Path) -> None:
-    report = ledger.verify(chain.rt.db.engine, key=chain.rt.signing)
+    report = verify(chain.rt)
     assert report.ok, report.first_bad
     assert (report.records, report.evidence_checked, report.head_seq) == (RECORDS, RECORDS, RECORDS)
     assert report.head_hash == row(chain.rt, RECORDS)["hash"]
@@ -331,7 +391,7 @@ def test_a_clean_ledger_verifies(chain: Chain, tmp_path: Path) -> None:
     }
     code, printed = cli_verify(chain.rt, tmp_path)
     assert (code, printed) == (0, answer)
-    assert ledger.verify(chain.rt.db.engine, key=chain.rt.signing, workers=3, min_per_worker=1) == report
+    assert verify(chain.rt, workers=3, min_per_worker=1) == report
 
 
 def test_verification_is_for_auditors_and_admins(chain: Chain) -> None:
@@ -351,15 +411,35 @@ def test_erased_evidence_still_verifies(chain: Chain) -> None:
     """Erasure deletes the personal data; the chain keeps its digest and stays whole."""
     with chain.rt.db.engine.begin() as connection:
         connection.execute(text("DELETE FROM consent_evidence WHERE record_id = :id"), {"id": chain.ids[7]})
-    report = ledger.verify(chain.rt.db.engine, key=chain.rt.signing)
+    report = verify(chain.rt)
     assert report.ok, report.first_bad
     assert (report.records, report.evidence_checked) == (RECORDS, RECORDS - 1)
+
+
+def test_evidence_is_sealed_and_the_chain_verifies_without_the_keys(chain: Chain) -> None:
+    """Each evidence is sealed under its profile's data key; the chain holds the digest of its plaintext, so
+    without any data key the chain still verifies (the evidence is then not checked)."""
+    for seq in (1, 7, RECORDS):
+        sealed = evidence_of(chain, seq)
+        assert sealed.startswith(f"e1.{chain.world.profile_id}.".encode())
+        assert f"203.0.113.{seq}".encode() not in sealed
+    with chain.rt.db.read() as session:
+        shown = [evidence for _, _, evidence in service.history(session, [chain.world.profile_id])]
+    assert shown[6] == {"ip": "203.0.113.7", "reference": "form-7"}
+    blind = ledger.verify(chain.rt.db.engine, key=chain.rt.signing, keys=None)
+    assert blind.ok, blind.first_bad
+    assert (blind.records, blind.evidence_checked) == (RECORDS, 0)
+    flip_a_sealed_evidence_byte(chain)
+    assert ledger.verify(chain.rt.db.engine, key=chain.rt.signing, keys=None) == blind
+    with chain.rt.db.read() as session:
+        shown = [evidence for _, _, evidence in service.history(session, [chain.world.profile_id])]
+    assert shown[6] == ledger.UNREADABLE  # a reader says so rather than fail the whole history
 
 
 @pytest.mark.parametrize("tampering", TAMPERINGS.values(), ids=TAMPERINGS.keys())
 def test_tampering_is_found(chain: Chain, tampering: Tampering) -> None:
     tampering.act(chain)
-    report = ledger.verify(chain.rt.db.engine, key=chain.rt.signing)
+    report = verify(chain.rt)
     bad = report.first_bad
     assert bad is not None, "the tampering went unnoticed"
     assert bad.seq == tampering.seq, bad
@@ -370,7 +450,7 @@ def test_tampering_is_found(chain: Chain, tampering: Tampering) -> None:
     assert answer["ok"] is False
     assert answer["first_bad"] == {"seq": bad.seq, "record_id": bad.record_id, "problem": bad.problem}
     # Walked in three processes, ranges of seven records each, the report is the same.
-    apart = ledger.verify(chain.rt.db.engine, key=chain.rt.signing, workers=3, min_per_worker=1)
+    apart = verify(chain.rt, workers=3, min_per_worker=1)
     assert apart == report
 
 
@@ -411,7 +491,7 @@ def test_the_application_cannot_change_or_remove_ledger_rows(chain: Chain) -> No
         for table in APPEND_ONLY:
             with pytest.raises(DBAPIError, match="append-only"), rt.db.engine.begin() as connection:
                 connection.execute(text(f"TRUNCATE {table} CASCADE"))
-    report = ledger.verify(rt.db.engine, key=rt.signing)
+    report = verify(rt)
     assert report.ok, report.first_bad
     assert report.records == RECORDS
 
@@ -424,6 +504,6 @@ def test_appends_continue_the_chain_after_verification(chain: Chain) -> None:
     created = chain.world.given(occurred_at=(utcnow() - timedelta(days=1)).isoformat())
     assert created["record"]["seq"] == RECORDS + 1
     assert created["record"]["prev"] == row(chain.rt, RECORDS)["hash"]
-    report = ledger.verify(chain.rt.db.engine, key=chain.rt.signing)
+    report = verify(chain.rt)
     assert report.ok, report.first_bad
     assert (report.records, report.checkpoints) == (RECORDS + 1, 2)

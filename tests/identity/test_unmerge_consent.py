@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
+
 from conftest import LiveAccord
 
 
@@ -66,3 +68,13 @@ def test_consent_given_after_a_wrong_merge_goes_back_with_its_event(live: LiveAc
     with live.api() as api:
         receipts = api.get("/api/v1/profiles/anonymous_id:bobs-phone/consents/receipts").json()
         assert len(receipts["receipts"]) == 1
+        bob = api.get("/api/v1/profiles/anonymous_id:bobs-phone").json()["id"]
+        (record,) = api.get("/api/v1/profiles/anonymous_id:bobs-phone/consents/history").json()["records"]
+        assert record["evidence"]["signal"] == "Sec-GPC: 1"
+        assert api.get("/api/v1/consent/verify").json()["ok"] is True
+    # Its evidence went with it: sealed again under Bob's data key, so that erasing Bob shreds it.
+    with live.rt.db.engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT body FROM consent_evidence WHERE record_id = :id"), {"id": record["id"]}
+        ).scalar_one()
+    assert bytes(stored).startswith(f"e1.{bob}.".encode())

@@ -174,9 +174,10 @@ def test_bad_references_are_refused(person: Person, ref: str, status: int, code:
 def test_erasure_end_to_end(person: Person, tmp_path: Path) -> None:
     rt, client = person.rt, person.client
     before = database_text(rt, tmp_path)
-    # The search can see what is stored in clear while it is there (names, emails and phones are not).
-    assert found(before, REFERENCE)
+    # The search can see what is stored in clear while it is there (names, emails, phones and the consent
+    # evidence are not: they are sealed under the person's data keys).
     assert found(before, "dev-ann-9")
+    assert not found(before, REFERENCE)
 
     answer = client.delete(f"/api/v1/profiles/email:{EMAIL}")
     assert answer.status_code == 200, answer.text
@@ -212,7 +213,7 @@ def test_erasure_end_to_end(person: Person, tmp_path: Path) -> None:
     assert client.get(f"/api/v1/profiles/email:{OTHER_EMAIL}").json()["traits"]["name"] == "Bob"
 
     # The consent ledger keeps its records, without the evidence, and still verifies.
-    report = ledger.verify(rt.db.engine, key=rt.signing)
+    report = ledger.verify(rt.db.engine, key=rt.signing, keys=rt.db.keyring.provider)
     assert report.ok, report.first_bad
     assert (report.records, report.evidence_checked) == (1, 0)
     assert client.get("/api/v1/consent/verify").json()["ok"] is True

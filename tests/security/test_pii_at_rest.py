@@ -1,8 +1,8 @@
 """Personal data that waits before any profile exists is encrypted at rest: events in the raw event log
 (no worker runs here, so they stay unprocessed), rows an import rejected, and the errors of both, which may
-quote the value that failed. The database files (SQLite:
-the database, its WAL and the log file; PostgreSQL: a pg_dump) hold none of the values sent, the readers
-get them back, and a payload altered or moved gives a clear error."""
+quote the value that failed; so are agents' notes and the evidence of consent records. The database files
+(SQLite: the database, its WAL and the log file; PostgreSQL: a pg_dump) hold none of the values sent, the
+readers get them back, and a payload altered or moved gives a clear error."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import pytest
 from alembic import command
 from sqlalchemy import select, text, update
 
+from accord.consent import catalogue, ledger
+from accord.consent import service as consent
 from accord.consent.capture import CONSENT_EVENT
 from accord.console import service as console
 from accord.db import migrate
@@ -42,6 +44,8 @@ NOTE = "Called about her divorce settlement; prefers the Ravensworth branch"
 # Values that end up quoted in an error text: in a typed field of an import, as a consent event's purpose.
 MISTYPED = "petronella.mistyped@example.org"
 MISPURPOSED = "barnabas.mispurposed@example.net"
+# What a web form's consent statement carries as proof: the address and browser it came from.
+EVIDENCE = {"ip": "198.51.100.203", "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/151.0"}
 
 
 def _note(rt: Runtime) -> None:
@@ -49,6 +53,58 @@ def _note(rt: Runtime) -> None:
         console.add_note(
             session, profile_id="p-noted", author_id="u1", author_email="agent@bank.example", text=NOTE, now=utcnow()
         )
+
+
+def _consent(rt: Runtime) -> str:
+    """A statement given on a web form for profile p-consenting, with its evidence; returns the record id."""
+    now = utcnow()
+    with rt.db.unit_of_work() as session:
+        catalogue.put_purpose(
+            session,
+            key="marketing",
+            name="Marketing",
+            description="",
+            legal_basis="consent",
+            expires_after_days=None,
+            now=now,
+        )
+        catalogue.add_notice_version(
+            session,
+            key="privacy",
+            language="en",
+            title="Privacy",
+            text="We write to you.",
+            purposes=["marketing"],
+            url=None,
+            now=now,
+        )
+        statement = consent.Statement(
+            purpose="marketing",
+            channel="email",
+            status="given",
+            method="form",
+            notice=consent.NoticeRef("privacy", 1, "en"),
+            evidence=dict(EVIDENCE),
+        )
+        (done,) = consent.record(
+            session,
+            [("p-consenting", statement)],
+            actor={"type": "customer", "id": None},
+            key=rt.signing,
+            settings=rt.settings,
+            now=now,
+        )
+    return str(done.body["id"])
+
+
+def _evidence(rt: Runtime) -> list[dict[str, object] | None]:
+    with rt.db.read() as session:
+        return [evidence for _, _, evidence in consent.history(session, ["p-consenting"])]
+
+
+def _verified(rt: Runtime) -> ledger.Verification:
+    assert rt.db.keyring is not None
+    return ledger.verify(rt.db.engine, key=rt.signing, keys=rt.db.keyring.provider)
 
 
 def _quarantine(rt: Runtime) -> None:
@@ -81,9 +137,11 @@ def test_waiting_events_and_rejected_rows_hold_no_personal_data_in_clear(rt: Run
     assert rt.log.pending() == 2
     _quarantine(rt)
     _note(rt)
+    _consent(rt)
 
     stored = database_text(rt, tmp_path)
-    assert [secret for secret in (*WAITING, *REJECTED, *QUARANTINED, NOTE) if found(stored, secret)] == []
+    secrets = (*WAITING, *REJECTED, *QUARANTINED, NOTE, *EVIDENCE.values())
+    assert [secret for secret in secrets if found(stored, secret)] == []
     assert [secret for secret in NOTE.split() if len(secret) > 7 and found(stored, secret)] == []
     assert found(stored, "u-z") is False  # the whole payload is sealed, not only the personal fields
 
@@ -100,6 +158,10 @@ def test_waiting_events_and_rejected_rows_hold_no_personal_data_in_clear(rt: Run
     assert not found(stored, "'lots'")
     with rt.db.read() as session:
         assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
+    assert _evidence(rt) == [EVIDENCE]
+    report = _verified(rt)  # the chain's digest is of the evidence in clear: verification opens it
+    assert report.ok, report.first_bad
+    assert report.evidence_checked == 1
     # A quarantined event goes back to the log, sealed there too, when replayed.
     assert quarantine.replay(rt.db, rt.log) == 1
     assert _claimed(rt)[-1]["traits"] == {"email": QUARANTINED[0], "name": QUARANTINED[1]}
@@ -217,6 +279,7 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
     assert run.rejected == 1
     _quarantine(rt)
     _note(rt)
+    record_id = _consent(rt)
     config = migrate._config()
     with rt.db.engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -240,6 +303,9 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
     assert QUARANTINED[0] in str(payload)
     with rt.db.read() as session:
         assert session.execute(text("SELECT text FROM profile_notes")).scalar() == NOTE
+        evidence = bytes(session.execute(text("SELECT body FROM consent_evidence")).scalar_one())
+    assert orjson.loads(evidence) == EVIDENCE  # the canonical JSON the chain's digest covers, as before 0028
+    assert _verified(rt).evidence_checked == 1  # clear evidence still verifies
     if rt.db.dialect == "postgresql":
         with rt.db.engine.begin() as connection:
             connection.execute(
@@ -287,7 +353,26 @@ def test_the_migrations_seal_what_was_stored_in_clear(rt: Runtime, tmp_path: Pat
         assert quarantine.error_of(DataKeys.of(session), waiting) == "ValueError: a fault in processing"
         assert session.execute(text("SELECT text FROM profile_notes")).scalar().startswith("e1.p-noted.")
         assert [n.text for n in console.notes(session, ["p-noted"])] == [NOTE]
+        sealed = bytes(session.execute(text("SELECT body FROM consent_evidence")).scalar_one())
+    assert sealed.startswith(b"e1.p-consenting.")
+    assert EVIDENCE["ip"].encode() not in sealed
+    assert _evidence(rt) == [EVIDENCE]
+    report = _verified(rt)
+    assert (report.ok, report.evidence_checked) == (True, 1), report.first_bad
     migrate.upgrade(rt.db)  # nothing left to seal: a no-op
+    with rt.db.read() as session:
+        assert bytes(session.execute(text("SELECT body FROM consent_evidence")).scalar_one()) == sealed
+    # Down to 0027 and back: 0028 alone opens and seals the evidence again, bound to the same record.
+    with rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0027")
+    with rt.db.read() as session:
+        assert orjson.loads(bytes(session.execute(text("SELECT body FROM consent_evidence")).scalar_one())) == EVIDENCE
+    migrate.upgrade(rt.db)
+    assert _evidence(rt) == [EVIDENCE]
+    assert _verified(rt).ok
+    with rt.db.read() as session:
+        assert session.execute(text("SELECT record_id FROM consent_evidence")).scalar_one() == record_id
 
 
 def test_a_record_that_never_opens_is_set_aside_and_the_log_moves_on(rt: Runtime) -> None:

@@ -483,7 +483,8 @@ def post_preference_link(request: Request, ref: Ref, rt: Rt, principal: Recorder
     summary="Walk the whole ledger: hashes, order, MACs, checkpoints, evidence; name the first bad record",
 )
 async def verify(rt: Rt, _: Auditor) -> VerifyRead:
-    report = await run_in_threadpool(ledger.verify, rt.db.engine, key=rt.signing)
+    keys = None if rt.db.keyring is None else rt.db.keyring.provider
+    report = await run_in_threadpool(ledger.verify, rt.db.engine, key=rt.signing, keys=keys)
     bad = report.first_bad
     return VerifyRead(
         ok=report.ok,

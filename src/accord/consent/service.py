@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from iab_tcf import decode as decode_tcf  # type: ignore[import-untyped]
-from sqlalchemy import ColumnElement, delete, or_, select, tuple_
+from sqlalchemy import ColumnElement, delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from accord.config import Settings
@@ -20,6 +20,8 @@ from accord.consent import catalogue, ledger, receipts
 from accord.consent.keys import SigningKey
 from accord.consent.models import ConsentState, Evidence, LedgerRecord, Receipt, Subject
 from accord.profiles.service import merged_ids
+from accord.security.crypto import Undecryptable
+from accord.security.datakeys import DataKeys
 
 STATUSES = ("given", "refused", "withdrawn", "expired", "renewed", "pending")
 GRANTING = frozenset({"given", "renewed"})
@@ -312,15 +314,14 @@ def history(
 ) -> list[tuple[dict[str, Any], str, dict[str, Any] | None]]:
     """Ledger records of these profiles in ledger order, with their hash and evidence (None once erased)."""
     rows = session.execute(
-        select(LedgerRecord.body, LedgerRecord.hash, Evidence.body)
+        select(LedgerRecord.id, LedgerRecord.body, LedgerRecord.hash, Evidence.body)
         .outerjoin(Evidence, Evidence.record_id == LedgerRecord.id)
         .where(about(LedgerRecord.id, LedgerRecord.profile_id, profile_ids), LedgerRecord.seq > after)
         .order_by(LedgerRecord.seq)
         .limit(limit)
     ).all()
-    return [
-        (orjson.loads(body), digest, orjson.loads(evidence) if evidence else None) for body, digest, evidence in rows
-    ]
+    evidence = ledger.opened_evidence(DataKeys.of(session), [(record_id, stored) for record_id, _, _, stored in rows])
+    return [(orjson.loads(body), digest, shown) for (_, body, digest, _), shown in zip(rows, evidence, strict=True)]
 
 
 def receipts_of(session: Session, profile_ids: Sequence[str], *, limit: int = 100) -> Sequence[Receipt]:
@@ -498,21 +499,35 @@ def reattribute(session: Session, moves: Sequence[tuple[str, str, str, str]], no
         .outerjoin(Subject, Subject.record_id == LedgerRecord.id)
         .where(about(LedgerRecord.id, LedgerRecord.profile_id, sorted(by_from)))
     ).all()
+    keys = DataKeys.of(session)
+    opened = ledger.opened_evidence(keys, [(record_id, stored) for record_id, _, _, stored, _ in rows])
     moved: dict[str, str] = {}
     touched: set[str] = set()
-    for record_id, named, body, evidence, subject in rows:
+    for (record_id, named, body, _, subject), evidence in zip(rows, opened, strict=True):
         current = subject or named
-        made_by = (orjson.loads(body).get("source"), orjson.loads(evidence).get("message_id"))
+        made_by: tuple[Any, Any] = (orjson.loads(body).get("source"), evidence.get("message_id") if evidence else None)
         target = by_from.get(current, {}).get(made_by)
         if target is not None and target != current:
             moved[record_id] = target
             touched.update((current, target))
+    sealed = {record_id: stored for record_id, _, _, stored, _ in rows}
     for record_id, target in moved.items():
         row = session.get(Subject, record_id)
         if row is None:
             session.add(Subject(record_id=record_id, profile_id=target, moved_at=now))
         else:
             row.profile_id, row.moved_at = target, now
+        # The evidence now proves a statement of the receiving person: sealed again under their key, so
+        # that erasing them leaves no copy readable under the other's (as an unmerge does with the timeline).
+        try:
+            plain = ledger.open_evidence(keys, record_id, sealed[record_id])
+        except Undecryptable:
+            continue
+        session.execute(
+            update(Evidence)
+            .where(Evidence.record_id == record_id)
+            .values(body=ledger.seal_evidence(keys, record_id, target, plain))
+        )
     session.flush()
     for profile_id in sorted(touched):
         _reproject(session, profile_id)

@@ -135,6 +135,11 @@ class FileKeyProvider(_AesKeks):
         super().__init__("", {})
         self._load()
 
+    def __reduce__(self) -> tuple[type[FileKeyProvider], tuple[Path]]:
+        # Handed to another process (the ledger's parallel verification) as its path: that process opens
+        # the key file itself, so no KEK crosses the pipe.
+        return (FileKeyProvider, (self.path,))
+
     def _load(self) -> None:
         try:
             stat = self.path.stat()
