@@ -7,14 +7,18 @@ readers get them back, and a payload altered or moved gives a clear error."""
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from alembic import command
-from sqlalchemy import select, text, update
+from sqlalchemy import create_engine, select, text, update
+from typer.testing import CliRunner
 
+from accord.cli import app
 from accord.consent import catalogue, ledger
 from accord.consent import service as consent
 from accord.consent.capture import CONSENT_EVENT
@@ -32,10 +36,12 @@ from accord.security.crypto import Undecryptable, is_ciphertext, key_id_of
 from accord.security.datakeys import DataKeys
 from accord.security.logkeys import LOG_KEY_PREFIX
 from accord.security.models import DataKey
-from accord.sources import imports
-from conftest import database_text, found
+from accord.sources import imports, schedules
+from accord.sources.mapping import load_mapping
+from accord.sources.models import ImportRun, Schedule
+from conftest import LiveAccord, database_text, found
 from pipeline.helpers import process, send
-from sources.importing import LOYALTY, run_import, write
+from sources.importing import LOYALTY, run_import, source, write
 
 WAITING = ("zebulon.waiting@example.net", "Zebulon Waitwell", "+14155550123")
 REJECTED = ("quintus.rejected@example.org", "Quintus", "Rejectington")
@@ -46,6 +52,12 @@ MISTYPED = "petronella.mistyped@example.org"
 MISPURPOSED = "barnabas.mispurposed@example.net"
 # What a web form's consent statement carries as proof: the address and browser it came from.
 EVIDENCE = {"ip": "198.51.100.203", "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/151.0"}
+# A value DuckDB quotes when it fails the whole run: a mapping's SQL field casts a column that holds it.
+MISREAD = "philippa.misread@example.org"
+CAST = (
+    "mapping: 1\nname: plans\nfields: [{name: n, sql: 'CAST(plan AS INTEGER)'}]\n"
+    "identifiers: [{field: id, type: user_id}]\ntraits: [{field: n}]\n"
+)
 
 
 def _note(rt: Runtime) -> None:
@@ -203,6 +215,147 @@ def test_error_texts_that_quote_the_failed_value_are_sealed(rt: Runtime, tmp_pat
             quarantine.error_of(keys, quarantine.waiting(session)[0])
         with pytest.raises(Undecryptable):
             imports.open_reject(keys, imports.rejects(session, run.id)[0])
+
+
+def _cli(rt: Runtime, *args: str) -> tuple[int, str]:
+    env = {"ACCORD_DATA_DIR": str(rt.settings.data_dir)}
+    if rt.settings.database_url:
+        env["ACCORD_DATABASE_URL"] = rt.settings.database_url
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_a_failed_runs_error_that_quotes_the_input_is_sealed(live: LiveAccord, tmp_path: Path) -> None:
+    rt = live.rt
+    csv = write(tmp_path, "plans.csv", f"id,plan\n1,7\n2,{MISREAD}\n")
+    code, output = _cli(rt, "import", str(csv), "--mapping", str(write(tmp_path, "plans.yaml", CAST)), "--json")
+    assert code == 1, output
+    printed = json.loads(output)
+    error = printed["error"]
+    assert printed["status"] == "failed"
+    assert f"Could not convert string '{MISREAD}' to INT32" in error
+    run_id = printed["run_id"]
+
+    stored = database_text(rt, tmp_path)
+    assert not found(stored, MISREAD)
+    assert not found(stored, "Could not convert")  # the whole message is sealed, not only the value in it
+    with rt.db.read() as session:
+        run = session.get(ImportRun, run_id)
+        assert run is not None
+        assert key_id_of(str(run.error)) == imports.reject_key(run_id)  # the run's key, made as it failed
+        assert session.get(DataKey, imports.reject_key(run_id)) is not None
+
+    # Every reader opens it: the CLI (show, list) and the API (one run, the source's runs).
+    code, output = _cli(rt, "imports", "show", run_id, "--json")
+    assert (code, json.loads(output)["error"]) == (0, error)
+    code, output = _cli(rt, "imports", "list", "--json")
+    assert [r["error"] for r in json.loads(output) if r["run_id"] == run_id] == [error]
+    with live.api() as api:
+        assert api.get(f"/api/v1/sources/plans/imports/{run_id}").json()["error"] == error
+        assert [r["error"] for r in api.get("/api/v1/sources/plans/imports").json()["data"]] == [error]
+
+    # Bound to its run: moved to another, it reads as an error that does not open (no exception).
+    other = run_import(rt, write(tmp_path, "plans2.csv", f"id,plan\n3,{MISREAD}x\n"), CAST, source_name="plans")
+    with rt.db.unit_of_work() as session:
+        moved = session.get(ImportRun, other.id)
+        assert moved is not None
+        moved.error = session.get(ImportRun, run_id).error  # type: ignore[union-attr]
+    with rt.db.read() as session:
+        shown = imports.run_error(DataKeys.of(session), session.get(ImportRun, other.id))  # type: ignore[arg-type]
+    assert shown is not None
+    assert shown.startswith("(the error cannot be opened: a ciphertext does not open here")
+
+    # Purged with the run's rejects after their retention: its key is destroyed, it reads as a placeholder.
+    with rt.db.unit_of_work() as session:
+        imports.purge_rejects(session, finished_before=utcnow() + timedelta(days=1))
+    with rt.db.read() as session:
+        assert session.get(DataKey, imports.reject_key(run_id)) is None
+        assert session.get(ImportRun, run_id).error == imports.PURGED_ERROR  # type: ignore[union-attr]
+    code, output = _cli(rt, "imports", "show", run_id, "--json")
+    assert (code, json.loads(output)["error"]) == (0, imports.PURGED_ERROR)
+    with live.api() as api:
+        assert api.get(f"/api/v1/sources/plans/imports/{run_id}").json()["error"] == imports.PURGED_ERROR
+    with rt.db.unit_of_work() as session:  # a second purge finds nothing left to do
+        assert imports.purge_rejects(session, finished_before=utcnow() + timedelta(days=1)) == 0
+        assert session.scalar(select(ImportRun.id).where(ImportRun.error.startswith("e1."))) is None
+
+
+def _failing_table_schedule(rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    crm = tmp_path / "crm.db"
+    engine = create_engine(f"sqlite:///{crm}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE people (id INTEGER, plan TEXT)"))
+        connection.execute(text("INSERT INTO people VALUES (5, :v)"), {"v": MISREAD})
+    engine.dispose()
+    monkeypatch.setenv("CRM_URL", f"sqlite:///{crm}")
+    with rt.db.unit_of_work() as session:
+        schedules.add_table(
+            session,
+            name="crm",
+            every_seconds=600,
+            url_env="CRM_URL",
+            table="people",
+            query=None,
+            cursor=None,
+            mapping=load_mapping(CAST),
+            source_id=source(rt, "crm"),
+            now=utcnow(),
+        )
+
+
+def test_a_schedule_does_not_copy_its_failed_runs_error(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _failing_table_schedule(rt, tmp_path, monkeypatch)
+    (outcome,) = schedules.run_due(rt.db, rt.log, data_dir=tmp_path / "work", now=utcnow() + timedelta(minutes=1))
+    assert outcome.status == "failed"
+    run_id = outcome.result.split(":")[0].removeprefix("run ")
+    assert outcome.result == f"run {run_id}: read 0, imported 0, rejected 0; {schedules.ERROR_WITH_RUN}{run_id}"
+    with rt.db.read() as session:
+        run = session.get(ImportRun, run_id)
+        assert run is not None
+        assert MISREAD in str(imports.run_error(DataKeys.of(session), run))
+        assert session.get(Schedule, "crm").last_result == outcome.result  # type: ignore[union-attr]
+    assert not found(database_text(rt, tmp_path), MISREAD)
+
+
+def test_migration_0029_seals_run_errors_and_takes_them_out_of_schedules(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = run_import(rt, write(tmp_path, "plans.csv", f"id,plan\n2,{MISREAD}\n"), CAST)
+    _failing_table_schedule(rt, tmp_path, monkeypatch)
+    (outcome,) = schedules.run_due(rt.db, rt.log, data_dir=tmp_path / "work", now=utcnow() + timedelta(minutes=1))
+    scheduled = outcome.result.split(":")[0].removeprefix("run ")
+    purged = run_import(rt, write(tmp_path, "old.csv", f"id,plan\n9,{MISREAD}z\n"), CAST)
+    with rt.db.unit_of_work() as session:
+        session.execute(
+            update(ImportRun).where(ImportRun.id == purged.id).values(finished_at=utcnow() - timedelta(days=99))
+        )
+        imports.purge_rejects(session, finished_before=utcnow() - timedelta(days=30))
+    config = migrate._config()
+    with rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        config.attributes["keyring"] = rt.db.keyring
+        command.downgrade(config, "0028")
+    with rt.db.read() as session:
+        errors = dict(session.execute(text("SELECT id, error FROM import_runs")).all())
+        result = session.execute(text("SELECT last_result FROM schedules WHERE name = 'crm'")).scalar()
+    assert MISREAD in errors[failed.id]
+    assert MISREAD in errors[scheduled]
+    assert errors[purged.id] == imports.PURGED_ERROR
+    assert result == f"run {scheduled}: read 0, imported 0, rejected 0; {errors[scheduled]}"
+    # Before 0029, a run that failed before rejecting anything had no key: the upgrade makes it.
+    with rt.db.engine.begin() as connection:
+        connection.execute(text("DELETE FROM data_keys WHERE id = :k"), {"k": imports.reject_key(failed.id)})
+    migrate.upgrade(rt.db)
+    with rt.db.read() as session:
+        keys = DataKeys.of(session)
+        runs = {r.id: r for r in session.scalars(select(ImportRun))}
+        assert all(is_ciphertext(runs[i].error) for i in (failed.id, scheduled))
+        assert {i: imports.run_error(keys, runs[i]) for i in errors} == errors
+        assert session.get(Schedule, "crm").last_result == outcome.result  # type: ignore[union-attr]
+    assert not found(database_text(rt, tmp_path), MISREAD)
+    migrate.upgrade(rt.db)  # nothing left to seal: a no-op
 
 
 def test_an_altered_or_moved_log_payload_is_a_clear_error(rt: Runtime) -> None:

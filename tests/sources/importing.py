@@ -85,6 +85,14 @@ def run_import(
     return imports.Runner(rt.db, rt.log).execute(run_id, found)
 
 
+def run_error(rt: Runtime, run: ImportRun) -> str:
+    """A run's error as its readers show it (stored sealed under the run's key), "" when it has none."""
+    from accord.security.datakeys import DataKeys
+
+    with rt.db.read() as session:
+        return imports.run_error(DataKeys.of(session), run) or ""
+
+
 def seed_run(rt: Runtime, folder: Path) -> str:
     """An import run of source "loyalty" over LOYALTY_CSV: two rows imported, one rejected."""
     return run_import(rt, write(folder, "seed.csv", LOYALTY_CSV), LOYALTY).id

@@ -12,7 +12,7 @@ from accord.security.datakeys import DataKeys
 from accord.sources import imports
 from accord.sources.connectors import FileInput, InputError
 from accord.sources.mapping import CsvOptions
-from sources.importing import process, reconciles, run_import, stored_events, traits, write
+from sources.importing import process, reconciles, run_error, run_import, stored_events, traits, write
 
 PLAN = "mapping: 1\nname: plans\nidentifiers: [{field: id, type: user_id}]\ntraits: [{field: plan}]\n"
 TYPED = (
@@ -128,10 +128,10 @@ def test_files_that_are_not_what_their_names_say(rt: Runtime, tmp_path: Path) ->
     garbage = bytes(range(256)) * 8
     run = run_import(rt, write(tmp_path, "g.csv", garbage), PLAN)
     assert run.status == "failed"
-    assert run.error
+    assert run_error(rt, run)
     bad_json = run_import(rt, write(tmp_path, "h.jsonl", '{"id": 1, "plan": "a"}\n{"id": 2, "pl\n'), PLAN)
     assert bad_json.status == "failed"
-    assert "JSON" in (bad_json.error or "")
+    assert "JSON" in run_error(rt, bad_json)
 
 
 def test_the_same_row_twice_in_one_file_is_stored_once(rt: Runtime, tmp_path: Path) -> None:
@@ -149,5 +149,6 @@ def test_a_sql_expression_cannot_read_other_files(rt: Runtime, tmp_path: Path) -
     )
     run = run_import(rt, write(tmp_path, "p.csv", "id,plan\n1,x\n"), mapping)
     assert run.status == "failed"
-    assert "the key" not in (run.error or "")
-    assert "disabled" in (run.error or "") or "Permission" in (run.error or "")
+    error = run_error(rt, run)
+    assert "the key" not in error
+    assert "disabled" in error or "Permission" in error

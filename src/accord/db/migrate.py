@@ -22,10 +22,13 @@ def _config() -> Config:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     config = _config()
+    before = current_revision(db)
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
         config.attributes["keyring"] = db.keyring  # migrations that encrypt existing rows need it
         command.upgrade(config, revision)
+    if current_revision(db) != before:
+        db.checkpoint_wal()  # SQLite: the pages that held what a migration sealed leave the write-ahead log
 
 
 def head_revision() -> str | None:

@@ -78,8 +78,10 @@ def _source_id(rt: Runtime, key: str) -> str:
         return source.id
 
 
-def _run_read(run: ImportRun) -> ImportRunRead:
-    return ImportRunRead.model_validate(run, from_attributes=True)
+def _run_read(keys: DataKeys, run: ImportRun) -> ImportRunRead:
+    """A run as the API shows it, its error decrypted (sealed under the run's key: it may quote the input)."""
+    read = ImportRunRead.model_validate(run, from_attributes=True)
+    return read.model_copy(update={"error": imports.run_error(keys, run)})
 
 
 def _mapping(text: str) -> Mapping:
@@ -168,7 +170,7 @@ async def post_import(
                 options={"upload_name": (file.filename or "")[:200]},
                 run_id=run_id,
             )
-            return _run_read(run)
+            return _run_read(DataKeys.of(session), run)
 
     created = await run_in_threadpool(create)
     request.app.state.import_jobs.start(run_id, found)
@@ -179,7 +181,9 @@ async def post_import(
 def list_imports(key: Key, rt: Rt, _: Analyst, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> ImportRunsRead:
     source_id = _source_id(rt, key)
     with rt.db.read() as session:
-        return ImportRunsRead(data=[_run_read(r) for r in imports.list_runs(session, source_id=source_id, limit=limit)])
+        keys = DataKeys.of(session)
+        runs = imports.list_runs(session, source_id=source_id, limit=limit)
+        return ImportRunsRead(data=[_run_read(keys, r) for r in runs])
 
 
 def _run_or_404(rt: Runtime, key: str, run_id: str) -> ImportRun:
@@ -198,7 +202,9 @@ def _run_or_404(rt: Runtime, key: str, run_id: str) -> ImportRun:
     summary="An import run's status and counts (read = imported + rejected)",
 )
 def get_import(key: Key, run_id: RunId, rt: Rt, _: Analyst) -> ImportRunRead:
-    return _run_read(_run_or_404(rt, key, run_id))
+    run = _run_or_404(rt, key, run_id)
+    with rt.db.read() as session:
+        return _run_read(DataKeys.of(session), run)
 
 
 def _reject(keys: DataKeys, row: ImportReject) -> RejectRead:
@@ -245,7 +251,7 @@ async def post_replay(key: Key, run_id: RunId, request: Request, rt: Rt, _: Anal
         try:
             with rt.db.unit_of_work() as session:
                 replay, rows = imports.start_replay(session, run_id=run.id, mapping=mapping)
-                return _run_read(replay), rows
+                return _run_read(DataKeys.of(session), replay), rows
         except imports.ImportFailed as error:
             raise ApiError(409, error.code, error.message) from None
 

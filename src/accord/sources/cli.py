@@ -60,7 +60,8 @@ def _mapping(path: Path, console: Console) -> Mapping:
     raise AssertionError  # unreachable: _fail exits
 
 
-def run_summary(run: ImportRun) -> dict[str, Any]:
+def run_summary(keys: DataKeys, run: ImportRun) -> dict[str, Any]:
+    """A run as printed; its error decrypted (sealed under the run's key: it may quote the input)."""
     return {
         "run_id": run.id,
         "source_id": run.source_id,
@@ -73,10 +74,15 @@ def run_summary(run: ImportRun) -> dict[str, Any]:
         "rejected": run.rejected,
         "appended": run.appended,
         "parent_id": run.parent_id,
-        "error": run.error,
+        "error": imports.run_error(keys, run),
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
+
+
+def _summary(rt: Runtime, run: ImportRun) -> dict[str, Any]:
+    with rt.db.read() as session:
+        return run_summary(DataKeys.of(session), run)
 
 
 def _print(data: dict[str, Any], as_json: bool, console: Console) -> None:
@@ -123,7 +129,7 @@ def import_file(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    data = run_summary(run)
+        data = _summary(rt, run)
     _print(data, as_json, console)
     if run.status == "failed":
         raise typer.Exit(1)
@@ -215,14 +221,15 @@ def list_runs(*, source: str | None, limit: int, as_json: bool, console: Console
             if row is None:
                 _fail(console, f"no source {source[:200]!r}")
             source_id = row.id if row else None
-        rows = [run_summary(r) for r in imports.list_runs(session, source_id=source_id, limit=limit)]
+        keys = DataKeys.of(session)
+        rows = [run_summary(keys, r) for r in imports.list_runs(session, source_id=source_id, limit=limit)]
     if as_json:
         typer.echo(json.dumps(rows))
         return
     table = Table("run", "status", "location", "read", "imported", "rejected", "created")
     for r in rows:
-        keys = ("run_id", "status", "location", "read", "imported", "rejected", "created_at")
-        table.add_row(*(str(r[k]) for k in keys))
+        shown = ("run_id", "status", "location", "read", "imported", "rejected", "created_at")
+        table.add_row(*(str(r[k]) for k in shown))
     console.print(table)
 
 
@@ -232,7 +239,7 @@ def show_run(run_id: str, *, as_json: bool, console: Console) -> None:
         if run is None:
             _fail(console, f"no import run {run_id[:60]!r}")
         assert run is not None
-        data = run_summary(run)
+        data = run_summary(DataKeys.of(session), run)
     _print(data, as_json, console)
 
 
@@ -265,7 +272,8 @@ def replay(run_id: str, mapping_path: Path | None, *, as_json: bool, console: Co
             ended = imports.get_run(session, new_id)
             assert ended is not None
             imports.mark_replayed(session, ended)
-    _print(run_summary(done), as_json, console)
+        data = _summary(rt, done)
+    _print(data, as_json, console)
     if done.status == "failed":
         raise typer.Exit(1)
 
@@ -288,7 +296,8 @@ def resume(run_id: str, *, as_json: bool, console: Console) -> None:
         if done.kind == "replay":
             with rt.db.unit_of_work() as session:
                 imports.mark_replayed(session, done)
-    _print(run_summary(done), as_json, console)
+        data = _summary(rt, done)
+    _print(data, as_json, console)
     if done.status != "done":
         raise typer.Exit(1)
 
@@ -336,7 +345,8 @@ def import_table(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    _print(run_summary(run), as_json, console)
+        data = _summary(rt, run)
+    _print(data, as_json, console)
     if run.status == "failed":
         raise typer.Exit(1)
     if run.status == "interrupted":

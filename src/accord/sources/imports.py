@@ -33,7 +33,7 @@ from accord.identity.service import current_rules
 from accord.ingest.spec import iso
 from accord.log.port import EventLog, NewRecord
 from accord.profiles.models import ProfileEvent
-from accord.security.crypto import aad
+from accord.security.crypto import PREFIX, Undecryptable, aad, is_ciphertext
 from accord.security.datakeys import DataKeys, destroy
 from accord.sources.connectors import FileInput, Input, InputError, RowsInput
 from accord.sources.mapping import Mapping, MappingError, parse_mapping
@@ -238,7 +238,7 @@ class Runner:
             self._stream(run_id, source, mapping, rules, source_id, started, checkpoint, counts, progress)
         except (MappingError, InputError, ImportFailed, duckdb.Error) as error:
             message = str(error) if not isinstance(error, duckdb.Error) else str(error).splitlines()[0]
-            return self._finish(run_id, "failed", message[:MAX_ERROR])
+            return self._finish(run_id, "failed", message)
         except Exception as error:  # the run stays resumable; the log line names the type only (rows are PII)
             log.warning("import run failed", run=run_id, error=type(error).__name__)
             return self._finish(run_id, "interrupted", f"{type(error).__name__}; resume the run"[:MAX_ERROR])
@@ -406,7 +406,7 @@ class Runner:
             run = session.get(ImportRun, run_id)
             assert run is not None
             run.status = status
-            run.error = error.replace("\x00", "\ufffd") if error else error  # PostgreSQL stores no NUL
+            run.error = seal_error(session, run_id, error) if error else None
             run.heartbeat_at = utcnow()
             if status in ("done", "failed"):
                 run.finished_at = utcnow()
@@ -414,8 +414,37 @@ class Runner:
 
 
 def reject_key(run_id: str) -> str:
-    """The data key a run's rejected rows are sealed under (destroyed with them when they are purged)."""
+    """The run's data key: its rejected rows and its error are sealed under it (destroyed with them when
+    they are purged)."""
     return "rej-" + hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+# What a failed run's error reads once it was purged with the run's rejects (stored as is, in clear).
+PURGED_ERROR = "(removed with the run's rejects after their retention: it could quote the input)"
+
+
+def _error_aad(run_id: str) -> bytes:
+    return aad("import_runs", "error", run_id)
+
+
+def seal_error(session: Session, run_id: str, error: str) -> str:
+    """A run's error sealed under the run's key, bound to the run: the reader's or DuckDB's message about the
+    input can quote a value of it. A run that failed before rejecting any row gets its key now."""
+    clear = error.replace("\x00", "\ufffd")[:MAX_ERROR]
+    return DataKeys.of(session).encrypt(reject_key(run_id), clear.encode(), _error_aad(run_id))
+
+
+def run_error(keys: DataKeys, run: ImportRun) -> str | None:
+    """A run's error in clear; once purged, a placeholder; when it does not open (altered, moved to another
+    run, its key destroyed), why, never an exception: listings of runs go on."""
+    if run.error is None or run.error == PURGED_ERROR:
+        return run.error
+    if not is_ciphertext(run.error):
+        return "(the error cannot be opened: it is not sealed)"
+    try:
+        return keys.decrypt(run.error, _error_aad(run.id)).decode()
+    except Undecryptable as error:
+        return f"(the error cannot be opened: {error})"
 
 
 def _reject_aad(field: str, run_id: str, origin: str, position: int) -> bytes:
@@ -670,9 +699,14 @@ def input_for(session: Session, run: ImportRun) -> Input:
 
 def purge_rejects(session: Session, *, finished_before: datetime) -> int:
     """Delete the rejected rows of runs that finished before `finished_before` (the rows may hold personal
-    data; the runs keep their counts) and destroy their keys. Returns how many were deleted."""
-    old = select(ImportRun.id).where(ImportRun.finished_at.is_not(None), ImportRun.finished_at < finished_before)
-    runs = session.scalars(select(REJECTS.c.run_id).where(REJECTS.c.run_id.in_(old)).distinct()).all()
+    data; the runs keep their counts), replace the sealed errors of those runs by PURGED_ERROR (they may
+    quote the input) and destroy the runs' keys. Returns how many rows were deleted."""
+    finished = (ImportRun.finished_at.is_not(None), ImportRun.finished_at < finished_before)
+    old = select(ImportRun.id).where(*finished)
+    runs = set(session.scalars(select(REJECTS.c.run_id).where(REJECTS.c.run_id.in_(old)).distinct()))
+    sealed = (*finished, ImportRun.error.startswith(PREFIX, autoescape=True))
+    runs.update(session.scalars(select(ImportRun.id).where(*sealed)))
     result = session.execute(REJECTS.delete().where(REJECTS.c.run_id.in_(old)))
-    destroy(session, [reject_key(run_id) for run_id in runs])
+    session.execute(update(ImportRun).where(*sealed).values(error=PURGED_ERROR))
+    destroy(session, [reject_key(run_id) for run_id in sorted(runs)])
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

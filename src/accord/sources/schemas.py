@@ -25,7 +25,10 @@ class ImportRunRead(BaseModel):
     appended: int = Field(description="Of the imported, the events this run wrote to the event log")
     rejected: int
     checkpoint: int = Field(description="Input rows dealt with; an interrupted run resumes after them")
-    error: str | None
+    error: str | None = Field(
+        description="Why the run failed (stored sealed under the run's key, as it may quote the input); "
+        "a placeholder once purged with the run's rejects"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -220,7 +223,9 @@ class ScheduleRead(BaseModel):
     actor: str | None
     last_started_at: datetime | None
     last_status: str | None = Field(description="done or failed")
-    last_result: str | None = Field(description="The run's id and counts, or the error")
+    last_result: str | None = Field(
+        description="The run's id and counts (a failed run's error is read with the run), or the error"
+    )
 
 
 class ScheduleList(BaseModel):

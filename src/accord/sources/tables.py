@@ -234,7 +234,8 @@ def run_table_import(
             with db.unit_of_work() as session:
                 failed = session.get(ImportRun, run_id)
                 assert failed is not None
-                failed.status, failed.error, failed.finished_at = "failed", str(error)[:2000], utcnow()
+                failed.status, failed.finished_at = "failed", utcnow()
+                failed.error = imports.seal_error(session, run_id, str(error))
                 return failed
         with db.unit_of_work() as session:
             started = session.get(ImportRun, run_id)
