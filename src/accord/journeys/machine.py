@@ -141,13 +141,14 @@ _cache: dict[str, Active] = {}
 _lock = threading.Lock()
 
 
-def active(session: Session) -> Active:
-    """The journeys in force: one small read; compiled again only after a change."""
+def active(session: Session, cache: segment_evaluate.FactsCache | None = None) -> Active:
+    """The journeys in force: one small read; compiled again only after a change. With `cache`, the
+    segments in force are those the segments' evaluation in the same run read."""
     j = Journey.__table__.c
     stamp = tuple((k, v, u) for k, v, u in session.execute(select(j.key, j.version, j.updated_at).order_by(j.key)))
     if not stamp:
         return Active()
-    segments = segment_evaluate.active(session)  # cached; its stamp has the computed traits' too
+    segments = segment_evaluate.active(session, cache)  # its stamp has the computed traits' too
     stamp += segments.stamp
     bind = str(session.get_bind().engine.url)
     cached = _cache.get(bind)

@@ -21,7 +21,7 @@ def apply(
     now: datetime,
     cache: segment_evaluate.FactsCache | None = None,
 ) -> machine.Changes:
-    journeys = machine.active(session)
+    journeys = machine.active(session, cache)
     if not journeys.by_key:
         return machine.Changes()
     wanted: dict[str, set[str] | None] = {}

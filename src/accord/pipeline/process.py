@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -44,6 +44,7 @@ EVENTS = cast(Table, ProfileEvent.__table__)
 IDENTITIES = cast(Table, Identity.__table__)
 MERGES = cast(Table, Merge.__table__)
 SEPARATIONS = cast(Table, SeparationRow.__table__)
+LOOKUPS_PER_STATEMENT = 8  # identity lookups (one per type and chunk of values) sent as one statement
 
 
 class StaleRead(Exception):
@@ -277,15 +278,20 @@ def _read_identities(session: Session, keys: set[Key]) -> dict[Key, tuple[str | 
         by_type.setdefault(kind, []).append(value)
     identities = IDENTITIES.c
     dialect = session.get_bind().dialect.name
+    columns = (identities.type, identities.value, identities.profile_id, identities.home_id, identities.cluster_id)
+    # One lookup per type and chunk, each on the primary key; a few of them go as one statement.
+    lookups = [
+        select(*columns).where(identities.type == kind, one_of(identities.value, chunk, dialect))
+        for kind, values in sorted(by_type.items())
+        for chunk in _chunks(values)
+    ]
     found: dict[Key, tuple[str | None, str | None, str | None]] = {}
-    for kind, values in by_type.items():
-        for chunk in _chunks(values):
-            for value, profile_id, home_id, cluster_id in session.execute(
-                select(identities.value, identities.profile_id, identities.home_id, identities.cluster_id).where(
-                    identities.type == kind, one_of(identities.value, chunk, dialect)
-                )
-            ):
-                found[(kind, value)] = (profile_id, home_id, cluster_id)
+    for start in range(0, len(lookups), LOOKUPS_PER_STATEMENT):
+        part = lookups[start : start + LOOKUPS_PER_STATEMENT]
+        for kind, value, profile_id, home_id, cluster_id in session.execute(
+            part[0] if len(part) == 1 else union_all(*part)
+        ):
+            found[(kind, value)] = (profile_id, home_id, cluster_id)
     return found
 
 
@@ -518,8 +524,11 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    # The data keys of new live profiles in one go (their traits and events are sealed under them).
-    DataKeys.of(session).create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None})
+    # The data keys of new live profiles in one go (their traits and events are sealed under them), and in
+    # one read those of the other profiles written (sealing their personal traits needs them).
+    keys = DataKeys.of(session)
+    keys.create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None})
+    keys.load({s.id for s in run.profiles.values() if s.dirty})
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
     if rows:
         # One multi-row upsert for new and changed profiles alike.
@@ -554,7 +563,6 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         session.execute(PROFILES.update().where(PROFILES.c.cluster_id == old).values(cluster_id=new))
         session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
     # Inserts in key order: two workers inserting the same keys wait for each other in one order.
-    keys = DataKeys.of(session)
     if run.new_identities:
         _seal_identities(keys, run)
         rows = [run.new_identities[key] for key in sorted(run.new_identities)]

@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import Table, delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -70,15 +70,23 @@ class DataKeys:
         if not missing:
             return
         now = utcnow()
+        made: dict[str, AESGCM] = {}
         rows = []
         for key_id in missing:
-            _, kek_id, wrapped = self.keyring.new_data_key(key_id)
+            made[key_id], kek_id, wrapped = self.keyring.new_data_key(key_id)
             rows.append({"id": key_id, "kek_id": kek_id, "wrapped": wrapped, "created_at": now})
-        insert = (pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(DataKey)
-        self.session.execute(insert.on_conflict_do_nothing(index_elements=["id"]), rows)
+        table = cast(Table, DataKey.__table__)
+        insert = (pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(table)
+        statement = insert.on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+        stored: set[str] = set()
+        for start in range(0, len(rows), 500):
+            stored.update(self.session.scalars(statement, rows[start : start + 500]))
         for key_id in missing:
-            self._ciphers.pop(key_id, None)
-        self.load(missing)  # another transaction may have made one first: use what is stored
+            if key_id in stored:
+                self._ciphers[key_id] = made[key_id]
+            else:
+                self._ciphers.pop(key_id, None)
+        self.load(k for k in missing if k not in stored)  # another transaction made these first: use what it stored
 
     def cipher(self, key_id: str, *, create: bool = False) -> AESGCM | None:
         if key_id not in self._ciphers:

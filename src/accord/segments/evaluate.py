@@ -75,8 +75,18 @@ _cache: dict[str, Active] = {}
 _lock = threading.Lock()
 
 
-def active(session: Session) -> Active:
-    """The segments in force: one small aggregate read; compiled again only after a change."""
+def active(session: Session, cache: FactsCache | None = None) -> Active:
+    """The segments in force: one small aggregate read (none when `cache` holds them); compiled again only
+    after a change."""
+    if cache is not None and cache.segments is not None:
+        return cache.segments
+    found = _active(session)
+    if cache is not None:
+        cache.segments = found
+    return found
+
+
+def _active(session: Session) -> Active:
     s, c = Segment.__table__.c, ComputedTrait.__table__.c
     # (key, version, updated_at) of every segment and computed trait: a handful of rows.
     stamp = tuple((k, v, u) for k, v, u in session.execute(select(s.key, s.version, s.updated_at).order_by(s.key)))
@@ -164,11 +174,13 @@ def _chunks(values: list[str], size: int = CHUNK) -> Iterable[list[str]]:
 
 @dataclass(slots=True)
 class FactsCache:
-    """What one transaction's evaluations read of its profiles (traits, and the events of the names read),
-    so that the journeys evaluated after the segments do not read and decrypt them again. Valid only while
-    nothing writes traits or events: the pipeline makes one after its writes and drops it at commit."""
+    """What one transaction's evaluations read of its profiles (traits, and the events of the names read)
+    and of the segments in force, so that the journeys evaluated after the segments do not read and decrypt
+    them again. Valid only while nothing writes traits, events or definitions: the pipeline makes one after
+    its writes and drops it at commit."""
 
     entries: dict[str, _Loaded] = field(default_factory=dict)
+    segments: Active | None = None
     hits: int = 0
     misses: int = 0
 

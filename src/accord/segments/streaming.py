@@ -48,7 +48,7 @@ class Touches:
 def apply(
     session: Session, touches: Touches, now: datetime, cache: evaluate.FactsCache | None = None
 ) -> evaluate.Changes:
-    segments = evaluate.active(session)
+    segments = evaluate.active(session, cache)
     if not segments.by_key:
         return evaluate.Changes()
     wanted: dict[str, set[str] | None] = {}
