@@ -168,8 +168,9 @@ def _walk(
         for chunk in stored:
             attached = [None] * len(chunk) if chain.attachments is None else chain.attachments(chunk, end + 3, lookup)
             for row, attachment in zip(chunk, attached, strict=True):
-                columns = dict(zip(names, row[1:end], strict=True))
-                yield hashchain.Row(row[0], row[1], row[body_at], row[hash_at], row[mac_at], columns, attachment)
+                yield hashchain.Row(
+                    row[0], row[1], row[body_at], row[hash_at], row[mac_at], names, row[1:end], attachment
+                )
 
     # A read: on SQLite, a plain BEGIN rather than the write lock the engine takes for a unit of work.
     with (

