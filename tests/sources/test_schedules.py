@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
@@ -212,3 +213,27 @@ def test_schedules_with_an_inline_query_become_sql_traits(empty_database: str, t
             assert (trait.sql, trait.pii, trait.version) == (ORDERS, True, 1)
     finally:
         rt.close()
+
+
+def test_a_schedule_that_breaks_keeps_no_quoted_part_of_an_unexpected_error(rt: Runtime, tmp_path: Path) -> None:
+    """An error Accord did not expect (here a stored spec that lacks a part) is kept in the schedule's
+    last_result without its quoted parts, which could be a value the run read; Accord's own errors (the
+    trait a schedule runs is gone) keep theirs."""
+    with rt.db.unit_of_work() as session:
+        for name, kind, spec in (
+            ("broken", "table", {"url_env": "CRM_URL", "mapping": {}}),
+            ("orphan", "computed", {"trait": "gone_trait"}),
+        ):
+            session.add(Schedule(name=name, kind=kind, spec=spec, every_seconds=600, next_at=NOW, created_at=NOW))
+    os.environ["CRM_URL"] = "sqlite:///nowhere.db"
+    try:
+        outcomes = {o.name: o for o in schedules.run_due(rt.db, rt.log, data_dir=tmp_path, now=NOW)}
+    finally:
+        del os.environ["CRM_URL"]
+    assert (outcomes["broken"].status, outcomes["broken"].result) == ("failed", "KeyError: '...'")
+    assert outcomes["orphan"].status == "failed"
+    assert "gone_trait" in outcomes["orphan"].result
+    with rt.db.read() as session:
+        stored = session.get(Schedule, "broken")
+        assert stored is not None
+        assert stored.last_result == "KeyError: '...'"

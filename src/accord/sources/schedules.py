@@ -25,9 +25,11 @@ from accord.db.base import utcnow
 from accord.db.engine import Database
 from accord.ingest.spec import contains_nul
 from accord.log.port import EventLog
+from accord.profiles.computed import ComputedTraitError
 from accord.sources import imports
 from accord.sources.mapping import Mapping, parse_mapping
 from accord.sources.models import Schedule
+from accord.sources.sql_traits import SqlTraitError, unquoted
 
 log = structlog.get_logger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -252,8 +254,11 @@ def _claim_and_run(
         kind, spec = row.kind, dict(row.spec)
     try:
         status, result = _run(db, event_log, kind, spec, data_dir, now)
-    except Exception as error:  # a schedule's failure is recorded, never raised into the poller
+    except (SqlTraitError, ComputedTraitError) as error:  # ours: a trait's run masks what DuckDB quoted itself
         status, result = "failed", f"{type(error).__name__}: {str(error)[:500]}"
+    except Exception as error:  # a schedule's failure is recorded, never raised into the poller
+        # Kept in clear: quoted parts of the message (a value the run choked on, say) are left out.
+        status, result = "failed", f"{type(error).__name__}: {unquoted(str(error))[:500]}"
     with db.unit_of_work() as session:
         session.execute(
             update(Schedule).where(Schedule.name == name).values(last_status=status, last_result=result[:2000])

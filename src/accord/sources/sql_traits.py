@@ -33,6 +33,11 @@ RUNS = threading.Lock()
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
+def unquoted(message: str) -> str:
+    """An error message with its quoted parts (the values a query or run choked on) replaced by '...'."""
+    return QUOTED.sub("'...'", message)
+
+
 class SqlTraitError(Exception):
     """A request about SQL traits that cannot be met: an HTTP status, a code and a message."""
 
@@ -211,7 +216,7 @@ def run(db: Database, log: EventLog, claimed: Claimed, *, folder: Path, now: dat
     except computed.ComputedTraitError as error:
         # DuckDB's messages quote the values they choke on ("Could not convert string 'ann@...'"): a trait
         # that reads personal data keeps them out of what it stores (auditors read it).
-        message = QUOTED.sub("'...'", str(error)) if claimed.pii else str(error)
+        message = unquoted(str(error)) if claimed.pii else str(error)
         _finish(db, claimed, now, "failed", {"version": claimed.version, "error": message[:500]})
         raise computed.ComputedTraitError(message) from None
     except Exception as error:
