@@ -6,6 +6,10 @@ import asyncio
 import threading
 import time
 
+import pytest
+from pydantic import ValidationError
+
+from accord.config import Settings
 from accord.pipeline.commits import Commits
 
 FOREVER = 600.0  # a wait that only a notify can end within the test's time
@@ -86,3 +90,9 @@ def test_next_poll_waits_for_a_commit_then_keeps_the_minimum_gap() -> None:
 
     asyncio.run(main())
     assert commits.count == 1
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 61, "soon"])
+def test_the_streams_poll_setting_refuses_what_it_cannot_use(seconds: object) -> None:
+    with pytest.raises(ValidationError, match="stream_poll_seconds"):
+        Settings(stream_poll_seconds=seconds)

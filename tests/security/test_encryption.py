@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import stat
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from accord.cli import app
@@ -49,6 +50,44 @@ def test_a_destroyed_data_key_leaves_nothing_readable(rt: Runtime) -> None:
         assert datakeys.destroy(session, ["p2", "never-made"]) == 1
     with rt.db.read() as session, pytest.raises(Undecryptable):
         datakeys.DataKeys.of(session).decrypt(token, b"here")
+
+
+def test_a_data_key_another_transaction_made_meanwhile_is_the_one_used(rt: Runtime) -> None:
+    """Two transactions make the key of one new profile at once. The second one's insert finds the first
+    one's row (on PostgreSQL it waits for it, then INSERT ... RETURNING gives nothing back; SQLite lets one
+    writer in at a time): it reads and uses the stored key, so what either seals, both open."""
+    opened: list[bytes] = []
+
+    def second() -> None:
+        with rt.db.unit_of_work() as session:
+            keys = datakeys.DataKeys.of(session)
+            keys.create(["p-race"])
+            opened.append(keys.decrypt(token, b"row"))
+
+    with rt.db.unit_of_work() as session:
+        keys = datakeys.DataKeys.of(session)
+        keys.create(["p-race"])
+        token = keys.encrypt("p-race", b"sealed by the first", b"row")
+        thread = threading.Thread(target=second)
+        thread.start()
+        if rt.db.dialect == "postgresql":
+            _wait_for_a_lock_wait(rt)  # the second's insert waits for this transaction's row
+    thread.join(timeout=60)
+    assert opened == [b"sealed by the first"]
+    with rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(DataKey).where(DataKey.id == "p-race")) == 1
+
+
+def _wait_for_a_lock_wait(rt: Runtime) -> None:
+    deadline = time.monotonic() + 60
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    with rt.db.engine.connect() as connection:
+        while not connection.scalar(waiting):
+            assert time.monotonic() < deadline, "the second transaction never waited for the first"
+            time.sleep(0.05)
+            connection.rollback()
 
 
 def test_data_keys_are_stored_wrapped(rt: Runtime) -> None:
