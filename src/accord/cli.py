@@ -32,7 +32,6 @@ from accord.db.engine import Database
 from accord.identity import history as identity_history_service
 from accord.identity import service as identity_service
 from accord.ingest import quarantine
-from accord.ingest.models import QuarantinedEvent
 from accord.journeys import cli as journey_cli
 from accord.logs import configure_logging
 from accord.pipeline.embedded import SocketWake, watch_parent
@@ -40,7 +39,6 @@ from accord.pipeline.worker import Worker
 from accord.runtime import Runtime, tune_gc
 from accord.security import service as security
 from accord.security import users
-from accord.security.crypto import Undecryptable
 from accord.security.datakeys import DataKeys
 from accord.segments import cli as segment_cli
 from accord.sources import service as sources
@@ -282,14 +280,6 @@ def token_revoke(token_id: str) -> None:
     console.print(f"token {token_id} revoked")
 
 
-def _quarantined_error(keys: DataKeys, row: QuarantinedEvent) -> str:
-    """The error in clear (it is sealed: it may quote the value that failed), or why it cannot be read."""
-    try:
-        return quarantine.error_of(keys, row)
-    except Undecryptable as error:
-        return f"(the error cannot be opened: {error})"
-
-
 @quarantine_app.command("list")
 def quarantine_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonFlag = False) -> None:
     """Events waiting in quarantine, with their errors."""
@@ -300,7 +290,7 @@ def quarantine_list(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100
                 "id": q.id,
                 "source_id": q.source_id,
                 "message_id": q.message_id,
-                "error": _quarantined_error(keys, q),
+                "error": quarantine.shown_error(keys, q),
                 "attempts": q.attempts,
                 "quarantined_at": q.quarantined_at.isoformat(),
             }

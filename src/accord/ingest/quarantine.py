@@ -53,6 +53,15 @@ def error_of(keys: DataKeys, row: QuarantinedEvent) -> str:
     return keys.decrypt(row.error, _aad(row.source_id, row.message_id, "error")).decode()
 
 
+def shown_error(keys: DataKeys, row: QuarantinedEvent) -> str:
+    """A quarantined event's error to show: in clear, or why it cannot be opened (never an exception, so a
+    listing goes on), as a failed import run's error reads."""
+    try:
+        return error_of(keys, row)
+    except Undecryptable as error:
+        return f"(the error cannot be opened: {error})"
+
+
 def put(session: Session, source_id: str, event: dict[str, Any], error: BaseException | str) -> None:
     """Quarantine an event with its error, both sealed under the log key; a second failure of the same
     message updates its row."""
