@@ -168,6 +168,7 @@ def worker(
     settings = _settings()
     rt = Runtime.create(settings)
     migrations.upgrade(rt.db)
+    rt.db.checkpoint_in_background()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
