@@ -142,6 +142,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 handled, seconds = _drain_with_subprocesses(args, data_dir, url, db, log, len(calls))
                 how = f"{args.workers} `accord worker` subprocess(es)"
             else:
+                db.checkpoint_in_background()  # as `accord worker` does (SQLite)
                 worker = Worker(db=db, log=log, batch_size=settings.worker_batch_size)
                 began = time.monotonic()
                 handled = worker.drain(max_runs=len(calls) + 10)

@@ -241,6 +241,7 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, 
                 source_id = create_source(session, name="bench").id
             define(rt, segment_definitions(segments), journey_definitions(journey_count, segments))
             write_backlog(rt.log, source_id, calls)
+            rt.db.checkpoint_in_background()  # as `accord worker` does (SQLite)
             worker = Worker(db=rt.db, log=rt.log, batch_size=Settings().worker_batch_size)
             began = time.monotonic()
             handled = worker.drain(max_runs=len(calls) + 10)
