@@ -81,3 +81,15 @@ def test_a_checkpoint_that_fails_is_logged_once_and_tried_again(rt: Runtime, cap
     assert failures == [(1, -1, -1)] * 2
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert checkpoints.checkpoint()[0] == 0
+
+
+def test_the_event_logs_acknowledgements_leave_the_log_file_to_its_checkpoint_thread(rt: Runtime) -> None:
+    if rt.log.db is rt.db:  # PostgreSQL: the log is a table of the one database
+        assert rt.log.db.checkpoint_in_background() is None
+        return
+    assert rt.log.db.checkpoint_in_background(every=3600) is not None
+    acks = rt.log._ack_db()  # the acknowledgements' own connection (synchronous=NORMAL)
+    with acks.unit_of_work() as session:
+        assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
+    with rt.db.unit_of_work() as session:  # the main database checkpoints in its commits, as by default
+        assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 1000

@@ -169,6 +169,7 @@ def worker(
     rt = Runtime.create(settings)
     migrations.upgrade(rt.db)
     rt.db.checkpoint_in_background()
+    rt.log.db.checkpoint_in_background()  # SQLite: the event log's own file
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -52,7 +52,13 @@ class Database:
     """One engine and its session factory. `dialect` is "sqlite" or "postgresql"."""
 
     def __init__(
-        self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, keyring: Keyring | None = None
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        pool_size: int = 10,
+        keyring: Keyring | None = None,
+        autocheckpoint: bool = True,
     ) -> None:
         parsed = make_url(url)
         self.url = url
@@ -75,6 +81,8 @@ class Database:
         self._checkpoints: BackgroundCheckpoints | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
+            if not autocheckpoint:  # another connection checkpoints this file (`checkpoint_in_background`)
+                event.listen(self.engine, "connect", _no_autocheckpoint)
         else:
             # Multi-row INSERT ... VALUES batches instead of one statement per row in executemany.
             self.engine.dialect.use_insertmanyvalues_wo_returning = True
@@ -128,6 +136,10 @@ class Database:
             self.engine.dispose()  # connections opened before would go on checkpointing: open new ones
             self._checkpoints = BackgroundCheckpoints(path, every)
         return self._checkpoints
+
+    @property
+    def checkpoints_in_background(self) -> bool:
+        return self._checkpoints is not None
 
     def dispose(self) -> None:
         if self._checkpoints is not None:

@@ -213,7 +213,12 @@ class SqlEventLog:
         if self._acks is None:
             with self._lock:
                 if self._acks is None:
-                    self._acks = Database(self.db.url, sqlite_synchronous="NORMAL", pool_size=1)
+                    self._acks = Database(
+                        self.db.url,
+                        sqlite_synchronous="NORMAL",
+                        pool_size=1,
+                        autocheckpoint=not self.db.checkpoints_in_background,
+                    )
         return self._acks
 
     def _read(self, session: Session, max_events: int, *, lock: bool) -> list[Delivery]:
