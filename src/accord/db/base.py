@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, ColumnElement, DateTime, MetaData, String, any_, bindparam, func, literal_column, select
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    DateTime,
+    MetaData,
+    Select,
+    String,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
@@ -67,3 +81,45 @@ def one_of(column: ColumnElement[Any], values: Sequence[str], dialect: str) -> C
         return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
     listed = bindparam(None, orjson.dumps(list(values)).decode(), type_=String)
     return column.in_(select(literal_column("value")).select_from(func.json_each(listed)))
+
+
+def one_of_bound(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """`one_of` for a statement built once: the values are given on execution, as parameter `name`, in the
+    form `listed` gives them. Building a statement costs more than running it on a small run."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    listed = bindparam(name, type_=String)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(listed)))
+
+
+def listed(values: Iterable[str], dialect: str) -> Any:
+    """The values of a `one_of_bound` parameter."""
+    if dialect == "postgresql":
+        return list(values)
+    return orjson.dumps(list(values)).decode()
+
+
+def pair_of_bound(
+    first: ColumnElement[Any], second: ColumnElement[Any], name: str, dialect: str
+) -> ColumnElement[bool]:
+    """`(first, second) IN pairs` for a statement built once, the pairs given on execution as parameter
+    `name`, in the form `listed_pairs` gives them (a JSON array of pairs). SQLite searches a key on
+    (first, second) for this, where it scans the whole table for `IN (VALUES (?, ?), ...)`."""
+    document = bindparam(name, type_=String)
+    pairs: Select[Any]
+    if dialect == "postgresql":
+        rows = func.jsonb_array_elements(cast(document, JSONB))
+        first_of: ColumnElement[Any] = literal_column("value ->> 0")
+        pairs = select(first_of, literal_column("value ->> 1")).select_from(rows)
+    else:
+        value: ColumnElement[Any] = literal_column("value")
+        at: list[ColumnElement[Any]] = [literal_column(f"'$[{index}]'") for index in (0, 1)]
+        pairs = select(func.json_extract(value, at[0]), func.json_extract(value, at[1])).select_from(
+            func.json_each(document)
+        )
+    return tuple_(first, second).in_(pairs)
+
+
+def listed_pairs(pairs: Iterable[tuple[str, str]]) -> str:
+    """The pairs of a `pair_of_bound` parameter."""
+    return orjson.dumps(list(pairs)).decode()

@@ -15,15 +15,17 @@ and a batch recompute give the same answer for the same moment and the same posi
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select, tuple_
+from sqlalchemy import Delete, Select, Table, delete, select
 from sqlalchemy.orm import Session
 
+from accord.db.base import listed, listed_pairs, one_of_bound, pair_of_bound
 from accord.db.bulk import insert_rows
 from accord.journeys.definition import Compiled, compile_journey
 from accord.journeys.models import Journey, JourneyPosition, JourneyTransition
@@ -213,19 +215,31 @@ def _position(row: Any) -> Position:
     )
 
 
+@functools.cache
+def _statements(dialect: str) -> tuple[Select[Any], Delete]:
+    """Reading the positions of some profiles, and deleting some (journey, profile) positions: built once
+    per dialect (building costs SQLAlchemy more than running on a small run), the values bound on
+    execution."""
+    p = POSITIONS.c
+    return (
+        select(POSITIONS).where(one_of_bound(p.profile_id, "ids", dialect)),
+        delete(POSITIONS).where(pair_of_bound(p.journey_key, p.profile_id, "pairs", dialect)),
+    )
+
+
 def positions(
     session: Session, profile_ids: Iterable[str], keys: Iterable[str] | None = None
 ) -> dict[str, dict[str, Position]]:
     """{profile id: {journey key: position}} as stored (of the journeys `keys`, or all)."""
-    p = POSITIONS.c
-    wanted = sorted(set(keys)) if keys is not None else None
+    wanted = set(keys) if keys is not None else None
+    connection = session.connection()
+    dialect = connection.dialect.name
+    query, _ = _statements(dialect)
     stored: dict[str, dict[str, Position]] = {}
     for chunk in _chunks(sorted(set(profile_ids))):
-        query = select(POSITIONS).where(p.profile_id.in_(chunk))
-        if wanted is not None:
-            query = query.where(p.journey_key.in_(wanted))
-        for row in session.execute(query):
-            stored.setdefault(row.profile_id, {})[row.journey_key] = _position(row)
+        for row in connection.execute(query, {"ids": listed(chunk, dialect)}):
+            if wanted is None or row.journey_key in wanted:
+                stored.setdefault(row.profile_id, {})[row.journey_key] = _position(row)
     return stored
 
 
@@ -252,14 +266,15 @@ def refresh(
     if not journeys.by_key:
         return changes
     gone = sorted(set(gone))
-    carried = _carry(session, gone, journeys, changes) if gone else {}
     per_profile = {
         pid: set(journeys.by_key) if keys is None else {k for k in keys if k in journeys.by_key}
         for pid, keys in wanted.items()
     }
     per_profile = {pid: keys for pid, keys in per_profile.items() if keys}
+    read = {*gone, *per_profile}  # of these, every position is in `stored`
+    stored = positions(session, read) if read else {}
+    carried = _carry(session, gone, stored, read, journeys, changes) if gone else {}
     if per_profile:
-        stored = positions(session, per_profile)
         for pid, theirs in carried.items():
             stored.setdefault(pid, {}).update(theirs)
         needed = [journeys.by_key[k] for k in sorted({k for keys in per_profile.values() for k in keys})]
@@ -292,7 +307,7 @@ def load_facts(
     items = [segment_evaluate.Compiled(j.key, j.version, j.definition.stages[0].condition, j.refs) for j in needed]
     facts = segment_evaluate.load_facts(session, profile_ids, items, now, journeys.computed, cache)
     if any(j.refs.segments for j in needed):
-        for profile_id, keys in segment_evaluate.memberships(session, list(facts)).items():
+        for profile_id, keys in segment_evaluate.memberships(session, facts, cache).items():
             facts[profile_id].segments = set(keys)
     return facts
 
@@ -314,13 +329,24 @@ def owners(session: Session, profile_ids: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def _carry(session: Session, gone: list[str], journeys: Active, changes: Changes) -> dict[str, dict[str, Position]]:
-    """Move the positions of merged-away profiles to the live profiles they belong to, where further."""
-    theirs = positions(session, gone)
+def _carry(
+    session: Session,
+    gone: list[str],
+    stored: dict[str, dict[str, Position]],
+    read: set[str],
+    journeys: Active,
+    changes: Changes,
+) -> dict[str, dict[str, Position]]:
+    """Move the positions of merged-away profiles to the live profiles they belong to, where further.
+    `stored` holds every position of the profiles in `read`, `gone` among them."""
+    theirs = {pid: stored[pid] for pid in gone if pid in stored}
     if not theirs:
         return {}
     owner = owners(session, theirs)
-    mine = positions(session, set(owner.values()) - set(theirs))
+    targets = set(owner.values()) - set(theirs)
+    mine = {pid: stored[pid] for pid in targets & read if pid in stored}
+    if targets - read:
+        mine.update(positions(session, targets - read))
     result: dict[str, dict[str, Position]] = {}
     for profile_id, found in sorted(theirs.items()):
         target = owner.get(profile_id, profile_id)
@@ -338,10 +364,11 @@ def _carry(session: Session, gone: list[str], journeys: Active, changes: Changes
 
 def _write(session: Session, changes: Changes, journeys: Active) -> None:
     if changes.written:
-        p = POSITIONS.c
         pairs = sorted(changes.written)
+        connection = session.connection()
+        _, leave = _statements(connection.dialect.name)
         for chunk in _chunks(pairs):
-            session.execute(delete(POSITIONS).where(tuple_(p.journey_key, p.profile_id).in_(chunk)))
+            connection.execute(leave, {"pairs": listed_pairs(chunk)})
         rows = [
             {
                 "journey_key": key,

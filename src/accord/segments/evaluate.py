@@ -6,19 +6,35 @@ backfill, the sweep and a full recompute all give the same answer for the same m
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, delete, exists, func, insert, literal, not_, select, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Select,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    select,
+    true,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from accord.consent import catalogue as consent_catalogue
 from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
-from accord.db.base import UTCDateTime, one_of
+from accord.db.base import UTCDateTime, listed, listed_pairs, one_of, one_of_bound, pair_of_bound
 from accord.db.bulk import insert_rows
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.private import Opener
@@ -35,6 +51,44 @@ EVENTS = cast(Table, ProfileEvent.__table__)
 MEMBERSHIPS = cast(Table, SegmentMembership.__table__)
 TRANSITIONS = cast(Table, SegmentTransition.__table__)
 CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The statements streaming runs for every run of events, built once per dialect: building one costs
+    SQLAlchemy more than running it does on a small run. Values are bound on execution (`listed`)."""
+
+    profiles: Select[Any]
+    events: Select[Any]
+    sealed_events: Select[Any]
+    memberships: Select[Any]
+    merged_into: Select[Any]
+    leave: Delete
+    drop: Delete
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    p, e, m = PROFILES.c, EVENTS.c, MEMBERSHIPS.c
+    # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
+    profiles = select(p.id, p.traits, p.traits_enc, p.merged_into).where(one_of_bound(p.id, "ids", dialect))
+    tracked = (one_of_bound(e.profile_id, "ids", dialect), e.type == "track", one_of_bound(e.event, "names", dialect))
+    return _Statements(
+        profiles=profiles,
+        events=select(e.profile_id, e.event, e.timestamp).where(*tracked),
+        sealed_events=select(e.profile_id, e.event, e.timestamp, e.payload, e.source_id, e.message_id).where(*tracked),
+        memberships=select(m.segment_key, m.profile_id, m.entered_at).where(one_of_bound(m.profile_id, "ids", dialect)),
+        merged_into=select(p.id, p.merged_into).where(one_of_bound(p.id, "ids", dialect)),
+        leave=delete(MEMBERSHIPS).where(pair_of_bound(m.segment_key, m.profile_id, "pairs", dialect)),
+        drop=delete(MEMBERSHIPS).where(one_of_bound(m.profile_id, "ids", dialect)),
+    )
+
+
+def _core(session: Session) -> tuple[Connection, _Statements]:
+    """The session's connection, for Core statements on tables the ORM does not write here (no autoflush
+    to wait for), and the statements for its dialect."""
+    connection = session.connection()
+    return connection, _statements(connection.dialect.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +228,16 @@ def _chunks(values: list[str], size: int = CHUNK) -> Iterable[list[str]]:
 
 @dataclass(slots=True)
 class FactsCache:
-    """What one transaction's evaluations read of its profiles (traits, and the events of the names read)
-    and of the segments in force, so that the journeys evaluated after the segments do not read and decrypt
-    them again. Valid only while nothing writes traits, events or definitions: the pipeline makes one after
-    its writes and drops it at commit."""
+    """What one transaction's evaluations read of its profiles (traits, the events of the names read, and
+    segment memberships as the segments' evaluation wrote them) and of the segments in force, so that the
+    journeys evaluated after the segments do not read and decrypt them again. Valid only while nothing
+    else writes traits, events, memberships or definitions: the pipeline makes one after its writes and
+    drops it at commit."""
 
     entries: dict[str, _Loaded] = field(default_factory=dict)
     segments: Active | None = None
+    # {profile id: {segment key: entered_at}}, as the segments' evaluation left them (written)
+    memberships: dict[str, dict[str, datetime]] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
@@ -236,16 +293,15 @@ def load_facts(
 
 
 def _read_facts(session: Session, ids: list[str], names: frozenset[str], properties: bool) -> dict[str, _Loaded]:
-    p, e = PROFILES.c, EVENTS.c
-    dialect = session.get_bind().dialect.name
+    connection, statements = _core(session)
+    dialect = connection.dialect.name
     found: dict[str, _Loaded] = {}
     keys = DataKeys.of(session) if properties and names else None
     opener = Opener.of(session)
+    listed_names = listed(sorted(names), dialect)
     for chunk in _chunks(ids):
-        # By primary key only: with "merged_into IS NULL" in the query SQLite may walk that index instead.
-        profile_rows = session.execute(
-            select(p.id, p.traits, p.traits_enc, p.merged_into).where(one_of(p.id, chunk, dialect))
-        ).all()
+        listed_ids = listed(chunk, dialect)
+        profile_rows = connection.execute(statements.profiles, {"ids": listed_ids}).all()
         opener.load(row[2] for row in profile_rows if row[3] is None)  # personal traits, decrypted once
         for profile_id, traits, sealed, merged_into in profile_rows:
             if merged_into is not None:
@@ -254,13 +310,8 @@ def _read_facts(session: Session, ids: list[str], names: frozenset[str], propert
                 whole = (traits or {}) if sealed is None else opener.traits(profile_id, traits, sealed)
                 found[profile_id] = _Loaded(whole, {}, names, properties)
         if names:
-            columns = [e.profile_id, e.event, e.timestamp]
-            if keys is not None:
-                columns += [e.payload, e.source_id, e.message_id]
-            query = select(*columns).where(
-                one_of(e.profile_id, chunk, dialect), e.type == "track", e.event.in_(sorted(names))
-            )
-            rows = session.execute(query).all()
+            query = statements.events if keys is None else statements.sealed_events
+            rows = connection.execute(query, {"ids": listed_ids, "names": listed_names}).all()
             if keys is not None:  # every data key the chunk's payloads are sealed under, in one query
                 keys.load({key for row in rows if (key := sealed_by(row[3])) is not None})
             for row in rows:
@@ -311,16 +362,26 @@ def _load_consent(session: Session, facts: dict[str, Facts], purposes: set[str],
         found.allowed = allowed
 
 
-def memberships(session: Session, profile_ids: list[str]) -> dict[str, dict[str, datetime]]:
-    """{profile id: {segment key: entered_at}} as stored."""
-    m = MEMBERSHIPS.c
-    dialect = session.get_bind().dialect.name
+def memberships(
+    session: Session, profile_ids: Iterable[str], cache: FactsCache | None = None
+) -> dict[str, dict[str, datetime]]:
+    """{profile id: {segment key: entered_at}} as stored (a profile in no segment may be left out); with a
+    `cache`, what the segments' evaluation of the same transaction left, read once."""
+    ids = sorted(set(profile_ids))
     stored: dict[str, dict[str, datetime]] = {}
-    for chunk in _chunks(sorted(set(profile_ids))):
-        for key, profile_id, entered_at in session.execute(
-            select(m.segment_key, m.profile_id, m.entered_at).where(one_of(m.profile_id, chunk, dialect))
-        ):
-            stored.setdefault(profile_id, {})[key] = entered_at
+    if cache is not None:
+        stored = {pid: cache.memberships[pid] for pid in ids if pid in cache.memberships}
+        ids = [pid for pid in ids if pid not in stored]
+    if ids:
+        connection, statements = _core(session)
+        for chunk in _chunks(ids):
+            for key, profile_id, entered_at in connection.execute(
+                statements.memberships, {"ids": listed(chunk, connection.dialect.name)}
+            ):
+                stored.setdefault(profile_id, {})[key] = entered_at
+        if cache is not None:
+            for pid in ids:
+                cache.memberships[pid] = stored.setdefault(pid, {})
     return stored
 
 
@@ -340,10 +401,12 @@ def refresh(
     *,
     segments: Active | None = None,
     cache: FactsCache | None = None,
+    also: Iterable[str] = (),
 ) -> Changes:
     """Re-evaluate, for each profile in `wanted`, the segments named (None: all), and every segment that
     reads them; write memberships and transitions for what changed. Profiles no longer live (merged away)
-    lose their memberships."""
+    lose their memberships. With a `cache`, the memberships after the changes of these profiles and of
+    those in `also` are left in it."""
     segments = segments or active(session)
     changes = Changes()
     if not wanted:
@@ -353,15 +416,17 @@ def refresh(
         for pid, keys in wanted.items()
     }
     needed = {key for keys in per_profile.values() for key in keys}
-    stored = memberships(session, list(wanted))
+    stored = memberships(session, [*wanted, *also], cache)
     evaluated = [pid for pid, keys in per_profile.items() if keys]
     facts = load_facts(session, evaluated, (segments.by_key[k] for k in needed), now, segments.computed, cache)
+    unknown = [pid for pid in per_profile if pid not in facts and stored.get(pid)]
+    live = _live(session, unknown) if unknown else set()
     gone: list[str] = []
     for profile_id, keys in per_profile.items():
         current = stored.get(profile_id, {})
         found = facts.get(profile_id)
         if found is None:
-            if current and not _is_live(session, profile_id):
+            if current and profile_id not in live:
                 gone.append(profile_id)
             continue
         found.segments = set(current)
@@ -375,16 +440,28 @@ def refresh(
             elif not inside and item.key in current:
                 found.segments.discard(item.key)
                 changes.exited.append((item.key, profile_id))
-    if gone:
-        m = MEMBERSHIPS.c
-        session.execute(delete(MEMBERSHIPS).where(m.profile_id.in_(gone)))
+    connection, statements = _core(session)
+    for chunk in _chunks(gone):
+        connection.execute(statements.drop, {"ids": listed(chunk, connection.dialect.name)})
     write(session, changes, segments, now)
+    if cache is not None:
+        for pid in gone:
+            cache.memberships[pid] = {}
+        for key, pid in changes.entered:
+            cache.memberships.setdefault(pid, {})[key] = now
+        for key, pid in changes.exited:
+            cache.memberships.get(pid, {}).pop(key, None)
     return changes
 
 
-def _is_live(session: Session, profile_id: str) -> bool:
-    row = session.execute(select(PROFILES.c.merged_into).where(PROFILES.c.id == profile_id)).first()
-    return row is not None and row[0] is None
+def _live(session: Session, profile_ids: list[str]) -> set[str]:
+    """The live ones (stored, not merged away) among these profiles."""
+    connection, statements = _core(session)
+    found: set[str] = set()
+    for chunk in _chunks(sorted(profile_ids)):
+        rows = connection.execute(statements.merged_into, {"ids": listed(chunk, connection.dialect.name)})
+        found.update(pid for pid, merged_into in rows if merged_into is None)
+    return found
 
 
 def write(session: Session, changes: Changes, segments: Active, now: datetime) -> None:
@@ -395,13 +472,9 @@ def write(session: Session, changes: Changes, segments: Active, now: datetime) -
             [{"segment_key": key, "profile_id": pid, "entered_at": now} for key, pid in changes.entered],
         )
     if changes.exited:
-        m = MEMBERSHIPS.c
+        connection, statements = _core(session)
         for start in range(0, len(changes.exited), CHUNK):
-            session.execute(
-                delete(MEMBERSHIPS).where(
-                    tuple_(m.segment_key, m.profile_id).in_(changes.exited[start : start + CHUNK])
-                )
-            )
+            connection.execute(statements.leave, {"pairs": listed_pairs(changes.exited[start : start + CHUNK])})
     rows = [
         {"segment_key": key, "profile_id": pid, "kind": kind, "version": segments.by_key[key].version, "at": now}
         for kind, found in (("entered", changes.entered), ("exited", changes.exited))

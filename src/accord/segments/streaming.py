@@ -35,6 +35,10 @@ class Touches:
         if event.get("type") == "track" and isinstance(event.get("event"), str):
             self.events.setdefault(profile_id, set()).add(event["event"])
 
+    def touched(self) -> set[str]:
+        """Every profile a run touched."""
+        return {*self.traits, *self.events, *self.consent, *self.everything, *self.gone}
+
     def moved(self, live: Callable[[str], str]) -> Touches:
         """The same touches on the profiles that are live now (after merges in the run)."""
         result = Touches(consent={live(p) for p in self.consent}, gone=set(self.gone))
@@ -69,7 +73,10 @@ def apply(
     for profile_id in touches.gone:
         want(profile_id, set())
     wanted = {pid: keys for pid, keys in wanted.items() if keys is None or keys or pid in touches.gone}
-    return evaluate.refresh(session, wanted, now, segments=segments, cache=cache)
+    # The memberships of every touched profile are read with those of the evaluated ones, in one statement:
+    # the journeys evaluated next read them through the cache.
+    also = touches.touched() if cache is not None else ()
+    return evaluate.refresh(session, wanted, now, segments=segments, cache=cache, also=also)
 
 
 def consent_changed(session: Session, profile_ids: list[str], now: datetime) -> evaluate.Changes:
