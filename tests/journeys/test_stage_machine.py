@@ -19,6 +19,7 @@ from accord.journeys.models import JourneyPosition, JourneyTransition
 from accord.pipeline.process import process_events
 from accord.runtime import Runtime
 from accord.segments import service as segments
+from accord.segments.models import SegmentMembership
 from pipeline.helpers import reset
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -411,6 +412,58 @@ def test_a_journey_follows_a_changed_computed_trait_and_refuses_its_deletion(rt:
     assert where(rt, "pi", "fans") == ("fan", "completed")
     with pytest.raises(segments.SegmentError, match="is read by journey fans"), rt.db.unit_of_work() as session:
         segments.computed_remove(session, key="views")
+
+
+def test_definitions_changed_between_runs_are_the_ones_the_next_run_evaluates(rt: Runtime) -> None:
+    """As when the API or the CLI, in another process, changes them: with no backfill between, the next run
+    sees the changed journey, segment and computed trait (one statement reads their stamps)."""
+    with rt.db.unit_of_work() as session:
+        segments.computed_save(
+            session,
+            key="views",
+            name="views",
+            definition={"event": "Viewed", "function": "count"},
+            actor="t",
+            now=NOW,
+            create=True,
+        )
+    three = [{"key": key, "condition": {"event": key.upper()}} for key in ("a", "b", "c")]
+    fans = {"stages": [{"key": "fan", "condition": {"computed": "views", "op": "gte", "value": 2}}]}
+    define(rt, {"flow": {"stages": three}, "fans": fans})
+    run(
+        rt,
+        [track("ann", "A", 2), {"type": "identify", "userId": "ann", "traits": {"plan": "gold"}, "timestamp": at(2)}],
+    )
+    assert where(rt, "ann", "flow") == ("a", "active")
+    assert gold_members(rt) == {profile_of(rt, "ann")}
+    with rt.db.unit_of_work() as session:
+        changed = [{"key": "a", "condition": {"event": "A2"}}, *three[1:]]
+        service.change(
+            session, key="flow", name=None, description=None, definition={"stages": changed}, actor="t", now=NOW
+        )
+        platinum = {"trait": "plan", "op": "eq", "value": "platinum"}
+        segments.change(session, key="gold", name=None, description=None, condition=platinum, actor="t", now=NOW)
+        carted = {"event": "Carted", "function": "count"}
+        segments.computed_save(session, key="views", name=None, definition=carted, actor="t", now=NOW, create=False)
+    run(
+        rt,
+        [
+            track("bo", "A", 1),
+            track("cy", "A2", 1),
+            {"type": "identify", "userId": "di", "traits": {"plan": "platinum"}, "timestamp": at(1)},
+            track("ed", "Carted", 1),
+            track("ed", "Carted", 0.5),
+        ],
+    )
+    assert where(rt, "bo", "flow") is None
+    assert where(rt, "cy", "flow") == ("a", "active")
+    assert profile_of(rt, "di") in gold_members(rt)
+    assert where(rt, "ed", "fans") == ("fan", "completed")
+
+
+def gold_members(rt: Runtime) -> set[str]:
+    with rt.db.read() as session:
+        return set(session.scalars(select(SegmentMembership.profile_id).where(SegmentMembership.segment_key == "gold")))
 
 
 def test_a_journey_reading_a_timed_segment_moves_in_the_sweep(rt: Runtime) -> None:

@@ -144,10 +144,13 @@ _lock = threading.Lock()
 
 
 def active(session: Session, cache: segment_evaluate.FactsCache | None = None) -> Active:
-    """The journeys in force: one small read; compiled again only after a change. With `cache`, the
-    segments in force are those the segments' evaluation in the same run read."""
+    """The journeys in force: one small read, with the segments' stamps (none when `cache` holds them);
+    compiled again only after a change. With `cache`, the segments in force are those the segments'
+    evaluation in the same run read."""
     j = Journey.__table__.c
-    stamp = tuple((k, v, u) for k, v, u in session.execute(select(j.key, j.version, j.updated_at).order_by(j.key)))
+    if cache is None:
+        cache = segment_evaluate.FactsCache()  # the stamps read once, for the journeys and the segments
+    stamp = segment_evaluate.stamps(session, cache).journeys
     if not stamp:
         return Active()
     segments = segment_evaluate.active(session, cache)  # its stamp has the computed traits' too

@@ -27,6 +27,7 @@ from sqlalchemy import (
     not_,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -36,6 +37,7 @@ from accord.consent import service as consent_service
 from accord.consent.models import ConsentState
 from accord.db.base import UTCDateTime, listed, listed_pairs, one_of, one_of_bound, pair_of_bound
 from accord.db.bulk import insert_rows
+from accord.journeys.models import Journey
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.private import Opener
 from accord.profiles.sealed import open_payload, sealed_by
@@ -129,24 +131,54 @@ _cache: dict[str, Active] = {}
 _lock = threading.Lock()
 
 
+@dataclass(frozen=True, slots=True)
+class Stamps:
+    """(key, version, updated_at) of every definition in force, by key: what a change of one changes, so
+    that what was compiled is compiled again only then."""
+
+    segments: tuple[Any, ...]  # the segments', then the computed traits' (their keys after "~")
+    journeys: tuple[Any, ...]
+
+
+def _stamps_query() -> Select[Any]:
+    s, c, j = Segment.__table__.c, ComputedTrait.__table__.c, Journey.__table__.c
+    # The journeys' too, which streaming evaluates after the segments in the same transaction: one
+    # statement for the three, a handful of rows.
+    parts = (select(literal(kind), t.key, t.version, t.updated_at) for kind, t in (("s", s), ("c", c), ("j", j)))
+    return cast(Select[Any], union_all(*parts))
+
+
+STAMPS = _stamps_query()
+
+
+def stamps(session: Session, cache: FactsCache | None = None) -> Stamps:
+    """The definitions' stamps, read now (once per transaction with a `cache`)."""
+    if cache is not None and cache.stamps is not None:
+        return cache.stamps
+    rows = sorted(tuple(row) for row in session.execute(STAMPS))
+    found = Stamps(
+        segments=tuple((k, v, u) for kind, k, v, u in rows if kind == "s")
+        + tuple(("~" + k, v, u) for kind, k, v, u in rows if kind == "c"),
+        journeys=tuple((k, v, u) for kind, k, v, u in rows if kind == "j"),
+    )
+    if cache is not None:
+        cache.stamps = found
+    return found
+
+
 def active(session: Session, cache: FactsCache | None = None) -> Active:
     """The segments in force: one small aggregate read (none when `cache` holds them); compiled again only
     after a change."""
     if cache is not None and cache.segments is not None:
         return cache.segments
-    found = _active(session)
+    found = _active(session, stamps(session, cache).segments)
     if cache is not None:
         cache.segments = found
     return found
 
 
-def _active(session: Session) -> Active:
+def _active(session: Session, stamp: tuple[Any, ...]) -> Active:
     s, c = Segment.__table__.c, ComputedTrait.__table__.c
-    # (key, version, updated_at) of every segment and computed trait: a handful of rows.
-    stamp = tuple((k, v, u) for k, v, u in session.execute(select(s.key, s.version, s.updated_at).order_by(s.key)))
-    stamp += tuple(
-        ("~" + k, v, u) for k, v, u in session.execute(select(c.key, c.version, c.updated_at).order_by(c.key))
-    )
     bind = str(session.get_bind().engine.url)
     cached = _cache.get(bind)
     if cached is not None and cached.stamp == stamp:
@@ -235,6 +267,7 @@ class FactsCache:
     drops it at commit."""
 
     entries: dict[str, _Loaded] = field(default_factory=dict)
+    stamps: Stamps | None = None
     segments: Active | None = None
     # {profile id: {segment key: entered_at}}, as the segments' evaluation left them (written)
     memberships: dict[str, dict[str, datetime]] = field(default_factory=dict)
