@@ -40,6 +40,7 @@ from accord.runtime import Runtime, tune_gc
 from accord.security import service as security
 from accord.security import users
 from accord.security.datakeys import DataKeys
+from accord.security.keys import KeyringError
 from accord.segments import cli as segment_cli
 from accord.sources import service as sources
 
@@ -353,7 +354,11 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyringError as error:  # a key file that is damaged, missing or another installation's
+        console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(1) from None
 
 
 @contextmanager
@@ -1035,7 +1040,6 @@ def keys_rotate(
 ) -> None:
     """Rewrap every data key under a new key-encryption key, while Accord keeps running; resumable."""
     from accord.security import datakeys
-    from accord.security.keys import KeyringError
 
     try:
         with _db(_settings()) as db:

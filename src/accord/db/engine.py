@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import Settings
+from accord.security import keyfile
 from accord.security.crypto import Keyring
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,18 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(
-            settings.sqlalchemy_url(),
-            sqlite_synchronous=settings.sqlite_synchronous,
-            keyring=Keyring.from_settings(settings),
-        )
+        """The database with the installation's keys; KeyringError when the key-encryption key file cannot
+        open the data keys stored in it (`accord.security.keyfile.check`)."""
+        kek_path = settings.kek_path()
+        created = not kek_path.exists()
+        keyring = Keyring.from_settings(settings)
+        db = cls(settings.sqlalchemy_url(), sqlite_synchronous=settings.sqlite_synchronous, keyring=keyring)
+        try:
+            keyfile.check(db.engine, keyring.provider, kek_path, created=created)
+        except BaseException:
+            db.dispose()
+            raise
+        return db
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:

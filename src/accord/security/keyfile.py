@@ -1,0 +1,43 @@
+"""The key-encryption key file against the database it is meant for: a process refuses to start with a
+file that cannot open the stored data keys (missing, so a new one was just made, or another
+installation's), instead of wrapping new data under it while the old stays unreadable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, inspect, text
+
+from accord.security.keys import KeyProvider, KeyringError
+
+# One index lookup per KEK id in use (there are one or two), however many data keys there are.
+_NEXT_KEK_ID = text("SELECT min(kek_id) FROM data_keys WHERE kek_id > :after")
+
+
+def kek_ids_in_use(engine: Engine) -> list[str]:
+    """The ids of the KEKs that wrap stored data keys ([] before the first migration)."""
+    if not inspect(engine).has_table("data_keys"):
+        return []
+    found: list[str] = []
+    with engine.connect() as connection:
+        while (kek_id := connection.execute(_NEXT_KEK_ID, {"after": found[-1] if found else ""}).scalar()) is not None:
+            found.append(str(kek_id))
+    return found
+
+
+def check(engine: Engine, provider: KeyProvider, path: Path, *, created: bool) -> None:
+    """KeyringError when data keys are wrapped under a KEK `provider` does not hold. A file this process
+    `created` (there was none) is removed again, so that restoring the right one is all it takes."""
+    unknown = sorted(set(kek_ids_in_use(engine)) - set(provider.known()))
+    if not unknown:
+        return
+    if created:
+        path.unlink(missing_ok=True)
+        why = "was missing (a new one was made and removed again)"
+    else:
+        why = "holds other keys (another installation's, or an older copy)"
+    raise KeyringError(
+        f"the key-encryption key file {path} {why}: this database's data keys are wrapped under "
+        f"{len(unknown)} key(s) it does not hold ({', '.join(k[:12] for k in unknown)}). Without them no "
+        "personal data can be read. Restore the file from its backup, or point ACCORD_KEK_FILE at it."
+    )
