@@ -276,7 +276,7 @@ def refresh(
     per_profile = {pid: keys for pid, keys in per_profile.items() if keys}
     read = {*gone, *per_profile}  # of these, every position is in `stored`
     stored = positions(session, read) if read else {}
-    carried = _carry(session, gone, stored, read, journeys, changes) if gone else {}
+    carried = _carry(session, gone, stored, read, journeys, changes, cache) if gone else {}
     if per_profile:
         for pid, theirs in carried.items():
             stored.setdefault(pid, {}).update(theirs)
@@ -315,14 +315,18 @@ def load_facts(
     return facts
 
 
-def owners(session: Session, profile_ids: Iterable[str]) -> dict[str, str]:
-    """{profile id: the live profile it is, or was merged into} (an id with no row stands for itself)."""
+def owners(
+    session: Session, profile_ids: Iterable[str], cache: segment_evaluate.FactsCache | None = None
+) -> dict[str, str]:
+    """{profile id: the live profile it is, or was merged into} (an id with no row stands for itself). With
+    `cache`, what the segments' evaluation of the same transaction read of the profiles is not read again."""
     p = segment_evaluate.PROFILES.c
+    known = cache.merged_into if cache is not None else {}
     found = {pid: pid for pid in set(profile_ids)}
     frontier = sorted(found)
     for _ in range(10):  # merged_into points at a live profile; a chain is followed a few hops at most
-        hops: dict[str, str] = {}
-        for chunk in _chunks(frontier):
+        hops = {pid: target for pid in frontier if (target := known.get(pid)) is not None}
+        for chunk in _chunks([pid for pid in frontier if pid not in known]):
             query = select(p.id, p.merged_into).where(p.id.in_(chunk), p.merged_into.is_not(None))
             hops.update({row[0]: row[1] for row in session.execute(query)})
         if not hops:
@@ -339,13 +343,14 @@ def _carry(
     read: set[str],
     journeys: Active,
     changes: Changes,
+    cache: segment_evaluate.FactsCache | None,
 ) -> dict[str, dict[str, Position]]:
     """Move the positions of merged-away profiles to the live profiles they belong to, where further.
     `stored` holds every position of the profiles in `read`, `gone` among them."""
     theirs = {pid: stored[pid] for pid in gone if pid in stored}
     if not theirs:
         return {}
-    owner = owners(session, theirs)
+    owner = owners(session, theirs, cache)
     targets = set(owner.values()) - set(theirs)
     mine = {pid: stored[pid] for pid in targets & read if pid in stored}
     if targets - read:

@@ -271,6 +271,8 @@ class FactsCache:
     segments: Active | None = None
     # {profile id: {segment key: entered_at}}, as the segments' evaluation left them (written)
     memberships: dict[str, dict[str, datetime]] = field(default_factory=dict)
+    # {profile id: the profile it was merged into; None: live, or not stored}, of the profiles read
+    merged_into: dict[str, str | None] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
@@ -281,6 +283,7 @@ class _Loaded:
     events: dict[str, list[tuple[datetime, Mapping[str, Any]]]]
     names: frozenset[str]
     properties: bool
+    merged_into: str | None = None
 
 
 def load_facts(
@@ -311,6 +314,7 @@ def load_facts(
     fresh = _read_facts(session, missing, names, properties) if missing else {}
     if cache is not None:
         cache.entries.update(fresh)
+        cache.merged_into.update((pid, entry.merged_into) for pid, entry in fresh.items())
     loaded.update(fresh)
     facts = {
         pid: Facts(traits=entry.traits, events=entry.events)
@@ -338,7 +342,7 @@ def _read_facts(session: Session, ids: list[str], names: frozenset[str], propert
         opener.load(row[2] for row in profile_rows if row[3] is None)  # personal traits, decrypted once
         for profile_id, traits, sealed, merged_into in profile_rows:
             if merged_into is not None:
-                found[profile_id] = _Loaded(None, {}, names, properties)
+                found[profile_id] = _Loaded(None, {}, names, properties, merged_into)
             else:
                 whole = (traits or {}) if sealed is None else opener.traits(profile_id, traits, sealed)
                 found[profile_id] = _Loaded(whole, {}, names, properties)
@@ -452,14 +456,18 @@ def refresh(
     stored = memberships(session, [*wanted, *also], cache)
     evaluated = [pid for pid, keys in per_profile.items() if keys]
     facts = load_facts(session, evaluated, (segments.by_key[k] for k in needed), now, segments.computed, cache)
-    unknown = [pid for pid in per_profile if pid not in facts and stored.get(pid)]
-    live = _live(session, unknown) if unknown else set()
+    # Not live (merged away, or not stored): where they point is read once, for their memberships here
+    # and, through the cache, for the journeys' positions.
+    others = [pid for pid in per_profile if pid not in facts and (cache is not None or stored.get(pid))]
+    pointers = _merged_into(session, others) if others else {}
+    if cache is not None:
+        cache.merged_into.update((pid, pointers.get(pid)) for pid in others)
     gone: list[str] = []
     for profile_id, keys in per_profile.items():
         current = stored.get(profile_id, {})
         found = facts.get(profile_id)
         if found is None:
-            if current and profile_id not in live:
+            if current and (profile_id not in pointers or pointers[profile_id] is not None):
                 gone.append(profile_id)
             continue
         found.segments = set(current)
@@ -487,13 +495,13 @@ def refresh(
     return changes
 
 
-def _live(session: Session, profile_ids: list[str]) -> set[str]:
-    """The live ones (stored, not merged away) among these profiles."""
+def _merged_into(session: Session, profile_ids: list[str]) -> dict[str, str | None]:
+    """{profile id: the profile it was merged into, None if live}, of those among these that are stored."""
     connection, statements = _core(session)
-    found: set[str] = set()
+    found: dict[str, str | None] = {}
     for chunk in _chunks(sorted(profile_ids)):
         rows = connection.execute(statements.merged_into, {"ids": listed(chunk, connection.dialect.name)})
-        found.update(pid for pid, merged_into in rows if merged_into is None)
+        found.update((pid, merged_into) for pid, merged_into in rows)
     return found
 
 
