@@ -286,3 +286,18 @@ def test_rotation_while_the_pipeline_writes_and_the_api_reads(rt: Runtime) -> No
                 assert all(e.payload for e in profiles.timeline(session, profile_id).events)
     finally:
         fresh.close()
+
+
+def test_keys_made_for_new_ids_keep_one_that_is_stored_already(rt: Runtime) -> None:
+    """`create(..., new=True)` inserts without reading first; an id that has a key all the same keeps it."""
+    with rt.db.unit_of_work() as session:
+        token = datakeys.DataKeys.of(session).encrypt("p-old", b"sealed before", b"row")
+    with rt.db.unit_of_work() as session:
+        keys = datakeys.DataKeys.of(session)
+        keys.create(["p-old", "p-new"], new=True)
+        assert keys.decrypt(token, b"row") == b"sealed before"
+        fresh = keys.encrypt("p-new", b"sealed now", b"row")
+    with rt.db.read() as session:
+        keys = datakeys.DataKeys.of(session)
+        assert keys.decrypt(fresh, b"row") == b"sealed now"
+        assert session.scalars(select(DataKey.id).order_by(DataKey.id)).all() == ["p-new", "p-old"]

@@ -4,18 +4,18 @@ date in the same transaction as the profiles (by the worker and by re-derivation
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Integer, String, Table, TextClause, bindparam, delete, select, text
+from sqlalchemy import String, Table, TextClause, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from accord.db.base import JSONDoc, UTCDateTime
+from accord.db.base import JSONDoc
 from accord.identity.matching import MatchSettings, Weights, blocking_keys, compile_match, prepare
 from accord.identity.models import MatchKey, MatchModel
 from accord.profiles.private import Opener
@@ -39,19 +39,23 @@ class LoadedModel:
 
 
 _cache: dict[str, LoadedModel] = {}
-_LATEST = text("SELECT version, created_at FROM identity_match_models ORDER BY version DESC LIMIT 1").columns(
-    version=Integer(), created_at=UTCDateTime()
-)
 _lock = threading.Lock()
+# What says whether the loaded model is current: the latest version and when it was stored (None, None
+# before the first training). Columns, so that a caller may read it with other stamps in one statement.
+MODEL_STAMP = (
+    select(MODELS.c.version).order_by(MODELS.c.version.desc()).limit(1).scalar_subquery(),
+    select(MODELS.c.created_at).order_by(MODELS.c.version.desc()).limit(1).scalar_subquery(),
+)
+_READ_STAMP = select(*MODEL_STAMP)
 
 
-def current_model(session: Session) -> LoadedModel | None:
-    """One indexed read of the latest version; the document is read and compiled again only on a change."""
+def current_model(session: Session, stamp: Sequence[Any] | None = None) -> LoadedModel | None:
+    """One indexed read of the latest version (or its `MODEL_STAMP` as the caller read it in this
+    transaction); the document is read and compiled again only on a change."""
     m = MODELS.c
-    latest = session.execute(_LATEST).first()
-    if latest is None:
+    version, created_at = stamp if stamp is not None else session.connection().execute(_READ_STAMP).one()
+    if version is None:
         return None
-    version, created_at = latest
     bind = str(session.get_bind().engine.url)
     cached = _cache.get(bind)
     if cached is not None and cached.version == version and cached.created_at == created_at:
@@ -69,9 +73,9 @@ def current_model(session: Session) -> LoadedModel | None:
     return loaded
 
 
-def current_settings(session: Session) -> MatchSettings | None:
+def current_settings(session: Session, stamp: Sequence[Any] | None = None) -> MatchSettings | None:
     """The settings the index is kept under: the trained model's, or None (no model: no index to keep)."""
-    model = current_model(session)
+    model = current_model(session, stamp)
     return model.settings if model is not None else None
 
 

@@ -9,23 +9,25 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache, lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, union_all
+from sqlalchemy import CompoundSelect, Select, Table, Update, bindparam, func, select, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
-from accord.db.base import one_of, utcnow
+from accord.db.base import listed, one_of_bound, utcnow
 from accord.db.bulk import insert_rows
 from accord.identity import match_index
 from accord.identity.blind import protect, seal_value
 from accord.identity.graph import Separation, Separations, Tag, place
+from accord.identity.matching import MatchSettings
 from accord.identity.models import Identity, Merge, SeparationRow
 from accord.identity.rederive import rederive
 from accord.identity.rules import Key, Rules
-from accord.identity.service import current_rules
+from accord.identity.service import RULES_STAMP, current_rules
 from accord.ingest import quarantine
 from accord.ingest.spec import parse_time
 from accord.journeys import streaming as journey_streaming
@@ -67,6 +69,8 @@ class _Run:
     the graph that `place` reads (owner, counts and tags of live profiles)."""
 
     rules: Rules
+    personal: private.Personal  # which traits are sealed
+    matching: MatchSettings | None  # what the blocking index is kept under (None: no model, no index)
     profiles: dict[str, ProfileState] = field(default_factory=dict)
     identities: dict[Key, str] = field(default_factory=dict)  # attached keys -> profile (maybe absorbed since)
     homes: dict[Key, str] = field(default_factory=dict)
@@ -132,10 +136,13 @@ def process_events(
     events (a `Consent Updated` event, a GPC signal) go into the consent ledger. Segment memberships and
     journey positions are evaluated as of `now` (default: the clock)."""
     outcome = Outcome()
+    # The Core statements below run on the session's connection, which does not flush pending ORM changes
+    # as session.execute does: flush the caller's first, so that the run reads what it wrote.
+    session.flush()
     fresh = _drop_duplicates(session, items, outcome)
     if not fresh:
         return outcome
-    rules = current_rules(session)
+    rules, personal, matching = _configuration(session)
     keyring = keyring_of(session)
     plain: dict[Key, str] = {}
     parsed: list[_Parsed] = []
@@ -172,7 +179,7 @@ def process_events(
     # In the canonical order, so that a run needs no re-derivation for events that are only out of order
     # among themselves (see docs/concepts.md, "Limits and order").
     parsed.sort(key=lambda p: (p.timestamp, p.event["messageId"], p.source_id))
-    run = _Run(rules=rules, plain=plain)
+    run = _Run(rules=rules, personal=personal, matching=matching, plain=plain)
     _load(session, run, [key for item in parsed for key in item.keys], lock_rows=lock_rows)
     now = now or utcnow()
     consent_events: list[tuple[_Parsed, str]] = []
@@ -218,6 +225,25 @@ def process_events(
     return outcome
 
 
+def _configuration(session: Session) -> tuple[Rules, private.Personal, MatchSettings | None]:
+    """The identity rules, the personal traits and the match model's settings in force. Each is cached per
+    database and checked against its stamp; the three stamps are read in one statement, each run, so a
+    change another process made is seen by the next run."""
+    row = session.connection().execute(_stamps()).one()
+    rules_end = len(RULES_STAMP)
+    personal_end = rules_end + len(private.personal_stamp())
+    return (
+        current_rules(session, row[:rules_end]),
+        private.personal(session, row[rules_end:personal_end]),
+        match_index.current_settings(session, row[personal_end:]),
+    )
+
+
+@cache
+def _stamps() -> Select[Any]:
+    return select(*RULES_STAMP, *private.personal_stamp(), *match_index.MODEL_STAMP)
+
+
 def _current_profiles(session: Session, found: list[tuple[_Parsed, str]]) -> list[tuple[_Parsed, str]]:
     """Where each event is after the run's re-derivations."""
     events = EVENTS.c
@@ -253,22 +279,27 @@ def _drop_duplicates(session: Session, items: list[Item], outcome: Outcome) -> l
     by_source: dict[str, list[str]] = {}
     for source_id, message_id in seen:
         by_source.setdefault(source_id, []).append(message_id)
-    events = EVENTS.c
-    dialect = session.get_bind().dialect.name
+    connection = session.connection()
+    dialect = connection.dialect.name
     for source_id, message_ids in by_source.items():
         for chunk in _chunks(message_ids):
-            stored.update(
-                (source_id, m)
-                for m in session.scalars(
-                    select(events.message_id).where(
-                        events.source_id == source_id, one_of(events.message_id, chunk, dialect)
-                    )
-                )
+            found = connection.execute(
+                _stored_messages(dialect), {"source_id": source_id, "message_ids": listed(chunk, dialect)}
             )
+            stored.update((source_id, m) for m in found.scalars())
     if not stored:
         return unique
     outcome.duplicates += sum(1 for s, e in unique if (s, e["messageId"]) in stored)
     return [(s, e) for s, e in unique if (s, e["messageId"]) not in stored]
+
+
+@cache
+def _stored_messages(dialect: str) -> Select[str]:
+    """Which of the messageIds bound as `message_ids` the source `source_id` has stored already."""
+    e = EVENTS.c
+    return select(e.message_id).where(
+        e.source_id == bindparam("source_id"), one_of_bound(e.message_id, "message_ids", dialect)
+    )
 
 
 def _read_identities(session: Session, keys: set[Key]) -> dict[Key, tuple[str | None, str | None, str | None]]:
@@ -276,23 +307,36 @@ def _read_identities(session: Session, keys: set[Key]) -> dict[Key, tuple[str | 
     by_type: dict[str, list[str]] = {}
     for kind, value in keys:
         by_type.setdefault(kind, []).append(value)
-    identities = IDENTITIES.c
-    dialect = session.get_bind().dialect.name
-    columns = (identities.type, identities.value, identities.profile_id, identities.home_id, identities.cluster_id)
+    connection = session.connection()
+    dialect = connection.dialect.name
     # One lookup per type and chunk, each on the primary key; a few of them go as one statement.
-    lookups = [
-        select(*columns).where(identities.type == kind, one_of(identities.value, chunk, dialect))
-        for kind, values in sorted(by_type.items())
-        for chunk in _chunks(values)
-    ]
+    lookups = [(kind, chunk) for kind, values in sorted(by_type.items()) for chunk in _chunks(values)]
     found: dict[Key, tuple[str | None, str | None, str | None]] = {}
     for start in range(0, len(lookups), LOOKUPS_PER_STATEMENT):
         part = lookups[start : start + LOOKUPS_PER_STATEMENT]
-        for kind, value, profile_id, home_id, cluster_id in session.execute(
-            part[0] if len(part) == 1 else union_all(*part)
+        params: dict[str, str] = {}
+        for n, (kind, chunk) in enumerate(part):
+            params[f"type_{n}"] = kind
+            params[f"values_{n}"] = listed(chunk, dialect)
+        for kind, value, profile_id, home_id, cluster_id in connection.execute(
+            _identity_lookups(dialect, len(part)), params
         ):
             found[(kind, value)] = (profile_id, home_id, cluster_id)
     return found
+
+
+@lru_cache(maxsize=2 * LOOKUPS_PER_STATEMENT)
+def _identity_lookups(dialect: str, count: int) -> Select[Any] | CompoundSelect[Any]:
+    """`count` lookups of identities as one statement: of the type bound as `type_<n>`, the values bound as
+    `values_<n>`."""
+    i = IDENTITIES.c
+    lookups = [
+        select(i.type, i.value, i.profile_id, i.home_id, i.cluster_id).where(
+            i.type == bindparam(f"type_{n}"), one_of_bound(i.value, f"values_{n}", dialect)
+        )
+        for n in range(count)
+    ]
+    return lookups[0] if count == 1 else union_all(*lookups)
 
 
 def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> None:
@@ -313,19 +357,21 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
     cluster_ids = sorted({c for c in run.dropped.values() if c})
     if not profile_ids and not cluster_ids:
         return
-    p = PROFILES.c
-    dialect = session.get_bind().dialect.name
-    in_clusters = select(p.cluster_id).where(one_of(p.id, profile_ids, dialect), p.cluster_id.is_not(None))
-    condition = one_of(p.id, profile_ids, dialect) | (
-        p.merged_into.is_(None) & (p.cluster_id.in_(in_clusters.scalar_subquery()) | p.cluster_id.in_(cluster_ids))
-    )
-    query = select(PROFILES).where(condition).order_by(p.id)
-    if lock_rows:
-        query = query.with_for_update()
     requested = set(profile_ids)
-    rows = session.execute(query).mappings().all()
+    connection = session.connection()
+    dialect = connection.dialect.name
+    rows = (
+        connection.execute(
+            _profiles_to_load(dialect, lock_rows),
+            {"ids": listed(profile_ids, dialect), "clusters": listed(cluster_ids, dialect)},
+        )
+        .mappings()
+        .all()
+    )
     opener = private.Opener.of(session)
-    opener.load(row["traits_enc"] for row in rows)
+    # In one statement, the data keys of every profile read: their personal traits are sealed under them,
+    # and so are the events and identities the run writes for them. The run reads no other.
+    opener.load((row["traits_enc"] for row in rows), profiles=(row["id"] for row in rows))
     for row in rows:
         if row["merged_into"] is not None:
             raise StaleRead(f"profile {row['id']} was merged while this run read it")
@@ -348,6 +394,27 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
         _load_clusters(session, run, clusters, wanted, found, lock_rows=lock_rows)
 
 
+# Live profiles (`merged_into IS NULL`), in a condition that the index on cluster_id should answer: SQLite
+# keeps no statistics, takes the index on merged_into for a selective one, and walked every live profile
+# through it (a run's slowest statement); written with coalesce, it uses the index on cluster_id.
+_LIVE = func.coalesce(PROFILES.c.merged_into, "") == ""
+
+
+@cache
+def _profiles_to_load(dialect: str, lock_rows: bool) -> Select[Any]:
+    """The profiles bound as `ids`, with every live profile of their conflicted clusters and of the clusters
+    bound as `clusters`, in id order (locked, with `lock_rows`)."""
+    p = PROFILES.c
+    in_clusters = select(p.cluster_id).where(one_of_bound(p.id, "ids", dialect), p.cluster_id.is_not(None))
+    condition = one_of_bound(p.id, "ids", dialect) | (
+        _LIVE
+        & p.cluster_id.is_not(None)  # implied, and said: the index on cluster_id is partial, of those not null
+        & (p.cluster_id.in_(in_clusters.scalar_subquery()) | one_of_bound(p.cluster_id, "clusters", dialect))
+    )
+    query = select(PROFILES).where(condition).order_by(p.id)
+    return query.with_for_update() if lock_rows else query
+
+
 def _load_clusters(
     session: Session,
     run: _Run,
@@ -360,7 +427,7 @@ def _load_clusters(
     """The slow path, for conflicted clusters: check that every member is locked and that no identity moved
     (a re-derivation may move identities between live profiles), then read their separations."""
     p = PROFILES.c
-    members = set(session.scalars(select(p.id).where(p.cluster_id.in_(sorted(clusters)), p.merged_into.is_(None))))
+    members = set(session.scalars(select(p.id).where(p.cluster_id.in_(sorted(clusters)), _LIVE)))
     if not members <= run.profiles.keys():
         raise StaleRead("a conflicted cluster grew while this run read it")
     if lock_rows and _read_identities(session, wanted) != found:
@@ -499,7 +566,7 @@ def _join_clusters(run: _Run, clusters: set[str], profile_ids: set[str]) -> str:
 
 def _write(session: Session, run: _Run, now: datetime) -> None:
     opener = private.Opener.of(session)
-    personal = private.personal(session)
+    personal = run.personal
     names: dict[str, set[str]] = {}
 
     def row(state: ProfileState) -> dict[str, Any]:
@@ -524,44 +591,28 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    # The data keys of new live profiles in one go (their traits and events are sealed under them), and in
-    # one read those of the other profiles written (sealing their personal traits needs them).
+    # The data keys of new live profiles in one go (their traits and events are sealed under them); those
+    # of the other profiles written were read with them (`_load`).
     keys = DataKeys.of(session)
-    keys.create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None})
-    keys.load({s.id for s in run.profiles.values() if s.dirty})
+    keys.create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None}, new=True)
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
+    connection = session.connection()
     if rows:
         # One multi-row upsert for new and changed profiles alike.
-        upsert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(PROFILES)
-        session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[PROFILES.c.id],
-                set_={name: upsert.excluded[name] for name in rows[0] if name not in ("id", "created_at")},
-            ),
-            rows,
-        )
+        connection.execute(_upsert_profiles(connection.dialect.name), rows)
     private.index_names(session, names)
     changed = {s.id: s.traits for s in run.profiles.values() if s.traits_changed and s.merged_into is None}
     if changed or run.absorbed_existing:
-        match_index.refresh(session, match_index.current_settings(session), changed, run.absorbed_existing)
+        match_index.refresh(session, run.matching, changed, run.absorbed_existing)
     if run.absorbed_existing:
         # Everything that pointed at an absorbed profile now points at its survivor.
         moves = [{"old": a, "new": run.live(a).id} for a in run.absorbed_existing]
-        session.execute(
-            IDENTITIES.update().where(IDENTITIES.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
-            moves,
-        )
-        session.execute(
-            EVENTS.update().where(EVENTS.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
-            moves,
-        )
-        session.execute(
-            PROFILES.update().where(PROFILES.c.merged_into == bindparam("old")).values(merged_into=bindparam("new")),
-            moves,
-        )
-    for old, new in run.cluster_renames:
-        session.execute(PROFILES.update().where(PROFILES.c.cluster_id == old).values(cluster_id=new))
-        session.execute(IDENTITIES.update().where(IDENTITIES.c.cluster_id == old).values(cluster_id=new))
+        for statement in _MOVES:
+            connection.execute(statement, moves)
+    if run.cluster_renames:
+        renames = [{"old": old, "new": new} for old, new in run.cluster_renames]
+        for statement in _CLUSTER_RENAMES:
+            connection.execute(statement, renames)
     # Inserts in key order: two workers inserting the same keys wait for each other in one order.
     if run.new_identities:
         _seal_identities(keys, run)
@@ -574,11 +625,8 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         rows = [run.attached_dropped[key] for key in sorted(run.attached_dropped)]
         for identity in rows:
             identity["profile_id"] = run.live(identity["profile_id"]).id
-        i = IDENTITIES.c
-        session.execute(
-            IDENTITIES.update()
-            .where(i.type == bindparam("key_type"), i.value == bindparam("key_value"))
-            .values(profile_id=bindparam("profile_id"), home_id=bindparam("home_id"), cluster_id=None),
+        connection.execute(
+            _ATTACH_DROPPED,
             [
                 {"key_type": r["type"], "key_value": r["value"], "profile_id": r["profile_id"], "home_id": r["home_id"]}
                 for r in rows
@@ -597,6 +645,48 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         insert_rows(session, EVENTS, run.events)
     if run.merges:
         insert_rows(session, MERGES, run.merges)
+
+
+# Profile columns the upsert writes over a stored row (all but the id and the creation time).
+_UPDATED = (
+    "merged_into",
+    "traits",
+    "traits_enc",
+    "trait_versions",
+    "counts",
+    "first_seen",
+    "last_seen",
+    "identity_counts",
+    "cluster_id",
+    "updated_at",
+)
+
+
+@cache
+def _upsert_profiles(dialect: str) -> Any:
+    upsert = (pg_insert if dialect == "postgresql" else sqlite_insert)(PROFILES)
+    return upsert.on_conflict_do_update(
+        index_elements=[PROFILES.c.id], set_={name: upsert.excluded[name] for name in _UPDATED}
+    )
+
+
+# What pointed at absorbed profiles (bound as `old`) points at their survivors (`new`).
+_MOVES: tuple[Update, ...] = (
+    IDENTITIES.update().where(IDENTITIES.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
+    EVENTS.update().where(EVENTS.c.profile_id == bindparam("old")).values(profile_id=bindparam("new")),
+    PROFILES.update().where(PROFILES.c.merged_into == bindparam("old")).values(merged_into=bindparam("new")),
+)
+# Conflicted clusters joined: the members of cluster `old` are in cluster `new`.
+_CLUSTER_RENAMES: tuple[Update, ...] = (
+    PROFILES.update().where(PROFILES.c.cluster_id == bindparam("old")).values(cluster_id=bindparam("new")),
+    IDENTITIES.update().where(IDENTITIES.c.cluster_id == bindparam("old")).values(cluster_id=bindparam("new")),
+)
+# A stored identity a limit left out is attached to a profile.
+_ATTACH_DROPPED = (
+    IDENTITIES.update()
+    .where(IDENTITIES.c.type == bindparam("key_type"), IDENTITIES.c.value == bindparam("key_value"))
+    .values(profile_id=bindparam("profile_id"), home_id=bindparam("home_id"), cluster_id=None)
+)
 
 
 def _seal_identities(keys: DataKeys, run: _Run) -> None:

@@ -20,15 +20,31 @@ import hashlib
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import ColumnElement, Table, bindparam, delete, false, func, or_, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    ScalarSelect,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    type_coerce,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from accord.db.base import listed, one_of_bound
+from accord.db.bulk import insert_rows
 from accord.profiles.models import Profile, ProfileWord
 from accord.security.crypto import Keyring, Undecryptable, aad, is_ciphertext, key_id_of
 from accord.security.datakeys import DataKeys, keyring_of
@@ -139,24 +155,36 @@ _personal: dict[str, tuple[tuple[Any, ...], Personal]] = {}
 _personal_lock = threading.Lock()
 
 
-def personal(session: Session) -> Personal:
-    """The personal traits now: one small aggregate read; the mappings are parsed again only after one
-    was added (mappings are versioned, import runs keep theirs: rows are only ever added), or after a SQL
-    computed trait was declared `pii` or no longer is (the count of those and their latest change)."""
+@cache
+def personal_stamp() -> tuple[ScalarSelect[Any], ...]:
+    """What says whether the personal traits are as last found: the mappings' latest id and time, the
+    count of import runs, and the count and latest change of SQL computed traits declared `pii`. Columns,
+    so that a caller may read it with other stamps in one statement."""
     from accord.sources.models import ImportRun, SourceMapping, SqlTrait
 
     declared = SqlTrait.pii.is_(True)
-    stamp = tuple(
-        session.execute(
-            select(
-                select(func.max(SourceMapping.id)).scalar_subquery(),
-                select(func.max(SourceMapping.created_at)).scalar_subquery(),
-                select(func.count(ImportRun.id)).scalar_subquery(),
-                select(func.count(SqlTrait.key)).where(declared).scalar_subquery(),
-                select(func.max(SqlTrait.updated_at)).where(declared).scalar_subquery(),
-            )
-        ).one()
+    return (
+        select(func.max(SourceMapping.id)).scalar_subquery(),
+        select(func.max(SourceMapping.created_at)).scalar_subquery(),
+        select(func.count(ImportRun.id)).scalar_subquery(),
+        select(func.count(SqlTrait.key)).where(declared).scalar_subquery(),
+        select(func.max(SqlTrait.updated_at)).where(declared).scalar_subquery(),
     )
+
+
+@cache
+def _read_stamp() -> Select[Any]:
+    return select(*personal_stamp())
+
+
+def personal(session: Session, stamp: Sequence[Any] | None = None) -> Personal:
+    """The personal traits now: one small aggregate read (or the `personal_stamp` as the caller read it in
+    this transaction); the mappings are parsed again only after one was added (mappings are versioned,
+    import runs keep theirs: rows are only ever added), or after a SQL computed trait was declared `pii` or
+    no longer is (the count of those and their latest change)."""
+    if stamp is None:
+        stamp = session.connection().execute(_read_stamp()).one()
+    stamp = tuple(stamp)
     bind = str(session.get_bind().engine.url)
     cached = _personal.get(bind)
     if cached is not None and cached[0] == stamp:
@@ -197,11 +225,10 @@ class Opener:
             found = session.info["accord.opener"] = cls(keys)
         return found
 
-    def load(self, tokens: Iterable[str | None]) -> None:
-        """Read the data keys of these ciphertexts in one go."""
-        self.keys.load(
-            {key_id_of(t) for t in tokens if isinstance(t, str) and is_ciphertext(t) and t not in self.opened}
-        )
+    def load(self, tokens: Iterable[str | None], profiles: Iterable[str] = ()) -> None:
+        """Read the data keys of these ciphertexts in one go, with those of `profiles` (to seal under)."""
+        wanted = {key_id_of(t) for t in tokens if isinstance(t, str) and is_ciphertext(t) and t not in self.opened}
+        self.keys.load(wanted.union(profiles))
 
     def personal(self, profile_id: str, token: str | None) -> dict[str, Any]:
         """The personal traits of a profile; `{}` when there are none or its data key is gone (erased)."""
@@ -331,8 +358,15 @@ def index_names(session: Session, changed: Mapping[str, set[str]]) -> None:
         return
     keyring = keyring_of(session)
     ids = sorted(changed)
+    connection = session.connection()
+    dialect = connection.dialect.name
     for start in range(0, len(ids), 500):
-        session.execute(delete(WORDS).where(WORDS.c.profile_id.in_(ids[start : start + 500])))
+        connection.execute(_delete_words(dialect), {"ids": listed(ids[start : start + 500], dialect)})
     rows = [{"word": word, "profile_id": pid} for pid in ids for word in sorted(blind_words(keyring, changed[pid]))]
-    if rows:
-        session.execute(WORDS.insert(), rows)
+    insert_rows(session, WORDS, rows)
+
+
+@cache
+def _delete_words(dialect: str) -> Delete:
+    """Delete the words of the profiles bound as `ids` (built once per dialect)."""
+    return delete(WORDS).where(one_of_bound(WORDS.c.profile_id, "ids", dialect))

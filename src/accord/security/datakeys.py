@@ -7,15 +7,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Table, delete, event, func, select, update
+from sqlalchemy import Select, Table, delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from accord.db.base import one_of, utcnow
+from accord.db.base import listed, one_of_bound, utcnow
 from accord.security.crypto import Keyring, Undecryptable, key_id_of, open_sealed, seal
 from accord.security.models import DataKey
 
@@ -50,23 +51,29 @@ class DataKeys:
         return keys
 
     def load(self, key_ids: Iterable[str]) -> None:
+        """Read these keys, in one statement per 500; keys read already (or known to be missing) are not."""
         wanted = sorted({k for k in key_ids if k not in self._ciphers})
-        dialect = self.session.get_bind().dialect.name
-        column = DataKey.__table__.c.id
+        if not wanted:
+            return
+        connection = self.session.connection()
+        dialect = connection.dialect.name
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            for key_id, kek_id, wrapped in self.session.execute(
-                select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(one_of(column, chunk, dialect))
-            ):
+            for key_id, kek_id, wrapped in connection.execute(_read(dialect), {"ids": listed(chunk, dialect)}):
                 self._ciphers[key_id] = self.keyring.cipher(key_id, kek_id, bytes(wrapped))
             for key_id in chunk:
                 self._ciphers.setdefault(key_id, None)
 
-    def create(self, key_ids: Iterable[str]) -> None:
-        """Make data keys for these ids (new profiles); ids that have one keep it."""
+    def create(self, key_ids: Iterable[str], *, new: bool = False) -> None:
+        """Make data keys for these ids (new profiles); ids that have one keep it. With `new`, the ids were
+        made just now (a new profile's uuid), so none is read before the insert: one that has a key all the
+        same is read after it, as when another transaction made it meanwhile."""
         wanted = sorted(set(key_ids))
-        self.load(wanted)
-        missing = [k for k in wanted if self._ciphers.get(k) is None]
+        if new:
+            missing = [k for k in wanted if self._ciphers.get(k) is None]
+        else:
+            self.load(wanted)
+            missing = [k for k in wanted if self._ciphers[k] is None]
         if not missing:
             return
         now = utcnow()
@@ -75,12 +82,11 @@ class DataKeys:
         for key_id in missing:
             made[key_id], kek_id, wrapped = self.keyring.new_data_key(key_id)
             rows.append({"id": key_id, "kek_id": kek_id, "wrapped": wrapped, "created_at": now})
-        table = cast(Table, DataKey.__table__)
-        insert = (pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert)(table)
-        statement = insert.on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+        connection = self.session.connection()
+        statement = _insert(connection.dialect.name)
         stored: set[str] = set()
         for start in range(0, len(rows), 500):
-            stored.update(self.session.scalars(statement, rows[start : start + 500]))
+            stored.update(connection.execute(statement, rows[start : start + 500]).scalars())
         for key_id in missing:
             if key_id in stored:
                 self._ciphers[key_id] = made[key_id]
@@ -113,6 +119,21 @@ class DataKeys:
 
 
 _INFO_KEY = "accord.datakeys"
+DATA_KEYS = cast(Table, DataKey.__table__)
+
+
+@cache
+def _read(dialect: str) -> Select[str, str, bytes]:
+    """The keys of the ids bound as `ids` (built once per dialect)."""
+    c = DATA_KEYS.c
+    return select(c.id, c.kek_id, c.wrapped).where(one_of_bound(c.id, "ids", dialect))
+
+
+@cache
+def _insert(dialect: str) -> Any:
+    """Insert keys, leaving any that another transaction stored first; returns the ids inserted."""
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(DATA_KEYS)
+    return insert.on_conflict_do_nothing(index_elements=["id"]).returning(DATA_KEYS.c.id)
 
 
 @event.listens_for(Session, "after_transaction_end")
