@@ -14,7 +14,9 @@ with a Python-side default must be given (a server default or an autoincrement k
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -76,27 +78,42 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     """Insert `rows` (dicts with the same keys) into `table` in the session's transaction."""
     if not rows:
         return
-    names = list(rows[0])
-    columns = _columns(table, names)
     connection = session.connection()
-    dialect = connection.dialect
-    converters = [_converter(column, dialect) for column in columns]
-    pairs = list(zip(names, converters, strict=True))
-    values = [tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs) for row in rows]
-    quoted = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
-    target = dialect.identifier_preparer.format_table(table)
-    if dialect.name == "postgresql":
-        statement = f"COPY {target} ({quoted}) FROM STDIN"
+    plan = _plan(table, tuple(rows[0]), connection.dialect)
+    values = [
+        tuple(row[name] if convert is None else convert(row[name]) for name, convert in plan.pairs) for row in rows
+    ]
+    if plan.copy:
         driver = connection.connection.driver_connection
         try:
-            with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+            with driver.cursor() as cursor, cursor.copy(plan.statement) as copy:  # type: ignore[union-attr]
                 for value in values:
                     copy.write_row(value)
         except psycopg.Error as error:
             # Raised as SQLAlchemy raises the driver's errors (IntegrityError for a duplicate key, ...), so
             # callers tell conflicts, deadlocks and faults apart as they do for any other statement.
-            raise DBAPIError.instance(statement, None, error, psycopg.Error) from error
+            raise DBAPIError.instance(plan.statement, None, error, psycopg.Error) from error
         return
+    connection.exec_driver_sql(plan.statement, values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    pairs: tuple[tuple[str, Converter | None], ...]  # each column's name and converter, in the rows' order
+    statement: str
+    copy: bool  # PostgreSQL: the statement is a COPY, written row by row
+
+
+@lru_cache(maxsize=256)
+def _plan(table: Table, names: tuple[str, ...], dialect: Dialect) -> _Plan:
+    """How rows with these keys go into `table`: worked out once per table, keys and dialect."""
+    columns = _columns(table, names)
+    converters = [_converter(column, dialect) for column in columns]
+    quoted = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
+    target = dialect.identifier_preparer.format_table(table)
+    pairs = tuple(zip(names, converters, strict=True))
+    if dialect.name == "postgresql":
+        return _Plan(pairs, f"COPY {target} ({quoted}) FROM STDIN", copy=True)
     marks = ", ".join("?" for _ in names)
     # Table and column names come from the metadata, quoted by the dialect; the values are bound.
-    connection.exec_driver_sql(f"INSERT INTO {target} ({quoted}) VALUES ({marks})", values)  # noqa: S608
+    return _Plan(pairs, f"INSERT INTO {target} ({quoted}) VALUES ({marks})", copy=False)  # noqa: S608

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -89,9 +89,8 @@ class Database:
             self.engine.dialect.use_insertmanyvalues_wo_returning = True
         info = {"keyring": keyring}
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
-        self.read_sessions = sessionmaker(
-            self.engine.execution_options(accord_read_only=True), expire_on_commit=False, info=info
-        )
+        self._read_engine = self.engine.execution_options(accord_read_only=True)
+        self.read_sessions = sessionmaker(self._read_engine, expire_on_commit=False, info=info)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -119,6 +118,13 @@ class Database:
         """A session for reads only; on SQLite it does not take the write lock."""
         with self.read_sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """`read`, for Core statements only: a connection without a session (which costs more than the
+        reads of a worker's claim)."""
+        with self._read_engine.connect() as connection, connection.begin():
+            yield connection
 
     def checkpoint_wal(self) -> None:
         """SQLite: copy the write-ahead log into the database file and truncate it to nothing, so that no

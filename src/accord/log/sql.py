@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import cast
 
 import orjson
-from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from accord.db.engine import Database
@@ -44,6 +44,18 @@ _SQLITE_LAST_SEQ = (
     "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'event_log'), 0),"
     " coalesce((SELECT max(seq) FROM event_log), 0))"
 )
+
+
+# The claim's statements, built once, run on a connection without a session (the ORM adds nothing here,
+# and building them and a session cost more than running them, on SQLite).
+_RECORDS = cast(Table, LogRecord.__table__)
+_OLDEST = (
+    select(_RECORDS.c.seq, _RECORDS.c.source_id, _RECORDS.c.event_count, _RECORDS.c.payload)
+    .order_by(_RECORDS.c.seq)
+    .limit(bindparam("limit"))
+)
+_OLDEST_LOCKED = _OLDEST.with_for_update(skip_locked=True)
+_DELETE = delete(_RECORDS).where(_RECORDS.c.seq.in_(bindparam("seqs", expanding=True)))
 
 
 def payload_aad(seq: int) -> bytes:
@@ -190,19 +202,19 @@ class SqlEventLog:
     def claim(self, max_events: int) -> Iterator[Claim]:
         if self.db.dialect == "postgresql":
             # The row locks hold the claim against other workers until this transaction ends.
-            with self.db.unit_of_work() as session:
-                claim = Claim(self._read(session, max_events, lock=True))
+            with self.db.engine.begin() as connection:
+                claim = Claim(self._read(connection, max_events, lock=True))
                 yield claim
                 if claim.acknowledged:
-                    self._delete(session, claim)
+                    self._delete(connection, claim)
             return
         # SQLite: one worker per database; read without holding the file's write lock meanwhile.
-        with self.db.read() as session:
-            claim = Claim(self._read(session, max_events, lock=False))
+        with self.db.read_connection() as connection:
+            claim = Claim(self._read(connection, max_events, lock=False))
         yield claim
         if claim.acknowledged and claim.deliveries:
-            with self._ack_db().unit_of_work() as session:
-                self._delete(session, claim)
+            with self._ack_db().engine.begin() as connection:
+                self._delete(connection, claim)
 
     def _ack_db(self) -> Database:
         """SQLite: acknowledgements (deletes of processed records) commit without waiting for the disk
@@ -221,24 +233,17 @@ class SqlEventLog:
                     )
         return self._acks
 
-    def _read(self, session: Session, max_events: int, *, lock: bool) -> list[Delivery]:
+    def _read(self, connection: Connection, max_events: int, *, lock: bool) -> list[Delivery]:
         """The oldest records, up to `max_events` events (at least one record). The query asks for about as
         many records as that many events fill, judged by the size of the records read last time: rows
         beyond them would be fetched (their payloads copied out of the database) or, on PostgreSQL, locked
         away from the other workers for nothing."""
         wanted = max(1, max_events)
         limit = min(MAX_CLAIM_RECORDS, max(1, -(-wanted // self._typical_count) + 1))
-        query = (
-            select(LogRecord.seq, LogRecord.source_id, LogRecord.event_count, LogRecord.payload)
-            .order_by(LogRecord.seq)
-            .limit(limit)
-        )
-        if lock:
-            query = query.with_for_update(skip_locked=True)
         deliveries: list[Delivery] = []
         total = 0
         # Core rows, fetched as they are read: the loop stops at the first record that does not fit.
-        for seq, source_id, count, payload in session.connection().execute(query):
+        for seq, source_id, count, payload in connection.execute(_OLDEST_LOCKED if lock else _OLDEST, {"limit": limit}):
             if deliveries and total + count > wanted:
                 break
             try:
@@ -266,9 +271,9 @@ class SqlEventLog:
             return self._failures[record] >= UNREADABLE_AFTER
 
     @staticmethod
-    def _delete(session: Session, claim: Claim) -> None:
+    def _delete(connection: Connection, claim: Claim) -> None:
         if claim.deliveries:
-            session.execute(delete(LogRecord).where(LogRecord.seq.in_([d.seq for d in claim.deliveries])))
+            connection.execute(_DELETE, {"seqs": [d.seq for d in claim.deliveries]})
 
     def pending(self) -> int:
         with self.db.read() as session:
