@@ -151,6 +151,10 @@ class Compiled:
     stage_limits: tuple[timedelta | None, ...] = ()
     limit: timedelta | None = None
     index: dict[str, int] = field(default_factory=dict)
+    # the conditions, compiled: of each stage, the goal's, the exit's
+    stage_tests: tuple[conditions.Test, ...] = ()
+    goal_test: conditions.Test | None = None
+    exit_test: conditions.Test | None = None
 
     @property
     def limited(self) -> bool:
@@ -167,4 +171,7 @@ def compile_journey(key: str, version: int, document: Any) -> Compiled:
         stage_limits=tuple(duration(s.time_limit) if s.time_limit else None for s in definition.stages),
         limit=duration(definition.time_limit) if definition.time_limit else None,
         index={stage.key: i for i, stage in enumerate(definition.stages)},
+        stage_tests=tuple(conditions.compile_test(stage.condition) for stage in definition.stages),
+        goal_test=conditions.compile_test(definition.goal) if definition.goal is not None else None,
+        exit_test=conditions.compile_test(definition.exit) if definition.exit is not None else None,
     )

@@ -30,7 +30,6 @@ from accord.db.bulk import insert_rows
 from accord.journeys.definition import Compiled, compile_journey
 from accord.journeys.models import Journey, JourneyPosition, JourneyTransition
 from accord.segments import computed as computed_traits
-from accord.segments import conditions
 from accord.segments import evaluate as segment_evaluate
 from accord.segments.conditions import Facts
 
@@ -89,11 +88,9 @@ def step(
         if limit is not None and now > limit:
             ended = replace(position, state="exited", ended_at=limit, reason="time_limit")
             return ended, [Move(journey.key, profile_id, "exited", position.stage, position.stage, "time_limit", limit)]
-    stages = journey.definition.stages
+    stages, tests = journey.definition.stages, journey.stage_tests
     current = -1 if position is None else journey.index[position.stage]
-    target = next(
-        (i for i in range(len(stages) - 1, current, -1) if conditions.evaluate(stages[i].condition, facts, now)), None
-    )
+    target = next((i for i in range(len(stages) - 1, current, -1) if tests[i](facts, now)), None)
     if target is not None:
         key = stages[target].key
         if position is None:
@@ -104,13 +101,13 @@ def step(
             position = replace(position, stage=key, stage_entered_at=now, path={**position.path, key: now.isoformat()})
     if position is None:
         return None, moves
-    goal, exit_ = journey.definition.goal, journey.definition.exit
+    goal, exit_ = journey.goal_test, journey.exit_test
     reached_end = journey.index[position.stage] == len(stages) - 1
-    if (goal is not None and conditions.evaluate(goal, facts, now)) or (goal is None and reached_end):
+    if (goal is not None and goal(facts, now)) or (goal is None and reached_end):
         reason = "goal" if goal is not None else "last_stage"
         position = replace(position, state="completed", ended_at=now, reason=reason)
         moves.append(Move(journey.key, profile_id, "completed", position.stage, position.stage, reason, now))
-    elif exit_ is not None and conditions.evaluate(exit_, facts, now):
+    elif exit_ is not None and exit_(facts, now):
         position = replace(position, state="exited", ended_at=now, reason="exit")
         moves.append(Move(journey.key, profile_id, "exited", position.stage, position.stage, "exit", now))
     return position, moves

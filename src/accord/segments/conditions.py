@@ -488,42 +488,95 @@ def compare(op: str, actual: Any, value: Any) -> bool:
     raise ValueError(f"unknown operator {op!r}")
 
 
+Test = Callable[[Facts, datetime], bool]
+
+
 def evaluate(node: Node, facts: Facts, now: datetime) -> bool:
+    return compile_test(node)(facts, now)
+
+
+def compile_test(node: Node) -> Test:
+    """The condition as a function of a profile's facts and the moment, what `evaluate` gives: the tree is
+    walked, paths split and windows read once, not for each profile evaluated."""
     if isinstance(node, AllOf):
-        return all(evaluate(child, facts, now) for child in node.all)
+        every = tuple(compile_test(child) for child in node.all)
+        return lambda facts, now: all(test(facts, now) for test in every)
     if isinstance(node, AnyOf):
-        return any(evaluate(child, facts, now) for child in node.any)
+        some = tuple(compile_test(child) for child in node.any)
+        return lambda facts, now: any(test(facts, now) for test in some)
     if isinstance(node, NotCondition):
-        return not evaluate(node.not_, facts, now)
+        inner = compile_test(node.not_)
+        return lambda facts, now: not inner(facts, now)
     if isinstance(node, TraitCondition):
-        return compare(node.op, lookup(facts.traits, node.trait), node.value)
+        op, path, value = node.op, _path(node.trait), node.value
+        return lambda facts, now: compare(op, _lookup(facts.traits, path), value)
     if isinstance(node, ComputedCondition):
-        value = facts.computed(node.computed)
-        return compare(node.op, _MISSING if value is None else value, node.value)
+        op, key, value = node.op, node.computed, node.value
+
+        def computed(facts: Facts, now: datetime) -> bool:
+            found = facts.computed(key)
+            return compare(op, _MISSING if found is None else found, value)
+
+        return computed
     if isinstance(node, EventCondition):
-        return _performed(node, facts.events.get(node.event, ()), now)
+        return _performed(node)
     if isinstance(node, SegmentCondition):
-        return node.segment in facts.segments
-    return facts.allowed(node.consent.purpose, node.consent.channel)
+        segment = node.segment
+        return lambda facts, now: segment in facts.segments
+    purpose, channel = node.consent.purpose, node.consent.channel
+    return lambda facts, now: facts.allowed(purpose, channel)
 
 
-def _performed(node: EventCondition, events: Sequence[tuple[datetime, Mapping[str, Any]]], now: datetime) -> bool:
-    matching = [
-        moment
-        for moment, properties in events
-        if all(compare(f.op, lookup(properties, f.property), f.value) for f in node.where)
-    ]
-    start, end = node.window(now)
+def _path(dotted: str) -> tuple[str, ...]:
+    return tuple(dotted.split("."))
 
-    def inside(moment: datetime) -> bool:
-        return (start is None or moment >= start) and (end is None or moment < end)
 
-    if node.occurrence != "any":
-        if not matching:
-            return False
-        return inside(min(matching) if node.occurrence == "first" else max(matching))
-    n = sum(1 for moment in matching if inside(moment))
-    return (node.count or _AT_LEAST_ONCE).holds(n)
+def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """`lookup` with the path split."""
+    value: Any = document
+    for part in path:
+        if not (type(value) is dict or isinstance(value, Mapping)) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _performed(node: EventCondition) -> Test:
+    name, occurrence, count = node.event, node.occurrence, node.count or _AT_LEAST_ONCE
+    filters = tuple((f.op, _path(f.property), f.value) for f in node.where)
+    window = _window(node)
+
+    def performed(facts: Facts, now: datetime) -> bool:
+        events = facts.events.get(name, ())
+        matching = [
+            moment
+            for moment, properties in events
+            if all(compare(op, _lookup(properties, path), value) for op, path, value in filters)
+        ]
+        start, end = window(now)
+
+        def inside(moment: datetime) -> bool:
+            return (start is None or moment >= start) and (end is None or moment < end)
+
+        if occurrence != "any":
+            if not matching:
+                return False
+            return inside(min(matching) if occurrence == "first" else max(matching))
+        return count.holds(sum(1 for moment in matching if inside(moment)))
+
+    return performed
+
+
+def _window(node: EventCondition) -> Callable[[datetime], tuple[datetime | None, datetime | None]]:
+    """`node.window`, its days read once."""
+    if node.within is not None:
+        span = timedelta(days=int(node.within[:-1]))
+        return lambda now: (now - span, None)
+    if node.older_than is not None:
+        span = timedelta(days=int(node.older_than[:-1]))
+        return lambda now: (None, now - span)
+    fixed = node.window(datetime.now(UTC))  # absolute dates (between) or no window: now plays no part
+    return lambda now: fixed
 
 
 _AT_LEAST_ONCE = CountSpec(gte=1)

@@ -99,6 +99,10 @@ class Compiled:
     version: int
     node: Node
     refs: References
+    test: conditions.Test = field(init=False, repr=False, compare=False)  # the node, compiled
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", conditions.compile_test(self.node))
 
 
 @dataclass(slots=True)
@@ -474,7 +478,7 @@ def refresh(
         for item in segments.ordered:
             if item.key not in keys:
                 continue
-            inside = conditions.evaluate(item.node, found, now)
+            inside = item.test(found, now)
             if inside and item.key not in current:
                 found.segments.add(item.key)
                 changes.entered.append((item.key, profile_id))
@@ -621,7 +625,7 @@ def recompute(session: Session, now: datetime, *, segments: Active | None = None
         for profile_id, found in facts.items():
             found.segments = set()
             for item in segments.ordered:
-                if conditions.evaluate(item.node, found, now):
+                if item.test(found, now):
                     found.segments.add(item.key)
                     result.add((item.key, profile_id))
         after = last
