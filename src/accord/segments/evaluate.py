@@ -79,7 +79,7 @@ def _statements(dialect: str) -> _Statements:
         profiles=profiles,
         events=select(e.profile_id, e.event, e.timestamp).where(*tracked),
         sealed_events=select(e.profile_id, e.event, e.timestamp, e.payload, e.source_id, e.message_id).where(*tracked),
-        memberships=select(m.segment_key, m.profile_id, m.entered_at).where(one_of_bound(m.profile_id, "ids", dialect)),
+        memberships=select(m.segment_key, m.profile_id).where(one_of_bound(m.profile_id, "ids", dialect)),
         merged_into=select(p.id, p.merged_into).where(one_of_bound(p.id, "ids", dialect)),
         leave=delete(MEMBERSHIPS).where(pair_of_bound(m.segment_key, m.profile_id, "pairs", dialect)),
         drop=delete(MEMBERSHIPS).where(one_of_bound(m.profile_id, "ids", dialect)),
@@ -273,8 +273,8 @@ class FactsCache:
     entries: dict[str, _Loaded] = field(default_factory=dict)
     stamps: Stamps | None = None
     segments: Active | None = None
-    # {profile id: {segment key: entered_at}}, as the segments' evaluation left them (written)
-    memberships: dict[str, dict[str, datetime]] = field(default_factory=dict)
+    # {profile id: the segments it is in}, as the segments' evaluation left them (written)
+    memberships: dict[str, set[str]] = field(default_factory=dict)
     # {profile id: the profile it was merged into; None: live, or not stored}, of the profiles read
     merged_into: dict[str, str | None] = field(default_factory=dict)
     hits: int = 0
@@ -403,26 +403,24 @@ def _load_consent(session: Session, facts: dict[str, Facts], purposes: set[str],
         found.allowed = allowed
 
 
-def memberships(
-    session: Session, profile_ids: Iterable[str], cache: FactsCache | None = None
-) -> dict[str, dict[str, datetime]]:
-    """{profile id: {segment key: entered_at}} as stored (a profile in no segment may be left out); with a
+def memberships(session: Session, profile_ids: Iterable[str], cache: FactsCache | None = None) -> dict[str, set[str]]:
+    """{profile id: the segments it is in} as stored (a profile in no segment may be left out); with a
     `cache`, what the segments' evaluation of the same transaction left, read once."""
     ids = sorted(set(profile_ids))
-    stored: dict[str, dict[str, datetime]] = {}
+    stored: dict[str, set[str]] = {}
     if cache is not None:
         stored = {pid: cache.memberships[pid] for pid in ids if pid in cache.memberships}
         ids = [pid for pid in ids if pid not in stored]
     if ids:
         connection, statements = _core(session)
         for chunk in _chunks(ids):
-            for key, profile_id, entered_at in connection.execute(
+            for key, profile_id in connection.execute(
                 statements.memberships, {"ids": listed(chunk, connection.dialect.name)}
             ):
-                stored.setdefault(profile_id, {})[key] = entered_at
+                stored.setdefault(profile_id, set()).add(key)
         if cache is not None:
             for pid in ids:
-                cache.memberships[pid] = stored.setdefault(pid, {})
+                cache.memberships[pid] = stored.setdefault(pid, set())
     return stored
 
 
@@ -468,7 +466,7 @@ def refresh(
         cache.merged_into.update((pid, pointers.get(pid)) for pid in others)
     gone: list[str] = []
     for profile_id, keys in per_profile.items():
-        current = stored.get(profile_id, {})
+        current = stored.get(profile_id, set())
         found = facts.get(profile_id)
         if found is None:
             if current and (profile_id not in pointers or pointers[profile_id] is not None):
@@ -491,11 +489,11 @@ def refresh(
     write(session, changes, segments, now)
     if cache is not None:
         for pid in gone:
-            cache.memberships[pid] = {}
+            cache.memberships[pid] = set()
         for key, pid in changes.entered:
-            cache.memberships.setdefault(pid, {})[key] = now
+            cache.memberships.setdefault(pid, set()).add(key)
         for key, pid in changes.exited:
-            cache.memberships.get(pid, {}).pop(key, None)
+            cache.memberships.get(pid, set()).discard(key)
     return changes
 
 
