@@ -134,6 +134,8 @@ class Active:
     timed: set[str] = field(default_factory=set)  # conditions time alone can change (windows, consent expiry)
     limited: set[str] = field(default_factory=set)  # with a time limit
     computed: dict[str, computed_traits.ComputedDefinition] = field(default_factory=dict)
+    # what each journey reads, in the form the segments' load_facts takes
+    reads: dict[str, segment_evaluate.Compiled] = field(default_factory=dict)
 
 
 _cache: dict[str, Active] = {}
@@ -179,6 +181,9 @@ def compile_all(
         journey = compile_journey(key, version, document)
         journey = replace(journey, refs=segment_evaluate.with_computed(journey.refs, result.computed))
         result.by_key[key] = journey
+        result.reads[key] = segment_evaluate.Compiled(
+            key, version, journey.definition.stages[0].condition, journey.refs
+        )
         for trait in journey.refs.traits:
             result.by_trait.setdefault(trait, set()).add(key)
         for event in journey.refs.events:
@@ -247,6 +252,7 @@ def positions(
 class Changes:
     moves: list[Move] = field(default_factory=list)
     written: dict[tuple[str, str], Position | None] = field(default_factory=dict)  # (journey, profile) -> now
+    stored: set[tuple[str, str]] = field(default_factory=set)  # (journey, profile) with a position row, as read
 
 
 def refresh(
@@ -273,6 +279,7 @@ def refresh(
     per_profile = {pid: keys for pid, keys in per_profile.items() if keys}
     read = {*gone, *per_profile}  # of these, every position is in `stored`
     stored = positions(session, read) if read else {}
+    changes.stored.update((key, pid) for pid, found in stored.items() for key in found)
     carried = _carry(session, gone, stored, read, journeys, changes, cache) if gone else {}
     if per_profile:
         for pid, theirs in carried.items():
@@ -304,7 +311,7 @@ def load_facts(
 ) -> dict[str, Facts]:
     """The facts these journeys read, for the live profiles among `profile_ids`: the segments' facts, and
     the profiles' segment memberships as stored."""
-    items = [segment_evaluate.Compiled(j.key, j.version, j.definition.stages[0].condition, j.refs) for j in needed]
+    items = [journeys.reads[j.key] for j in needed]
     facts = segment_evaluate.load_facts(session, profile_ids, items, now, journeys.computed, cache)
     if any(j.refs.segments for j in needed):
         for profile_id, keys in segment_evaluate.memberships(session, facts, cache).items():
@@ -352,6 +359,7 @@ def _carry(
     mine = {pid: stored[pid] for pid in targets & read if pid in stored}
     if targets - read:
         mine.update(positions(session, targets - read))
+        changes.stored.update((key, pid) for pid, found in mine.items() for key in found)
     result: dict[str, dict[str, Position]] = {}
     for profile_id, found in sorted(theirs.items()):
         target = owner.get(profile_id, profile_id)
@@ -372,7 +380,8 @@ def _write(session: Session, changes: Changes, journeys: Active) -> None:
         pairs = sorted(changes.written)
         connection = session.connection()
         _, leave = _statements(connection.dialect.name)
-        for chunk in _chunks(pairs):
+        # Only rows read are replaced: a profile entering a journey has none to delete.
+        for chunk in _chunks([pair for pair in pairs if pair in changes.stored]):
             connection.execute(leave, {"pairs": listed_pairs(chunk)})
         rows = [
             {
