@@ -36,7 +36,7 @@ from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.profiles.sealed import seal_payload
 from accord.rights import service as rights
-from accord.security.datakeys import DataKeys, keyring_of
+from accord.security.datakeys import DATA_KEYS, DataKeys, keyring_of
 from accord.segments import streaming
 from accord.segments.evaluate import FactsCache
 
@@ -369,9 +369,10 @@ def _load(session: Session, run: _Run, keys: list[Key], *, lock_rows: bool) -> N
         .all()
     )
     opener = private.Opener.of(session)
-    # In one statement, the data keys of every profile read: their personal traits are sealed under them,
-    # and so are the events and identities the run writes for them. The run reads no other.
-    opener.load((row["traits_enc"] for row in rows), profiles=(row["id"] for row in rows))
+    # The data keys of the profiles came with them: their personal traits are sealed under them, and so are
+    # the events and identities the run writes for them. The run reads no other.
+    opener.keys.found((row["id"], row["kek_id"], row["wrapped"]) for row in rows)
+    opener.load(row["traits_enc"] for row in rows)
     for row in rows:
         if row["merged_into"] is not None:
             raise StaleRead(f"profile {row['id']} was merged while this run read it")
@@ -403,7 +404,8 @@ _LIVE = func.coalesce(PROFILES.c.merged_into, "") == ""
 @cache
 def _profiles_to_load(dialect: str, lock_rows: bool) -> Select[Any]:
     """The profiles bound as `ids`, with every live profile of their conflicted clusters and of the clusters
-    bound as `clusters`, in id order (locked, with `lock_rows`)."""
+    bound as `clusters`, in id order (locked, with `lock_rows`), each with its data key (`kek_id` and
+    `wrapped`, None when it has none)."""
     p = PROFILES.c
     in_clusters = select(p.cluster_id).where(one_of_bound(p.id, "ids", dialect), p.cluster_id.is_not(None))
     condition = one_of_bound(p.id, "ids", dialect) | (
@@ -411,8 +413,13 @@ def _profiles_to_load(dialect: str, lock_rows: bool) -> Select[Any]:
         & p.cluster_id.is_not(None)  # implied, and said: the index on cluster_id is partial, of those not null
         & (p.cluster_id.in_(in_clusters.scalar_subquery()) | one_of_bound(p.cluster_id, "clusters", dialect))
     )
-    query = select(PROFILES).where(condition).order_by(p.id)
-    return query.with_for_update() if lock_rows else query
+    query = (
+        select(PROFILES, DATA_KEYS.c.kek_id, DATA_KEYS.c.wrapped)
+        .select_from(PROFILES.outerjoin(DATA_KEYS, DATA_KEYS.c.id == p.id))
+        .where(condition)
+        .order_by(p.id)
+    )
+    return query.with_for_update(of=PROFILES) if lock_rows else query
 
 
 def _load_clusters(
@@ -600,7 +607,7 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     if rows:
         # One multi-row upsert for new and changed profiles alike.
         connection.execute(_upsert_profiles(connection.dialect.name), rows)
-    private.index_names(session, names)
+    private.index_names(session, names, new={s.id for s in run.profiles.values() if s.is_new})
     changed = {s.id: s.traits for s in run.profiles.values() if s.traits_changed and s.merged_into is None}
     if changed or run.absorbed_existing:
         match_index.refresh(session, run.matching, changed, run.absorbed_existing)

@@ -20,7 +20,7 @@ import hashlib
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, cast
@@ -225,10 +225,11 @@ class Opener:
             found = session.info["accord.opener"] = cls(keys)
         return found
 
-    def load(self, tokens: Iterable[str | None], profiles: Iterable[str] = ()) -> None:
-        """Read the data keys of these ciphertexts in one go, with those of `profiles` (to seal under)."""
-        wanted = {key_id_of(t) for t in tokens if isinstance(t, str) and is_ciphertext(t) and t not in self.opened}
-        self.keys.load(wanted.union(profiles))
+    def load(self, tokens: Iterable[str | None]) -> None:
+        """Read the data keys of these ciphertexts in one go."""
+        self.keys.load(
+            {key_id_of(t) for t in tokens if isinstance(t, str) and is_ciphertext(t) and t not in self.opened}
+        )
 
     def personal(self, profile_id: str, token: str | None) -> dict[str, Any]:
         """The personal traits of a profile; `{}` when there are none or its data key is gone (erased)."""
@@ -352,16 +353,18 @@ def blind_words(keyring: Keyring, words: Iterable[str]) -> set[str]:
     return {keyring.blind(WORD_KIND, word) for word in words}
 
 
-def index_names(session: Session, changed: Mapping[str, set[str]]) -> None:
-    """Bring the name index of these profiles to these words (blind them first; an empty set: none)."""
+def index_names(session: Session, changed: Mapping[str, set[str]], *, new: Container[str] = ()) -> None:
+    """Bring the name index of these profiles to these words (blind them first; an empty set: none).
+    Profiles in `new` were made in this transaction: they have no words to delete."""
     if not changed:
         return
     keyring = keyring_of(session)
     ids = sorted(changed)
+    stored = [pid for pid in ids if pid not in new]
     connection = session.connection()
     dialect = connection.dialect.name
-    for start in range(0, len(ids), 500):
-        connection.execute(_delete_words(dialect), {"ids": listed(ids[start : start + 500], dialect)})
+    for start in range(0, len(stored), 500):
+        connection.execute(_delete_words(dialect), {"ids": listed(stored[start : start + 500], dialect)})
     rows = [{"word": word, "profile_id": pid} for pid in ids for word in sorted(blind_words(keyring, changed[pid]))]
     insert_rows(session, WORDS, rows)
 

@@ -64,6 +64,17 @@ class DataKeys:
             for key_id in chunk:
                 self._ciphers.setdefault(key_id, None)
 
+    def found(self, rows: Iterable[tuple[str, str | None, bytes | None]]) -> None:
+        """Keys the caller read with its own rows (joined on the key's id): (id, kek_id, wrapped), the last
+        two None for an id without a key. Keys known already are kept."""
+        for key_id, kek_id, wrapped in rows:
+            if key_id in self._ciphers:
+                continue
+            if kek_id is None or wrapped is None:
+                self._ciphers[key_id] = None
+            else:
+                self._ciphers[key_id] = self.keyring.cipher(key_id, kek_id, bytes(wrapped))
+
     def create(self, key_ids: Iterable[str], *, new: bool = False) -> None:
         """Make data keys for these ids (new profiles); ids that have one keep it. With `new`, the ids were
         made just now (a new profile's uuid), so none is read before the insert: one that has a key all the
