@@ -1,5 +1,6 @@
 """`insert_rows` writes what SQLAlchemy's own insert writes, on SQLite and PostgreSQL: the same values read
-back through the ORM, and on SQLite the same stored text (timestamps compare as strings there)."""
+back through the ORM, and on SQLite the same stored text (timestamps compare as strings there). So does
+`upsert_rows`, inserting and updating."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from accord.db.bulk import insert_rows
+from accord.db.bulk import insert_rows, upsert_rows
 from accord.identity.models import Merge
 from accord.journeys.models import JourneyPosition
+from accord.profiles.models import Profile
 from accord.runtime import Runtime
 
 POSITIONS = cast(Table, JourneyPosition.__table__)
 MERGES = cast(Table, Merge.__table__)
+PROFILES = cast(Table, Profile.__table__)
 
 AWARE = datetime(2026, 11, 30, 2, 7, 59, 123456, tzinfo=UTC)
 WHOLE_SECOND = datetime(2026, 11, 30, 2, 8, 0, tzinfo=UTC)  # microsecond 0: still written with .000000
@@ -116,3 +121,67 @@ def test_a_duplicate_key_is_an_integrity_error_as_sqlalchemy_raises_it(rt: Runti
         insert_rows(session, POSITIONS, [position("first")])
     with pytest.raises(IntegrityError), rt.db.unit_of_work() as session:
         insert_rows(session, POSITIONS, [position("first")])
+
+
+def profile_row(profile_id: str, **changes: Any) -> dict[str, Any]:
+    row = {
+        "id": profile_id,
+        "merged_into": None,
+        "traits": {"plan": "gold", "naïve": ["ß", 1, 2.5, None]},
+        "traits_enc": None,
+        "trait_versions": {"plan": AWARE.isoformat()},
+        "counts": {},
+        "first_seen": AWARE,
+        "last_seen": WHOLE_SECOND,
+        "identity_counts": {"user_id": 1},
+        "cluster_id": None,
+        "updated_at": AWARE,
+        "created_at": AWARE,
+    }
+    return {**row, **changes}
+
+
+def stored_profile(rt: Runtime, profile_id: str) -> tuple[Any, ...]:
+    with rt.db.read() as session:
+        row = session.scalars(select(Profile).where(Profile.id == profile_id)).one()
+        return (
+            row.merged_into,
+            row.traits,
+            row.traits_enc,
+            row.trait_versions,
+            row.counts,
+            row.first_seen,
+            row.last_seen,
+            row.identity_counts,
+            row.cluster_id,
+            row.updated_at,
+            row.created_at,
+        )
+
+
+def test_upserted_rows_read_back_as_sqlalchemy_wrote_them(rt: Runtime) -> None:
+    insert = (pg_insert if rt.db.dialect == "postgresql" else sqlite_insert)(PROFILES)
+    by_sqlalchemy = insert.on_conflict_do_update(
+        index_elements=[PROFILES.c.id],
+        set_={c.name: insert.excluded[c.name] for c in PROFILES.c if c.name not in ("id", "created_at")},
+    )
+    changed = {
+        "traits": {"plan": "silver"},
+        "traits_enc": "sealed",
+        "cluster_id": "c1",
+        "last_seen": ELSEWHERE,
+        "updated_at": ELSEWHERE,
+        "created_at": ELSEWHERE,  # kept: the stored row's stays
+    }
+    for changes in ({}, changed):  # inserted, then updated
+        with rt.db.unit_of_work() as session:
+            session.execute(by_sqlalchemy, [profile_row("by-sqlalchemy", **changes)])
+            upsert_rows(session, PROFILES, [profile_row("by-bulk", **changes)], key="id", keep=("created_at",))
+        assert stored_profile(rt, "by-bulk") == stored_profile(rt, "by-sqlalchemy")
+    assert stored_profile(rt, "by-bulk")[1] == {"plan": "silver"}
+    assert stored_profile(rt, "by-bulk")[-1] == AWARE
+    if rt.db.dialect == "sqlite":
+        query = text("SELECT first_seen, last_seen, created_at, updated_at FROM profiles WHERE id = :p")
+        with rt.db.read() as session:
+            raw = {p: session.execute(query, {"p": p}).one() for p in ("by-bulk", "by-sqlalchemy")}
+        assert raw["by-bulk"] == raw["by-sqlalchemy"]

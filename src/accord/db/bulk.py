@@ -23,6 +23,8 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import JSON, Column, Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -117,3 +119,38 @@ def _plan(table: Table, names: tuple[str, ...], dialect: Dialect) -> _Plan:
     marks = ", ".join("?" for _ in names)
     # Table and column names come from the metadata, quoted by the dialect; the values are bound.
     return _Plan(pairs, f"INSERT INTO {target} ({quoted}) VALUES ({marks})", copy=False)  # noqa: S608
+
+
+def upsert_rows(
+    session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, key: str, keep: tuple[str, ...] = ()
+) -> None:
+    """Insert `rows` (dicts with the same keys) into `table`, a row whose `key` is stored already updating
+    it with its values (all but `key` and `keep`). On SQLite SQLAlchemy's own INSERT ... ON CONFLICT DO
+    UPDATE, compiled once, goes to the driver with the values converted as `insert_rows` converts them; on
+    PostgreSQL (COPY cannot update) SQLAlchemy runs it."""
+    if not rows:
+        return
+    connection = session.connection()
+    statement, pairs = _upsert_plan(table, tuple(rows[0]), key, keep, connection.dialect)
+    if not isinstance(statement, str):
+        connection.execute(statement, rows)
+        return
+    values = [tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs) for row in rows]
+    connection.exec_driver_sql(statement, values)
+
+
+@lru_cache(maxsize=64)
+def _upsert_plan(
+    table: Table, names: tuple[str, ...], key: str, keep: tuple[str, ...], dialect: Dialect
+) -> tuple[Any, tuple[tuple[str, Converter | None], ...]]:
+    """The upsert of rows with these keys: SQLAlchemy's statement, compiled to its text on SQLite with the
+    converters of its parameters in their order."""
+    columns = {column.name: column for column in _columns(table, names)}
+    insert = (pg_insert if dialect.name == "postgresql" else sqlite_insert)(table)
+    updated = {name: insert.excluded[name] for name in names if name != key and name not in keep}
+    statement = insert.on_conflict_do_update(index_elements=[table.c[key]], set_=updated)
+    if dialect.name == "postgresql":
+        return statement, ()
+    compiled = statement.compile(dialect=dialect, column_keys=list(names))
+    order = compiled.positiontup or []
+    return compiled.string, tuple((name, _converter(columns[name], dialect)) for name in order)

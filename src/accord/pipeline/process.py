@@ -13,13 +13,11 @@ from functools import cache, lru_cache
 from typing import Any, cast
 
 from sqlalchemy import CompoundSelect, Select, Table, Update, bindparam, func, select, union_all
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
 from accord.db.base import listed, one_of_bound, utcnow
-from accord.db.bulk import insert_rows
+from accord.db.bulk import insert_rows, upsert_rows
 from accord.identity import match_index
 from accord.identity.blind import protect, seal_value
 from accord.identity.graph import Separation, Separations, Tag, place
@@ -603,10 +601,9 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
     keys = DataKeys.of(session)
     keys.create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None}, new=True)
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
+    # One multi-row upsert for new and changed profiles alike.
+    upsert_rows(session, PROFILES, rows, key="id", keep=("created_at",))
     connection = session.connection()
-    if rows:
-        # One multi-row upsert for new and changed profiles alike.
-        connection.execute(_upsert_profiles(connection.dialect.name), rows)
     private.index_names(session, names, new={s.id for s in run.profiles.values() if s.is_new})
     changed = {s.id: s.traits for s in run.profiles.values() if s.traits_changed and s.merged_into is None}
     if changed or run.absorbed_existing:
@@ -652,29 +649,6 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
         insert_rows(session, EVENTS, run.events)
     if run.merges:
         insert_rows(session, MERGES, run.merges)
-
-
-# Profile columns the upsert writes over a stored row (all but the id and the creation time).
-_UPDATED = (
-    "merged_into",
-    "traits",
-    "traits_enc",
-    "trait_versions",
-    "counts",
-    "first_seen",
-    "last_seen",
-    "identity_counts",
-    "cluster_id",
-    "updated_at",
-)
-
-
-@cache
-def _upsert_profiles(dialect: str) -> Any:
-    upsert = (pg_insert if dialect == "postgresql" else sqlite_insert)(PROFILES)
-    return upsert.on_conflict_do_update(
-        index_elements=[PROFILES.c.id], set_={name: upsert.excluded[name] for name in _UPDATED}
-    )
 
 
 # What pointed at absorbed profiles (bound as `old`) points at their survivors (`new`).
