@@ -183,6 +183,14 @@ def open_runtime(url: str, sqlite_synchronous: str, data_dir: Path | None = None
     return rt
 
 
+def as_accord_worker(rt: Runtime) -> None:
+    """Set an in-process drain up as `accord worker` sets itself up (SQLite): write-ahead logs checkpointed
+    on threads, commits that do not wait for the disk, acknowledgements that do."""
+    rt.db.checkpoint_in_background()
+    rt.log.db.checkpoint_in_background()
+    rt.log.acknowledge_when_durable(rt.db)
+
+
 def stored_events(url: str, sqlite_synchronous: str) -> int:
     """Events Accord holds: still in the event log, in the timeline, or in quarantine."""
     rt = open_runtime(url, sqlite_synchronous)

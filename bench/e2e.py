@@ -142,10 +142,11 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 handled, seconds = _drain_with_subprocesses(args, data_dir, url, db, log, len(calls))
                 how = f"{args.workers} `accord worker` subprocess(es)"
             else:
-                db.checkpoint_in_background()  # as `accord worker` does (SQLite)
+                common.as_accord_worker(rt)
                 worker = Worker(db=db, log=log, batch_size=settings.worker_batch_size)
                 began = time.monotonic()
                 handled = worker.drain(max_runs=len(calls) + 10)
+                rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
                 seconds = time.monotonic() - began
                 how = f"Worker.drain() in-process, batch_size {settings.worker_batch_size}"
             counts = store_counts(rt)

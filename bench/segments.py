@@ -241,10 +241,11 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, 
                 source_id = create_source(session, name="bench").id
             define(rt, segment_definitions(segments), journey_definitions(journey_count, segments))
             write_backlog(rt.log, source_id, calls)
-            rt.db.checkpoint_in_background()  # as `accord worker` does (SQLite)
+            common.as_accord_worker(rt)
             worker = Worker(db=rt.db, log=rt.log, batch_size=Settings().worker_batch_size)
             began = time.monotonic()
             handled = worker.drain(max_runs=len(calls) + 10)
+            rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
             seconds = time.monotonic() - began
             counts = store_counts(rt)
             with rt.db.read() as session:

@@ -171,6 +171,7 @@ def worker(
     migrations.upgrade(rt.db)
     rt.db.checkpoint_in_background()
     rt.log.db.checkpoint_in_background()  # SQLite: the event log's own file
+    rt.log.acknowledge_when_durable(rt.db)  # SQLite: a run's commit waits for no fsync of its own
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

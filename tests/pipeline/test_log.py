@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from accord.config import Settings
 from accord.runtime import Runtime
 from conftest import log_rows
-from pipeline.helpers import process, send
+from pipeline.helpers import process, send, snapshot
 
 
 def test_concurrent_appends_are_all_durable(rt: Runtime) -> None:
@@ -60,3 +64,100 @@ def test_sqlite_keeps_the_log_in_a_file_of_its_own(settings: Settings) -> None:
     else:
         assert settings.log_url().endswith("accord-log.db")
         assert settings.sqlalchemy_url().endswith("accord.db")
+
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files synced from now on, in order (os.fsync, the edge to the disk, recorded and then called)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_acknowledgements_wait_until_the_workers_commits_are_on_disk(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not rt.log.acknowledge_when_durable(rt.db, every=3600):  # the thread waits: the test turns it
+        assert rt.db.dialect == "postgresql"  # a claim is deleted in its own transaction there
+        return
+    with rt.db.read() as session:
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL: no fsync per commit
+    send(rt, [{"type": "track", "userId": "u1", "event": "E"}])
+    send(rt, [{"type": "track", "userId": "u2", "event": "E"}])
+    synced = _fsyncs(monkeypatch)
+    database = str(make_url(rt.db.url).database)
+
+    assert process(rt, batch_size=1) == 2  # two claims, the second past the first's undeleted record
+
+    assert log_rows(rt) == 2  # processed, not deleted yet
+    assert rt.log.pending() == 2
+    assert database + "-wal" not in synced
+    with rt.log.claim(100) as claim:
+        assert claim.deliveries == []  # nothing is handed out twice meanwhile
+    assert rt.log.delete_acknowledged() == 2
+    assert synced[:2] == [database + "-wal", database]  # the worker's commits were synced first
+    assert log_rows(rt) == 0
+    assert rt.log.delete_acknowledged() == 0
+
+
+def test_records_wait_for_the_disk_to_come_back(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not rt.log.acknowledge_when_durable(rt.db, every=3600):
+        return  # PostgreSQL: the test above checks there is nothing to wait for
+    send(rt, [{"type": "track", "userId": "u1", "event": "E"}])
+    assert process(rt) == 1
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        rt.log.delete_acknowledged()
+    assert log_rows(rt) == 1  # not deleted: its effects are not known to be on disk
+    monkeypatch.undo()
+    assert rt.log.delete_acknowledged() == 1
+    assert log_rows(rt) == 0
+
+
+def test_records_not_deleted_when_the_worker_dies_come_back_and_change_nothing(settings: Settings, rt: Runtime) -> None:
+    if not rt.log.acknowledge_when_durable(rt.db, every=3600):
+        return  # PostgreSQL: a claim is deleted in its own transaction
+    events = [
+        {"type": "identify", "userId": f"u{i}", "messageId": f"m{i}", "traits": {"plan": "gold"}} for i in range(5)
+    ]
+    send(rt, events)
+    assert process(rt) == 5
+    before = snapshot(rt)
+
+    restarted = Runtime.create(settings)  # the worker died before deleting: a new process finds them
+    try:
+        assert restarted.log.pending() == 5
+        assert process(restarted) == 5  # delivered again, dropped as already stored
+        assert snapshot(restarted) == before
+        assert restarted.log.pending() == 0
+    finally:
+        restarted.close()
+
+
+def test_closing_the_log_deletes_what_was_acknowledged(rt: Runtime) -> None:
+    if not rt.log.acknowledge_when_durable(rt.db, every=3600):
+        return
+    send(rt, [{"type": "track", "userId": "u1", "event": "E"}])
+    assert process(rt) == 1
+    rt.log.close()  # as a worker that stops
+    assert log_rows(rt) == 0
+
+
+def test_the_thread_deletes_acknowledged_records_on_its_own(rt: Runtime) -> None:
+    if not rt.log.acknowledge_when_durable(rt.db, every=0.01):
+        return
+    send(rt, [{"type": "track", "userId": "u1", "event": "E"}])
+    assert process(rt) == 1
+    deadline = time.monotonic() + 30
+    while log_rows(rt):
+        assert time.monotonic() < deadline, "the acknowledgements were not deleted"
+        time.sleep(0.01)

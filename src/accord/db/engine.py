@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -66,6 +67,7 @@ class Database:
         # The keys of encryption at rest: every session carries them (`accord.security.datakeys.keyring_of`).
         self.keyring = keyring
         self.dialect = parsed.get_backend_name()
+        self.synchronous = sqlite_synchronous.upper()
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -155,11 +157,46 @@ class Database:
     def checkpoints_in_background(self) -> bool:
         return self._checkpoints is not None
 
+    def commit_without_waiting_for_disk(self) -> bool:
+        """SQLite: this process's commits return without waiting for the disk (synchronous=NORMAL in WAL
+        mode: still atomic and consistent, but the last ones may be lost with the machine's power) until
+        `sync_to_disk` makes them durable. For the worker, whose commits the event log's acknowledgements
+        wait for (`SqlEventLog.acknowledge_when_durable`). False, and nothing done, on PostgreSQL, an
+        in-memory database, or one configured not to sync at all (synchronous=OFF)."""
+        path = make_url(self.url).database
+        if self.dialect != "sqlite" or not path or path == ":memory:" or self.synchronous == "OFF":
+            return False
+        if self.synchronous != "NORMAL":
+            self.synchronous = "NORMAL"
+            event.listen(self.engine, "connect", _commit_without_waiting)
+            self.engine.dispose()  # connections opened before would go on waiting: open new ones
+        return True
+
+    def sync_to_disk(self) -> None:
+        """SQLite: make every commit this process has made so far durable: the write-ahead log and the
+        database file are synced (fsync; the pages a commit wrote are in one or the other)."""
+        path = str(make_url(self.url).database)
+        for name in (path + "-wal", path):
+            try:
+                fd = os.open(name, os.O_RDONLY)
+            except FileNotFoundError:  # no log: everything was checkpointed, and checkpoints sync
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def dispose(self) -> None:
         if self._checkpoints is not None:
             self._checkpoints.close()
             self._checkpoints = None
         self.engine.dispose()
+
+
+def _commit_without_waiting(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:

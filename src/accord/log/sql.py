@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import cast
 
 import orjson
+import structlog
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,7 @@ from accord.log.port import Claim, Delivery, NewRecord
 from accord.security.crypto import BINARY_PREFIX, Undecryptable, aad, seal_bytes
 from accord.security.logkeys import LogKeys
 
+log = structlog.get_logger(__name__)
 _STOP = object()
 MAX_CLAIM_RECORDS = 64
 UNREADABLE_AFTER = 5  # failed reads of one record (the worker waits a second between them) before it is set aside
@@ -55,6 +57,9 @@ _OLDEST = (
     .limit(bindparam("limit"))
 )
 _OLDEST_LOCKED = _OLDEST.with_for_update(skip_locked=True)
+_OLDEST_AFTER = _OLDEST.where(_RECORDS.c.seq > bindparam("after"))  # SQLite: past those awaiting deletion
+# How often acknowledgements that wait for the worker's commits to be durable are written (SQLite).
+ACK_SECONDS = 0.1
 _DELETE = delete(_RECORDS).where(_RECORDS.c.seq.in_(bindparam("seqs", expanding=True)))
 
 
@@ -75,6 +80,12 @@ class SqlEventLog:
         self._typical_count = 1  # events per record in the last claim
         self._failures: dict[tuple[int, int], int] = {}  # (seq, hash of the bytes): failed opens
         self._acks: Database | None = None  # SQLite: the connection acknowledgements are written through
+        # SQLite, `acknowledge_when_durable`: the records processed and not deleted yet, and the last of them
+        self._durable: Callable[[], None] | None = None
+        self._undeleted: list[int] = []
+        self._claimed_through = 0
+        self._acker: threading.Thread | None = None
+        self._stop_acking = threading.Event()
 
     def ensure_file_schema(self) -> None:
         """Create the log table in a log file of its own (SQLite); the main migrations cover PostgreSQL."""
@@ -137,6 +148,11 @@ class SqlEventLog:
             self._queue.put(_STOP)
             self._writer.join(timeout=10)
             self._writer = None
+        if self._acker is not None:
+            self._stop_acking.set()
+            self._acker.join(timeout=30)
+            self._acker = None
+            self.delete_acknowledged()
         if self._acks is not None:
             self._acks.dispose()
             self._acks = None
@@ -210,11 +226,58 @@ class SqlEventLog:
             return
         # SQLite: one worker per database; read without holding the file's write lock meanwhile.
         with self.db.read_connection() as connection:
-            claim = Claim(self._read(connection, max_events, lock=False))
+            claim = Claim(self._read(connection, max_events, lock=False, after=self._claimed_through))
         yield claim
-        if claim.acknowledged and claim.deliveries:
+        if not (claim.acknowledged and claim.deliveries):
+            return
+        if self._durable is None:
             with self._ack_db().engine.begin() as connection:
                 self._delete(connection, claim)
+            return
+        seqs = [d.seq for d in claim.deliveries]
+        with self._lock:
+            self._undeleted.extend(seqs)
+            self._claimed_through = max(self._claimed_through, *seqs)
+
+    def acknowledge_when_durable(self, main: Database, every: float = ACK_SECONDS) -> bool:
+        """SQLite: let the worker's commits return without waiting for the disk, and delete the records it
+        acknowledges only once its commits are durable: a thread syncs the main database and deletes them
+        every `every` seconds, so that a worker run no longer waits for an fsync of its own. Meanwhile the
+        worker's claims go on past them. If the machine loses power or the process dies first, the records
+        are delivered again and their events dropped as already stored (by messageId) or, for effects the
+        lost commits took with them, processed again. False (nothing changed) on PostgreSQL, where a claim
+        is deleted in its own transaction, or where `main` cannot commit that way."""
+        if self.db.dialect != "sqlite" or self._acker is not None or not main.commit_without_waiting_for_disk():
+            return False
+        self._durable = main.sync_to_disk
+        self._stop_acking.clear()
+        self._acker = threading.Thread(target=self._ack_loop, args=(every,), name="accord-log-acks", daemon=True)
+        self._acker.start()
+        return True
+
+    def _ack_loop(self, every: float) -> None:
+        while not self._stop_acking.wait(every):
+            try:
+                self.delete_acknowledged()
+            except Exception as error:  # a busy log file, say: the records wait for the next turn
+                log.warning("deleting acknowledged log records failed; retrying", error=type(error).__name__)
+
+    def delete_acknowledged(self) -> int:
+        """Make the worker's commits so far durable, then delete the records they acknowledged; returns how
+        many. On failure the records stay, and the next call tries them again."""
+        with self._lock:
+            seqs, self._undeleted = self._undeleted, []
+        if not seqs or self._durable is None:
+            return 0
+        try:
+            self._durable()  # every commit of these records' effects ended before: it is on disk after this
+            with self._ack_db().engine.begin() as connection:
+                connection.execute(_DELETE, {"seqs": seqs})
+        except BaseException:
+            with self._lock:
+                self._undeleted[:0] = seqs
+            raise
+        return len(seqs)
 
     def _ack_db(self) -> Database:
         """SQLite: acknowledgements (deletes of processed records) commit without waiting for the disk
@@ -233,7 +296,7 @@ class SqlEventLog:
                     )
         return self._acks
 
-    def _read(self, connection: Connection, max_events: int, *, lock: bool) -> list[Delivery]:
+    def _read(self, connection: Connection, max_events: int, *, lock: bool, after: int = 0) -> list[Delivery]:
         """The oldest records, up to `max_events` events (at least one record). The query asks for about as
         many records as that many events fill, judged by the size of the records read last time: rows
         beyond them would be fetched (their payloads copied out of the database) or, on PostgreSQL, locked
@@ -243,7 +306,8 @@ class SqlEventLog:
         deliveries: list[Delivery] = []
         total = 0
         # Core rows, fetched as they are read: the loop stops at the first record that does not fit.
-        for seq, source_id, count, payload in connection.execute(_OLDEST_LOCKED if lock else _OLDEST, {"limit": limit}):
+        query = _OLDEST_LOCKED if lock else _OLDEST_AFTER
+        for seq, source_id, count, payload in connection.execute(query, {"limit": limit, "after": after}):
             if deliveries and total + count > wanted:
                 break
             try:
