@@ -94,9 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- (a) throughput ------------------------------------------------------------------------------
-def write_backlog(log: SqlEventLog, source_id: str, calls: list[dict[str, Any]]) -> None:
+def write_backlog(
+    log: SqlEventLog, source_id: str, calls: list[dict[str, Any]], per_record: int = RECORD_EVENTS
+) -> None:
     inflight: deque[Future[None]] = deque()
-    for chunk in common.batches(calls, RECORD_EVENTS):
+    for chunk in common.batches(calls, per_record):
         received_at = datetime.now(UTC)
         events = normalise_request({"batch": chunk}, endpoint="batch", received_at=received_at, client_ip="127.0.0.1")
         inflight.append(log.submit(NewRecord(source_id, received_at, events)))

@@ -15,6 +15,10 @@
     .venv/bin/python bench/segments.py --profiles 1000000     # the issue's 1,000,000-profile backfill
     .venv/bin/python bench/segments.py --smoke                # a few seconds, for CI
 
+(d) Runs (`--parts runs`): the worker's cost per run as the latency part's load makes it, without the HTTP
+    side: a backlog of `--run-backlog` events in records of 10 (as /v1/batch requests of 10 write them) is
+    drained in runs of `--run-events` (default 20) with the segments and journeys active; after the first
+    half, each run's CPU time (the worker's thread), wall time, statements and commit time are taken.
 (c) Latency: a real `accord up` runs as a subprocess with the segments defined, and is offered a steady
     load (a batch of 10 every 10 ms = 1,000 events/s, open loop). Every fifth batch carries a probe: an
     identify that moves a known user into or out of the `probe` segment. Latency runs from the moment the
@@ -41,7 +45,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -81,7 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--probe", choices=("sse", "poll"), default="sse", help="how latency probes see a change (default sse)"
     )
     parser.add_argument(
-        "--parts", default="throughput,backfill,latency", help="what to run (default throughput,backfill,latency)"
+        "--parts",
+        default="throughput,backfill,latency,runs",
+        help="what to run (default throughput,backfill,latency,runs)",
+    )
+    parser.add_argument("--run-events", type=int, default=20, help="events per run for --parts runs (default 20)")
+    parser.add_argument(
+        "--run-backlog", type=int, default=12_000, help="backlog for --parts runs, events (default 12,000)"
     )
     parser.add_argument("--tmp", default=None, help="where temp data dirs go (default: the system temp dir)")
     parser.add_argument("--seed", type=int, default=11)
@@ -91,11 +101,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.events, args.customers = min(args.events, 2_000), min(args.customers, 200)
         args.profiles = min(args.profiles, 2_000)
         args.duration = min(args.duration, 2.0)
-    if min(args.events, args.customers, args.profiles) < 1 or args.segments < 0 or args.journeys < 0:
+        args.run_backlog = min(args.run_backlog, 1_000)
+    if (
+        min(args.events, args.customers, args.profiles, args.run_events, args.run_backlog) < 1
+        or min(args.segments, args.journeys) < 0
+    ):
         parser.error("sizes must be positive")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not args.parts or not set(args.parts) <= {"throughput", "backfill", "latency"}:
-        parser.error("--parts takes throughput, backfill, latency")
+    if not args.parts or not set(args.parts) <= {"throughput", "backfill", "latency", "runs"}:
+        parser.error("--parts takes throughput, backfill, latency, runs")
     return args
 
 
@@ -260,6 +274,68 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, 
         "seconds": round(seconds, 3),
         "events_per_s": round(handled / seconds) if seconds > 0 else 0,
         **counts,
+    }
+
+
+def run_small_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """(d) The worker's cost per run of a few events, with the segments and journeys active."""
+    calls = common.customer_journeys(random.Random(args.seed), args.run_backlog, max(1, args.run_backlog // 6))
+    with (
+        common.temp_dir("accord-bench-runs-", args.tmp) as data_dir,
+        common.scratch_store(args.database_url, data_dir, "runs") as url,
+    ):
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
+        try:
+            with rt.db.unit_of_work() as session:
+                source_id = create_source(session, name="bench").id
+            define(rt, segment_definitions(args.segments), journey_definitions(args.journeys, args.segments))
+            write_backlog(rt.log, source_id, calls, per_record=10)
+            common.as_accord_worker(rt)
+            worker = Worker(db=rt.db, log=rt.log, batch_size=args.run_events)
+            statements = [0]
+            commits: list[float] = []
+            dialect = rt.db.engine.dialect
+            do_commit = dialect.do_commit
+
+            def count(*_: Any) -> None:
+                statements[0] += 1
+
+            def timed_commit(connection: Any) -> None:
+                began = time.perf_counter()
+                do_commit(connection)
+                commits.append((time.perf_counter() - began) * 1000)
+
+            event.listen(rt.db.engine, "before_cursor_execute", count)
+            dialect.do_commit = timed_commit  # type: ignore[method-assign]
+            expected = -(-len(calls) // args.run_events)
+            for _ in range(expected // 2):  # warm: caches filled, the profiles' first events behind
+                worker.run_once()
+            statements[0], commits[:] = 0, []
+            cpu: list[float] = []
+            wall: list[float] = []
+            handled = 0
+            while True:
+                began, began_cpu = time.perf_counter(), time.thread_time()
+                done = worker.run_once()
+                if not done:
+                    break
+                wall.append((time.perf_counter() - began) * 1000)
+                cpu.append((time.thread_time() - began_cpu) * 1000)
+                handled += done
+            rt.log.delete_acknowledged()
+            pending = rt.log.pending()
+        finally:
+            rt.close()
+    runs = max(1, len(cpu))
+    return {
+        "run_events": args.run_events,
+        "runs": len(cpu),
+        "events": handled,
+        "pending": pending,
+        "cpu_ms_per_run": round(sum(cpu) / runs, 2),
+        "wall_ms": {k: None if v is None else round(v, 2) for k, v in common.percentiles(wall).items()},
+        "statements_per_run": round(statements[0] / runs, 1),
+        "commit_ms": {k: None if v is None else round(v, 2) for k, v in common.percentiles(commits).items()},
     }
 
 
@@ -634,6 +710,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{st['samples']} probes ({st['unseen']} unseen):\n"
             f"  p50 {st['p50_ms']} ms, p95 {st['p95_ms']} ms, p99 {st['p99_ms']} ms, max {st['max_ms']} ms\n"
             f"  target p99 < 50 ms: {'met' if stage_met else 'NOT met'}"
+        )
+    if "runs" in args.parts:
+        r = payload["runs"] = run_small_runs(args)
+        ok = ok and r["pending"] == 0 and r["runs"] > 0
+        print(
+            f"\nruns of {r['run_events']} events ({args.segments} segments, {args.journeys} journeys; "
+            f"{r['runs']} runs, {r['events']:,} events measured after as many to warm up)\n"
+            f"  CPU {r['cpu_ms_per_run']} ms per run, {r['statements_per_run']} statements per run\n"
+            f"  wall ms: p50 {r['wall_ms']['p50']}, p99 {r['wall_ms']['p99']}; "
+            f"commit ms: p50 {r['commit_ms']['p50']}, p99 {r['commit_ms']['p99']}, max {r['commit_ms']['max']}"
         )
     common.print_json_line(payload)
     return 0 if ok else 1

@@ -134,3 +134,9 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert latency["errors"] == 0
     assert {"p50_ms", "p95_ms", "p99_ms", "max_ms"} <= latency.keys()
     assert latency["stage"]["samples"] > 0
+    runs = summary["runs"]
+    assert runs["runs"] > 0
+    assert runs["pending"] == 0
+    assert runs["events"] <= runs["runs"] * runs["run_events"]
+    assert runs["statements_per_run"] > 0
+    assert {"p50", "p95", "p99", "max"} <= runs["commit_ms"].keys()
