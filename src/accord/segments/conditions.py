@@ -407,12 +407,8 @@ _MISSING = object()
 
 
 def lookup(document: Mapping[str, Any], path: str) -> Any:
-    value: Any = document
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
+    """The value at a dotted `path` in `document`, or _MISSING."""
+    return _lookup(document, _path(path))
 
 
 def _kind(value: Any) -> str | None:
@@ -532,7 +528,7 @@ def _path(dotted: str) -> tuple[str, ...]:
 
 
 def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    """`lookup` with the path split."""
+    """`lookup` with the path split (once, when a condition is compiled)."""
     value: Any = document
     for part in path:
         if not (type(value) is dict or isinstance(value, Mapping)) or part not in value:
