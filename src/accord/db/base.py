@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     JSON,
+    BindParameter,
     ColumnElement,
     DateTime,
     MetaData,
@@ -77,19 +78,25 @@ def one_of(column: ColumnElement[Any], values: Sequence[str], dialect: str) -> C
     """`column IN values` with the values as one bound parameter: a JSON array read by json_each on SQLite,
     an array compared with = ANY on PostgreSQL. A plain IN of hundreds of values makes SQLAlchemy render a
     placeholder per value on every execution, which cost the pipeline a tenth of its time."""
-    if dialect == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
-    listed = bindparam(None, orjson.dumps(list(values)).decode(), type_=String)
-    return column.in_(select(literal_column("value")).select_from(func.json_each(listed)))
+    return _in_list(column, bindparam(None, listed(values, dialect), type_=_list_type(dialect)), dialect)
 
 
 def one_of_bound(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
     """`one_of` for a statement built once: the values are given on execution, as parameter `name`, in the
     form `listed` gives them. Building a statement costs more than running it on a small run."""
+    return _in_list(column, bindparam(name, type_=_list_type(dialect)), dialect)
+
+
+def _list_type(dialect: str) -> Any:
+    return ARRAY(String) if dialect == "postgresql" else String()
+
+
+def _in_list(column: ColumnElement[Any], values: BindParameter[Any], dialect: str) -> ColumnElement[bool]:
+    """`column IN` the list bound as `values`: = ANY of an array on PostgreSQL, json_each of a JSON array on
+    SQLite."""
     if dialect == "postgresql":
-        return column == any_(bindparam(name, type_=ARRAY(String)))
-    listed = bindparam(name, type_=String)
-    return column.in_(select(literal_column("value")).select_from(func.json_each(listed)))
+        return column == any_(values)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(values)))
 
 
 def listed(values: Iterable[str], dialect: str) -> Any:

@@ -82,9 +82,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
         return
     connection = session.connection()
     plan = _plan(table, tuple(rows[0]), connection.dialect)
-    values = [
-        tuple(row[name] if convert is None else convert(row[name]) for name, convert in plan.pairs) for row in rows
-    ]
+    values = _converted(rows, plan.pairs)
     if plan.copy:
         driver = connection.connection.driver_connection
         try:
@@ -97,6 +95,13 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
             raise DBAPIError.instance(plan.statement, None, error, psycopg.Error) from error
         return
     connection.exec_driver_sql(plan.statement, values)
+
+
+def _converted(
+    rows: Sequence[Mapping[str, Any]], pairs: tuple[tuple[str, Converter | None], ...]
+) -> list[tuple[Any, ...]]:
+    """Each row's values in the order of `pairs`, through their column's converter to what the driver takes."""
+    return [tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +140,7 @@ def upsert_rows(
     if not isinstance(statement, str):
         connection.execute(statement, rows)
         return
-    values = [tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs) for row in rows]
-    connection.exec_driver_sql(statement, values)
+    connection.exec_driver_sql(statement, _converted(rows, pairs))
 
 
 @lru_cache(maxsize=64)
