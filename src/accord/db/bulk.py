@@ -100,8 +100,18 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
 def _converted(
     rows: Sequence[Mapping[str, Any]], pairs: tuple[tuple[str, Converter | None], ...]
 ) -> list[tuple[Any, ...]]:
-    """Each row's values in the order of `pairs`, through their column's converter to what the driver takes."""
-    return [tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs) for row in rows]
+    """Each row's values in the order of `pairs`, through their column's converter to what the driver takes.
+    Column by column: a timestamp shared by many rows (a run's `now`) is formatted once."""
+    columns: list[list[Any]] = []
+    for name, convert in pairs:
+        values = [row[name] for row in rows]
+        if convert is _sqlite_utc:
+            text = {value: _sqlite_utc(value) for value in set(values)}
+            values = [text[value] for value in values]
+        elif convert is not None:
+            values = [convert(value) for value in values]
+        columns.append(values)
+    return list(zip(*columns, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
