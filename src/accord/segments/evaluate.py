@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Select,
+    String,
     Table,
     and_,
     delete,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy import cast as cast_
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -148,7 +150,11 @@ def _stamps_query() -> Select[Any]:
     s, c, j = Segment.__table__.c, ComputedTrait.__table__.c, Journey.__table__.c
     # The journeys' too, which streaming evaluates after the segments in the same transaction: one
     # statement for the three, a handful of rows.
-    parts = (select(literal(kind), t.key, t.version, t.updated_at) for kind, t in (("s", s), ("c", c), ("j", j)))
+    # The time as the database writes it: compared, never read as a time, so no row is parsed into one.
+    parts = (
+        select(literal(kind), t.key, t.version, cast_(t.updated_at, String))
+        for kind, t in (("s", s), ("c", c), ("j", j))
+    )
     return cast(Select[Any], union_all(*parts))
 
 
@@ -159,7 +165,7 @@ def stamps(session: Session, cache: FactsCache | None = None) -> Stamps:
     """The definitions' stamps, read now (once per transaction with a `cache`)."""
     if cache is not None and cache.stamps is not None:
         return cache.stamps
-    rows = sorted(tuple(row) for row in session.execute(STAMPS))
+    rows = sorted(tuple(row) for row in session.connection().execute(STAMPS))
     found = Stamps(
         segments=tuple((k, v, u) for kind, k, v, u in rows if kind == "s")
         + tuple(("~" + k, v, u) for kind, k, v, u in rows if kind == "c"),
