@@ -113,6 +113,16 @@ def test_audit_smoke(tmp_path: Path) -> None:
     assert summary["verify"]["verified_records"] == summary["settings"]["records"]
 
 
+@pytest.mark.parametrize("flag", ["--batch-size", "--run-events", "--events"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_segments_refuses_sizes_below_one(flag: str, value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "segments.py"), flag, value], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "sizes must be positive" in done.stderr
+
+
 def test_segments_smoke(tmp_path: Path) -> None:
     summary = run_smoke("segments.py", tmp_path)
     assert summary["benchmark"] == "segments"
@@ -126,6 +136,7 @@ def test_segments_smoke(tmp_path: Path) -> None:
         assert run["handled"] == summary["settings"]["events"]
     assert without["memberships"] == 0
     assert with_segments["memberships"] > 0
+    assert summary["settings"]["batch_size"] == 500  # ACCORD_WORKER_BATCH_SIZE's default
     backfill = summary["backfill"]
     assert backfill["profiles"] == summary["settings"]["profiles"]
     assert 0 < backfill["members"] < backfill["profiles"]
