@@ -20,6 +20,11 @@
     side: a backlog of `--run-backlog` events in records of 10 (as /v1/batch requests of 10 write them) is
     drained in runs of `--run-events` (default 20) with the segments and journeys active; after the first
     half, each run's CPU time (the worker's thread), wall time, statements and commit time are taken.
+(e) History (`--parts history`): what a run costs as one customer's history grows. One identified
+    customer's track events (with prices, over the last 30 days) are drained up to each size in turn (10,
+    100, 1,000, ... up to `--history`, default 5,000); at each, runs of `--run-events` of that customer's
+    new events are timed (the worker's CPU per run). Streaming evaluation reads the customer's events that
+    the segments name, and opens their sealed payloads when a segment filters on a property, on every run.
 (c) Latency: a real `accord up` runs as a subprocess with the segments defined, and is offered a steady
     load (a batch of 10 every 10 ms = 1,000 events/s, open loop). Every fifth batch carries a probe: an
     identify that moves a known user into or out of the `probe` segment. Latency runs from the moment the
@@ -87,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--parts",
-        default="throughput,backfill,latency,runs",
-        help="what to run (default throughput,backfill,latency,runs)",
+        default="throughput,backfill,latency,runs,history",
+        help="what to run (default throughput,backfill,latency,runs,history)",
     )
     parser.add_argument(
         "--batch-size",
@@ -96,7 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Settings().worker_batch_size,
         help="events per worker run for --parts throughput (default: ACCORD_WORKER_BATCH_SIZE, 500)",
     )
-    parser.add_argument("--run-events", type=int, default=20, help="events per run for --parts runs (default 20)")
+    parser.add_argument(
+        "--run-events", type=int, default=20, help="events per run for --parts runs and history (default 20)"
+    )
+    parser.add_argument(
+        "--history", type=int, default=5_000, help="largest history of one customer for --parts history (default 5,000)"
+    )
     parser.add_argument(
         "--run-backlog", type=int, default=12_000, help="backlog for --parts runs, events (default 12,000)"
     )
@@ -109,14 +119,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.profiles = min(args.profiles, 2_000)
         args.duration = min(args.duration, 2.0)
         args.run_backlog = min(args.run_backlog, 1_000)
+        args.history = min(args.history, 100)
     if (
-        min(args.events, args.customers, args.profiles, args.run_events, args.run_backlog, args.batch_size) < 1
+        min(
+            args.events, args.customers, args.profiles, args.run_events, args.run_backlog, args.batch_size, args.history
+        )
+        < 1
         or min(args.segments, args.journeys) < 0
     ):
         parser.error("sizes must be positive")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if not args.parts or not set(args.parts) <= {"throughput", "backfill", "latency", "runs"}:
-        parser.error("--parts takes throughput, backfill, latency, runs")
+    if not args.parts or not set(args.parts) <= {"throughput", "backfill", "latency", "runs", "history"}:
+        parser.error("--parts takes throughput, backfill, latency, runs, history")
     return args
 
 
@@ -344,6 +358,59 @@ def run_small_runs(args: argparse.Namespace) -> dict[str, Any]:
         "statements_per_run": round(statements[0] / runs, 1),
         "commit_ms": {k: None if v is None else round(v, 2) for k, v in common.percentiles(commits).items()},
     }
+
+
+def run_history(args: argparse.Namespace) -> dict[str, Any]:
+    """(e) The worker's CPU per run of one customer's events, as that customer's history grows."""
+    rng = random.Random(args.seed)
+    now = datetime.now(UTC)
+    user = "cust-history"
+    sizes = sorted({size for size in (10, 100, 1_000, 10_000) if size < args.history} | {args.history})
+    steps: list[dict[str, Any]] = []
+
+    def tracks(count: int, first: datetime, last: datetime) -> list[dict[str, Any]]:
+        span = (last - first) / max(1, count)
+        return [common.event(rng, "track", at=first + span * i, user_id=user) for i in range(count)]
+
+    with (
+        common.temp_dir("accord-bench-history-", args.tmp) as data_dir,
+        common.scratch_store(args.database_url, data_dir, "history") as url,
+    ):
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
+        try:
+            with rt.db.unit_of_work() as session:
+                source_id = create_source(session, name="bench").id
+            define(rt, segment_definitions(args.segments), journey_definitions(args.journeys, args.segments))
+            common.as_accord_worker(rt)
+            backlog = Worker(db=rt.db, log=rt.log, batch_size=500)
+            worker = Worker(db=rt.db, log=rt.log, batch_size=args.run_events)
+            stored = 0
+            for size in sizes:
+                # The history: spread over the 30 days before the last hour, older than what is timed.
+                start = now - timedelta(days=30) + (timedelta(days=30) - timedelta(hours=1)) * stored / args.history
+                write_backlog(rt.log, source_id, tracks(size - stored, start, now - timedelta(hours=1)))
+                backlog.drain()
+                stored = size
+                runs = 10
+                write_backlog(
+                    rt.log,
+                    source_id,
+                    tracks(runs * args.run_events, now - timedelta(minutes=50), now),
+                    per_record=args.run_events,
+                )
+                cpu: list[float] = []
+                while True:
+                    began = time.thread_time()
+                    if not worker.run_once():
+                        break
+                    cpu.append((time.thread_time() - began) * 1000)
+                stored += runs * args.run_events
+                steps.append({"history": size, "runs": len(cpu), "cpu_ms_per_run": round(sum(cpu) / len(cpu), 2)})
+            rt.log.delete_acknowledged()
+            pending = rt.log.pending()
+        finally:
+            rt.close()
+    return {"run_events": args.run_events, "steps": steps, "pending": pending}
 
 
 def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
@@ -728,6 +795,18 @@ def main(argv: list[str] | None = None) -> int:
             f"  CPU {r['cpu_ms_per_run']} ms per run, {r['statements_per_run']} statements per run\n"
             f"  wall ms: p50 {r['wall_ms']['p50']}, p99 {r['wall_ms']['p99']}; "
             f"commit ms: p50 {r['commit_ms']['p50']}, p99 {r['commit_ms']['p99']}, max {r['commit_ms']['max']}"
+        )
+    if "history" in args.parts:
+        h = payload["history"] = run_history(args)
+        ok = ok and h["pending"] == 0 and all(step["runs"] > 0 for step in h["steps"])
+        print(
+            f"\nruns of {h['run_events']} events of one customer, as the customer's history grows "
+            f"({args.segments} segments, {args.journeys} journeys)\n"
+            + "".join(
+                f"  {step['history']:>7,} events before: CPU {step['cpu_ms_per_run']} ms per run "
+                f"({step['runs']} runs)\n"
+                for step in h["steps"]
+            ).rstrip()
         )
     common.print_json_line(payload)
     return 0 if ok else 1

@@ -140,6 +140,10 @@ def test_segments_smoke(tmp_path: Path) -> None:
     backfill = summary["backfill"]
     assert backfill["profiles"] == summary["settings"]["profiles"]
     assert 0 < backfill["members"] < backfill["profiles"]
+    history = summary["history"]
+    assert history["pending"] == 0
+    assert [step["history"] for step in history["steps"]] == [10, 100]  # --smoke: up to 100
+    assert all(step["runs"] == 10 for step in history["steps"])
     latency = summary["latency"]
     assert latency["samples"] > 0
     assert latency["errors"] == 0
