@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.config import Settings
 from accord.security import keyfile
 from accord.security.crypto import Keyring
+from accord.security.keys import KeyringError
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,20 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """The database with the installation's keys; KeyringError when the key-encryption key file cannot
-        open the data keys stored in it (`accord.security.keyfile.check`)."""
-        kek_path = settings.kek_path()
-        created = not kek_path.exists()
+        open the data keys stored in it, or the blind-index key file is not the one the stored identifiers
+        were indexed with (`accord.security.keyfile`). Key files made just now are then removed again."""
+        kek_path, blind_path = settings.kek_path(), settings.blind_index_key_path()
+        made = [path for path in (kek_path, blind_path) if not path.exists()]
         keyring = Keyring.from_settings(settings)
         db = cls(settings.sqlalchemy_url(), sqlite_synchronous=settings.sqlite_synchronous, keyring=keyring)
         try:
-            keyfile.check(db.engine, keyring.provider, kek_path, created=created)
+            keyfile.check(db.engine, keyring.provider, kek_path, created=kek_path in made)
+            keyfile.check_blind_index(db, blind_path, created=blind_path in made)
+        except KeyringError:
+            db.dispose()
+            for path in made:  # both were missing: the blind-index file made beside a refused KEK goes too
+                path.unlink(missing_ok=True)
+            raise
         except BaseException:
             db.dispose()
             raise

@@ -6,15 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from accord.identity.models import Identity
-from accord.identity.rules import Key, Rules
+from accord.identity.rules import PII_TYPES, Key, Rules
+from accord.identity.service import current_rules
 from accord.security.crypto import Keyring, Undecryptable, aad, is_blind
 from accord.security.datakeys import DataKeys, keyring_of
 
 TABLE = "identities"
+# How many sealed identifiers `indexed_under` reads at most: the first one that opens settles it; the
+# others are there for rows whose data key was destroyed (an erasure in progress).
+SAMPLE = 16
 
 
 def protect(rules: Rules, keyring: Keyring, keys: Iterable[Key], plain: dict[Key, str] | None = None) -> list[Key]:
@@ -75,3 +79,31 @@ def reveal_keys(session: Session, keys: Iterable[Key]) -> dict[Key, str]:
             ):
                 shown[(kind, value)] = reveal.value(kind, value, sealed)
     return shown
+
+
+def indexed_under(session: Session, keyring: Keyring, *, sample: int = SAMPLE) -> tuple[int, bool]:
+    """Whether the stored identifiers were indexed with `keyring`'s blind-index key: up to `sample` sealed
+    identifiers of the personal types (one indexed read), each decrypted and indexed again until one
+    matches its stored blind index. (how many were checked, whether one matched); (0, False) when none
+    could be: a new database, one from before identifiers were sealed, or only destroyed data keys."""
+    schema = inspect(session.connection())
+    if not schema.has_table(TABLE) or "value_enc" not in {c["name"] for c in schema.get_columns(TABLE)}:
+        return 0, False  # not migrated, or before migration 0018, which indexes the values then in clear
+    kinds = sorted(current_rules(session).pii | set(PII_TYPES))  # email and phone even if the rules dropped them
+    rows = session.execute(
+        select(Identity.type, Identity.value, Identity.value_enc)
+        .where(Identity.type.in_(kinds), Identity.value_enc.is_not(None))
+        .order_by(Identity.type, Identity.value)  # the primary key's order: PostgreSQL reads its index, not the table
+        .limit(sample)
+    ).all()
+    keys = DataKeys.of(session)
+    checked = 0
+    for kind, value, sealed in rows:
+        try:
+            plain = keys.decrypt(str(sealed), aad(TABLE, kind, value)).decode()
+        except Undecryptable:
+            continue  # its data key is gone: nothing to compare
+        checked += 1
+        if keyring.blind(kind, plain) == value:
+            return checked, True
+    return checked, False

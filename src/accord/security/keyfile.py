@@ -1,14 +1,19 @@
-"""The key-encryption key file against the database it is meant for: a process refuses to start with a
-file that cannot open the stored data keys (missing, so a new one was just made, or another
-installation's), instead of wrapping new data under it while the old stays unreadable."""
+"""The key files against the database they are meant for: a process refuses to start with a key-encryption
+key file that cannot open the stored data keys, or a blind-index key file other than the one the stored
+identifiers were indexed with (missing, so a new one was just made, or another installation's), instead
+of writing new data under it while the old stays unreadable or unfound."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect, text
 
 from accord.security.keys import KeyProvider, KeyringError
+
+if TYPE_CHECKING:
+    from accord.db.engine import Database
 
 # One index lookup per KEK id in use (there are one or two), however many data keys there are.
 _NEXT_KEK_ID = text("SELECT min(kek_id) FROM data_keys WHERE kek_id > :after")
@@ -40,4 +45,28 @@ def check(engine: Engine, provider: KeyProvider, path: Path, *, created: bool) -
         f"the key-encryption key file {path} {why}: this database's data keys are wrapped under "
         f"{len(unknown)} key(s) it does not hold ({', '.join(k[:12] for k in unknown)}). Without them no "
         "personal data can be read. Restore the file from its backup, or point ACCORD_KEK_FILE at it."
+    )
+
+
+def check_blind_index(db: Database, path: Path, *, created: bool) -> None:
+    """KeyringError when the stored identifiers were indexed under another blind-index key than the one
+    `db`'s keyring holds (`accord.identity.blind.indexed_under`: a few sealed identifiers, decrypted and
+    indexed again). Run after `check`, so the data keys open. A file this process `created` is removed."""
+    from accord.identity.blind import indexed_under  # the identity feature builds on this package
+
+    assert db.keyring is not None
+    with db.read() as session:
+        checked, matched = indexed_under(session, db.keyring)
+    if matched or not checked:
+        return
+    if created:
+        path.unlink(missing_ok=True)
+        why = "was missing (a new one was made and removed again)"
+    else:
+        why = "holds another key (another installation's, or an older copy)"
+    raise KeyringError(
+        f"the blind-index key file {path} {why}: none of the {checked} stored identifier(s) checked is "
+        "indexed under it. With it, no stored email or phone would be found again, and every returning "
+        "customer would get a new profile. Restore the file from its backup, or point "
+        "ACCORD_BLIND_INDEX_KEY_FILE at it."
     )

@@ -1,0 +1,178 @@
+"""A process refuses to start with a blind-index key file other than the one the stored identifiers were
+indexed with, instead of making a new key under which no returning customer is found again (each would
+get a new profile)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import select, text
+
+from accord.config import Settings
+from accord.db import migrate
+from accord.db.engine import Database
+from accord.identity.models import Identity
+from accord.runtime import Runtime
+from accord.security import datakeys
+from accord.security.keys import KeyringError, load_blind_index_key
+from pipeline.helpers import process, send
+
+ADA, BOB = "ada@example.com", "bob@example.com"
+
+
+def _store(settings: Settings, people: dict[str, str]) -> dict[str, str]:
+    """Store each person's email (user id -> email) through the pipeline; their profile ids by user id."""
+    rt = Runtime.create(settings)
+    try:
+        send(
+            rt,
+            [
+                {"type": "identify", "userId": user, "messageId": f"m-{user}", "traits": {"email": email}}
+                for user, email in people.items()
+            ],
+        )
+        assert process(rt) == len(people)
+        with rt.db.read() as session:
+            rows = session.execute(select(Identity.value, Identity.profile_id).where(Identity.type == "user_id"))
+            found = dict(rows.all())
+    finally:
+        rt.close()
+    return {user: str(found[user]) for user in people}
+
+
+def _blind_values(settings: Settings) -> list[str]:
+    db = Database.from_settings(settings)
+    try:
+        with db.read() as session:
+            return list(session.scalars(select(Identity.value).where(Identity.type == "email")))
+    finally:
+        db.dispose()
+
+
+def _refused(settings: Settings) -> str:
+    with pytest.raises(KeyringError) as refused:
+        Database.from_settings(settings)
+    return str(refused.value)
+
+
+def test_the_right_key_file_opens_the_database(settings: Settings, rt: Runtime) -> None:
+    _store(settings, {"u1": ADA})
+    Database.from_settings(settings).dispose()  # the same file: no complaint
+
+
+def test_a_missing_key_file_is_refused_and_not_left_behind(
+    settings: Settings, rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    _store(settings, {"u1": ADA})
+    stored = _blind_values(settings)
+    path = settings.blind_index_key_path()
+    path.unlink()
+
+    with caplog.at_level(logging.DEBUG):
+        message = _refused(settings)
+
+    assert str(path) in message
+    assert "was missing" in message
+    assert "ACCORD_BLIND_INDEX_KEY_FILE" in message
+    for secret in (ADA, "ada@", *stored):  # neither the identifier nor its blind index
+        assert secret not in message
+        assert secret not in caplog.text
+    assert not path.exists()  # the new key made meanwhile is gone: restoring is all it takes
+
+
+def test_another_installations_key_file_is_refused_and_kept(settings: Settings, rt: Runtime, tmp_path: Path) -> None:
+    _store(settings, {"u1": ADA, "u2": BOB})
+    other = tmp_path / "other" / "blind-index.json"
+    load_blind_index_key(other)
+    shutil.copy(other, settings.blind_index_key_path())
+
+    message = _refused(settings)
+
+    assert "holds another key" in message
+    assert "none of the 2 stored identifier(s) checked" in message
+    assert load_blind_index_key(settings.blind_index_key_path()) == load_blind_index_key(other)  # not touched
+
+
+def test_a_new_database_gets_a_new_key_file(settings: Settings) -> None:
+    path = settings.blind_index_key_path()
+    assert not path.exists()
+    Database.from_settings(settings).dispose()  # before the first migration
+    assert path.exists()
+    rt = Runtime.create(settings)
+    migrate.upgrade(rt.db)
+    rt.close()
+    path.unlink()
+    Database.from_settings(settings).dispose()  # migrated, but no identifier stored yet
+    assert path.exists()
+
+
+def test_identifiers_whose_data_key_was_destroyed_are_skipped(settings: Settings, rt: Runtime) -> None:
+    profiles = _store(settings, {"u1": ADA, "u2": BOB})
+    with rt.db.unit_of_work() as session:
+        assert datakeys.destroy(session, [profiles["u1"]]) == 1  # Ada's erasure, half done: her row is left
+    Database.from_settings(settings).dispose()  # Bob's identifier opens and matches
+
+    path = settings.blind_index_key_path()
+    path.unlink()
+    assert "none of the 1 stored identifier(s) checked" in _refused(settings)  # Bob's; Ada's is skipped
+
+    with rt.db.unit_of_work() as session:
+        datakeys.destroy(session, [profiles["u2"]])
+    Database.from_settings(settings).dispose()  # no identifier opens: nothing to check against
+    assert path.exists()
+
+
+def test_a_database_from_before_sealed_identifiers_is_not_checked(settings: Settings, rt: Runtime) -> None:
+    config = migrate._config()
+    with rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0017")
+    try:
+        now = datetime(2026, 5, 1, tzinfo=UTC)
+        stamp = now.replace(tzinfo=None) if rt.db.dialect == "sqlite" else now
+        with rt.db.engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO identities (type, value, first_seen, message_id) VALUES ('email', :v, :t, 'm1')"),
+                {"v": ADA, "t": stamp},
+            )
+        settings.blind_index_key_path().unlink()
+        Database.from_settings(settings).dispose()  # values in clear: the migration indexes them under this key
+    finally:
+        migrate.upgrade(rt.db)
+
+
+def test_a_missing_kek_file_takes_the_blind_index_key_file_made_beside_it_away(settings: Settings, rt: Runtime) -> None:
+    _store(settings, {"u1": ADA})
+    settings.kek_path().unlink()
+    settings.blind_index_key_path().unlink()
+
+    assert "key-encryption key file" in _refused(settings)
+
+    assert not settings.kek_path().exists()
+    assert not settings.blind_index_key_path().exists()
+
+
+def test_the_command_line_says_so_without_a_traceback(settings: Settings, rt: Runtime) -> None:
+    _store(settings, {"u1": ADA})
+    settings.blind_index_key_path().unlink()
+    env = {**os.environ, "ACCORD_DATA_DIR": str(settings.data_dir)}
+    if settings.database_url:
+        env["ACCORD_DATABASE_URL"] = settings.database_url
+
+    done = subprocess.run(
+        [sys.executable, "-m", "accord", "source", "list"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 1
+    assert "blind-index key file" in done.stdout
+    assert "was missing" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "ada@" not in done.stdout + done.stderr
