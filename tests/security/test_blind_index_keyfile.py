@@ -23,7 +23,7 @@ from accord.identity.models import Identity
 from accord.runtime import Runtime
 from accord.security import datakeys
 from accord.security.keys import KeyringError, load_blind_index_key
-from pipeline.helpers import process, send
+from pipeline.helpers import process, send, use_rules
 
 ADA, BOB = "ada@example.com", "bob@example.com"
 
@@ -99,6 +99,20 @@ def test_another_installations_key_file_is_refused_and_kept(settings: Settings, 
     assert "holds another key" in message
     assert "none of the 2 stored identifier(s) checked" in message
     assert load_blind_index_key(settings.blind_index_key_path()) == load_blind_index_key(other)  # not touched
+
+
+def test_identifiers_of_a_type_the_rules_make_personal_are_checked(settings: Settings, rt: Runtime) -> None:
+    use_rules(rt, {"identifiers": [{"type": "user_id", "limit": 1}, {"type": "work_mail", "normalise": "email"}]})
+    external = [{"type": "work_mail", "id": ADA}]
+    send(rt, [{"type": "identify", "userId": "u1", "messageId": "m1", "context": {"externalIds": external}}])
+    assert process(rt) == 1
+    with rt.db.read() as session:
+        assert session.scalar(select(Identity.value_enc).where(Identity.type == "work_mail")) is not None
+        assert session.scalar(select(Identity.value_enc).where(Identity.type == "email")) is None  # none stored
+    Database.from_settings(settings).dispose()
+
+    settings.blind_index_key_path().unlink()
+    assert "none of the 1 stored identifier(s) checked" in _refused(settings)
 
 
 def test_a_new_database_gets_a_new_key_file(settings: Settings) -> None:
