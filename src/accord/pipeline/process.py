@@ -35,7 +35,7 @@ from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.profiles.sealed import seal_payload
 from accord.rights import service as rights
 from accord.security.datakeys import DATA_KEYS, DataKeys, keyring_of
-from accord.segments import streaming
+from accord.segments import histories, streaming
 from accord.segments.evaluate import FactsCache
 
 # The tables, for set-based Core statements on the hot path (the ORM's per-row work costs too much).
@@ -216,8 +216,9 @@ def process_events(
         statements = [(profile_id, item.source_id, item.event, item.timestamp) for item, profile_id in consent_events]
         # After the profiles exist; a bad statement fails the batch, and the one-by-one retry quarantines it.
         consent.record(session, statements, now)  # re-evaluates the consent segments of these profiles
-    # Journeys read what the segments read (traits, events of some names): one load serves both.
-    facts = FactsCache()
+    # Journeys read what the segments read (traits, events of some names): one load serves both. Long
+    # histories are kept from one run to the next, and only what was added is read (`segments.histories`).
+    facts = FactsCache(histories=histories.of(session))
     changed = streaming.apply(session, touches, now, facts)
     journey_streaming.apply(session, touches, changed, now, facts)
     return outcome

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -48,6 +49,7 @@ from accord.segments import computed as computed_traits
 from accord.segments import conditions
 from accord.segments.computed import ComputedDefinition
 from accord.segments.conditions import Facts, Node, References
+from accord.segments.histories import Histories
 from accord.segments.models import ComputedTrait, Segment, SegmentMembership, SegmentTransition
 
 PROFILES = cast(Table, Profile.__table__)
@@ -283,6 +285,8 @@ class FactsCache:
     memberships: dict[str, set[str]] = field(default_factory=dict)
     # {profile id: the profile it was merged into; None: live, or not stored}, of the profiles read
     merged_into: dict[str, str | None] = field(default_factory=dict)
+    # The long histories a worker keeps from one run to the next (None: every history is read whole)
+    histories: Histories | None = None
     hits: int = 0
     misses: int = 0
 
@@ -321,7 +325,8 @@ def load_facts(
         cache.hits += len(loaded)
         cache.misses += len(ids) - len(loaded)
     missing = [pid for pid in ids if pid not in loaded]
-    fresh = _read_facts(session, missing, names, properties) if missing else {}
+    histories = cache.histories if cache is not None else None
+    fresh = _read_facts(session, missing, names, properties, histories) if missing else {}
     if cache is not None:
         cache.entries.update(fresh)
         cache.merged_into.update((pid, entry.merged_into) for pid, entry in fresh.items())
@@ -339,13 +344,20 @@ def load_facts(
     return facts
 
 
-def _read_facts(session: Session, ids: list[str], names: frozenset[str], properties: bool) -> dict[str, _Loaded]:
+def _read_facts(
+    session: Session, ids: list[str], names: frozenset[str], properties: bool, histories: Histories | None = None
+) -> dict[str, _Loaded]:
+    """The profiles' traits, and their events of `names`, with the properties opened when `properties`.
+    With `histories`, the events of profiles with long histories come from there: what is kept of them,
+    and what was added since (`accord.segments.histories`)."""
     connection, statements = _core(session)
     dialect = connection.dialect.name
     found: dict[str, _Loaded] = {}
     keys = DataKeys.of(session) if properties and names else None
     opener = Opener.of(session)
     listed_names = listed(sorted(names), dialect)
+    kept = {pid for pid in ids if histories.covers(pid, names, properties)} if histories and names else set()
+    long: set[str] = set()  # read here, and to be kept: as many events as a history worth keeping
     for chunk in _chunks(ids):
         listed_ids = listed(chunk, dialect)
         profile_rows = connection.execute(statements.profiles, {"ids": listed_ids}).all()
@@ -356,9 +368,14 @@ def _read_facts(session: Session, ids: list[str], names: frozenset[str], propert
             else:
                 whole = (traits or {}) if sealed is None else opener.traits(profile_id, traits, sealed)
                 found[profile_id] = _Loaded(whole, {}, names, properties)
-        if names:
+        read = [pid for pid in chunk if pid not in kept]
+        if names and read:
             query = statements.events if keys is None else statements.sealed_events
+            listed_ids = listed(read, dialect) if kept else listed_ids
             rows = connection.execute(query, {"ids": listed_ids, "names": listed_names}).all()
+            if histories is not None:
+                counts = Counter(row[0] for row in rows)
+                long.update(pid for pid, count in counts.items() if count >= histories.min_events)
             if keys is not None:  # every data key the chunk's payloads are sealed under, in one query
                 keys.load({key for row in rows if (key := sealed_by(row[3])) is not None})
             for row in rows:
@@ -368,6 +385,12 @@ def _read_facts(session: Session, ids: list[str], names: frozenset[str], propert
                     if keys is not None:  # the properties are in the encrypted payload
                         props = open_payload(keys, row[4], row[5], row[3]).get("properties") or {}
                     entry.events.setdefault(row[1], []).append((row[2], props if isinstance(props, dict) else {}))
+    if histories is not None:
+        every_key = keys or DataKeys.of(session)
+        for pid in sorted(kept | long):
+            entry = found.get(pid)
+            if entry is not None and entry.traits is not None:
+                entry.events = histories.read(session, connection, pid, names, properties, every_key)
     return found
 
 
