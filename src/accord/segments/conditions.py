@@ -542,23 +542,33 @@ def _performed(node: EventCondition) -> Test:
     filters = tuple((f.op, _path(f.property), f.value) for f in node.where)
     window = _window(node)
 
+    # With only a lower bound on the count, counting stops once it is reached.
+    enough = count.gte if count.eq is None and count.lte is None else None
+
     def performed(facts: Facts, now: datetime) -> bool:
         events = facts.events.get(name, ())
-        matching = [
-            moment
-            for moment, properties in events
-            if all(compare(op, _lookup(properties, path), value) for op, path, value in filters)
-        ]
         start, end = window(now)
-
-        def inside(moment: datetime) -> bool:
-            return (start is None or moment >= start) and (end is None or moment < end)
-
         if occurrence != "any":
+            matching = [
+                moment
+                for moment, properties in events
+                if all(compare(op, _lookup(properties, path), value) for op, path, value in filters)
+            ]
             if not matching:
                 return False
-            return inside(min(matching) if occurrence == "first" else max(matching))
-        return count.holds(sum(1 for moment in matching if inside(moment)))
+            moment = min(matching) if occurrence == "first" else max(matching)
+            return (start is None or moment >= start) and (end is None or moment < end)
+        found = 0
+        for moment, properties in events:  # the window first: a cheap test that skips the filters
+            if (
+                (start is None or moment >= start)
+                and (end is None or moment < end)
+                and all(compare(op, _lookup(properties, path), value) for op, path, value in filters)
+            ):
+                found += 1
+                if found == enough:
+                    return True
+        return count.holds(found)
 
     return performed
 
