@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     segment_sweep_seconds: float = Field(
         default=60.0, ge=0, description="How often workers re-evaluate time-window segments; 0: never."
     )
+    segment_history_events: int = Field(
+        default=100_000,
+        ge=0,
+        description="Events of long histories a worker keeps opened between runs (about 430 bytes each); 0: none.",
+    )
     public_url: str | None = Field(
         default=None,
         description="The URL customers reach Accord at (preference-centre links); default: http://host:port.",

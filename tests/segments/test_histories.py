@@ -245,3 +245,31 @@ def test_an_unmerge_moves_events_back_and_both_sides_are_right(rt: Runtime, kept
     assert ("big", profile_of(rt, "jo")) not in stored(rt)
     assert stored(rt) == batch(rt)
     assert len([key for key, _ in stored(rt) if key == "big"]) == 1  # the anonymous profile, restored
+
+
+def test_the_setting_bounds_what_a_process_keeps(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCORD_SEGMENT_HISTORY_EVENTS", "0")
+    with rt.db.read() as session:
+        histories._registry.pop(str(session.get_bind().engine.url), None)
+        kept = histories.of(session)
+    try:
+        assert kept.max_events == 0
+        kept.min_events = 1
+        define(rt, ["big"])
+        run(rt, bought("kim", 3))
+        assert len(kept) == 0  # 0: nothing kept, every history read whole
+        assert stored(rt) == batch(rt)
+    finally:
+        with rt.db.read() as session:
+            histories._registry.pop(str(session.get_bind().engine.url), None)
+
+
+@pytest.mark.parametrize("value", ["-1", "many"])
+def test_the_setting_refuses_what_is_not_a_count(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from accord.config import Settings
+
+    monkeypatch.setenv("ACCORD_SEGMENT_HISTORY_EVENTS", value)
+    with pytest.raises(ValidationError, match="segment_history_events"):
+        Settings()

@@ -29,6 +29,7 @@ from sqlalchemy import Row, Select, Table, and_, bindparam, event, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from accord.config import Settings
 from accord.profiles.models import ProfileEvent
 from accord.profiles.sealed import open_payload, sealed_by
 from accord.security.datakeys import DataKeys
@@ -220,10 +221,11 @@ _registry_lock = threading.Lock()
 
 
 def of(session: Session) -> Histories:
-    """The histories this process keeps for the session's database."""
+    """The histories this process keeps for the session's database, at most ACCORD_SEGMENT_HISTORY_EVENTS
+    events in all (read when first asked for)."""
     bind = str(session.get_bind().engine.url)
     with _registry_lock:
         found = _registry.get(bind)
         if found is None:
-            found = _registry[bind] = Histories()
+            found = _registry[bind] = Histories(max_events=Settings().segment_history_events)
         return found
