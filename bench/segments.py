@@ -45,6 +45,8 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -265,29 +267,39 @@ def define(
                         break
 
 
-def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, journey_count: int) -> dict[str, Any]:
+@contextmanager
+def segmented_store(
+    args: argparse.Namespace, name: str, segments: int, journey_count: int
+) -> Iterator[tuple[Runtime, str]]:
+    """A fresh store (`args`' database) with a source, and `segments` segments and `journey_count` journeys
+    defined and backfilled; yields the runtime and the source's id, and closes the runtime afterwards."""
     with (
-        common.temp_dir("accord-bench-segments-", args.tmp) as data_dir,
-        common.scratch_store(args.database_url, data_dir, "segments") as url,
+        common.temp_dir(f"accord-bench-{name}-", args.tmp) as data_dir,
+        common.scratch_store(args.database_url, data_dir, name) as url,
     ):
         rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
         try:
             with rt.db.unit_of_work() as session:
                 source_id = create_source(session, name="bench").id
             define(rt, segment_definitions(segments), journey_definitions(journey_count, segments))
-            write_backlog(rt.log, source_id, calls)
-            common.as_accord_worker(rt)
-            worker = Worker(db=rt.db, log=rt.log, batch_size=args.batch_size)
-            began = time.monotonic()
-            handled = worker.drain(max_runs=len(calls) + 10)
-            rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
-            seconds = time.monotonic() - began
-            counts = store_counts(rt)
-            with rt.db.read() as session:
-                counts["memberships"] = int(session.scalar(select(func.count()).select_from(SegmentMembership)) or 0)
-                counts["positions"] = int(session.scalar(select(func.count()).select_from(JourneyPosition)) or 0)
+            yield rt, source_id
         finally:
             rt.close()
+
+
+def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, journey_count: int) -> dict[str, Any]:
+    with segmented_store(args, "segments", segments, journey_count) as (rt, source_id):
+        write_backlog(rt.log, source_id, calls)
+        common.as_accord_worker(rt)
+        worker = Worker(db=rt.db, log=rt.log, batch_size=args.batch_size)
+        began = time.monotonic()
+        handled = worker.drain(max_runs=len(calls) + 10)
+        rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
+        seconds = time.monotonic() - began
+        counts = store_counts(rt)
+        with rt.db.read() as session:
+            counts["memberships"] = int(session.scalar(select(func.count()).select_from(SegmentMembership)) or 0)
+            counts["positions"] = int(session.scalar(select(func.count()).select_from(JourneyPosition)) or 0)
     return {
         "segments": segments,
         "journeys": journey_count,
@@ -301,52 +313,42 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, 
 def run_small_runs(args: argparse.Namespace) -> dict[str, Any]:
     """(d) The worker's cost per run of a few events, with the segments and journeys active."""
     calls = common.customer_journeys(random.Random(args.seed), args.run_backlog, max(1, args.run_backlog // 6))
-    with (
-        common.temp_dir("accord-bench-runs-", args.tmp) as data_dir,
-        common.scratch_store(args.database_url, data_dir, "runs") as url,
-    ):
-        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
-        try:
-            with rt.db.unit_of_work() as session:
-                source_id = create_source(session, name="bench").id
-            define(rt, segment_definitions(args.segments), journey_definitions(args.journeys, args.segments))
-            write_backlog(rt.log, source_id, calls, per_record=10)
-            common.as_accord_worker(rt)
-            worker = Worker(db=rt.db, log=rt.log, batch_size=args.run_events)
-            statements = [0]
-            commits: list[float] = []
-            dialect = rt.db.engine.dialect
-            do_commit = dialect.do_commit
+    with segmented_store(args, "runs", args.segments, args.journeys) as (rt, source_id):
+        write_backlog(rt.log, source_id, calls, per_record=10)
+        common.as_accord_worker(rt)
+        worker = Worker(db=rt.db, log=rt.log, batch_size=args.run_events)
+        statements = [0]
+        commits: list[float] = []
+        dialect = rt.db.engine.dialect
+        do_commit = dialect.do_commit
 
-            def count(*_: Any) -> None:
-                statements[0] += 1
+        def count(*_: Any) -> None:
+            statements[0] += 1
 
-            def timed_commit(connection: Any) -> None:
-                began = time.perf_counter()
-                do_commit(connection)
-                commits.append((time.perf_counter() - began) * 1000)
+        def timed_commit(connection: Any) -> None:
+            began = time.perf_counter()
+            do_commit(connection)
+            commits.append((time.perf_counter() - began) * 1000)
 
-            event.listen(rt.db.engine, "before_cursor_execute", count)
-            dialect.do_commit = timed_commit  # type: ignore[method-assign]
-            expected = -(-len(calls) // args.run_events)
-            for _ in range(expected // 2):  # warm: caches filled, the profiles' first events behind
-                worker.run_once()
-            statements[0], commits[:] = 0, []
-            cpu: list[float] = []
-            wall: list[float] = []
-            handled = 0
-            while True:
-                began, began_cpu = time.perf_counter(), time.thread_time()
-                done = worker.run_once()
-                if not done:
-                    break
-                wall.append((time.perf_counter() - began) * 1000)
-                cpu.append((time.thread_time() - began_cpu) * 1000)
-                handled += done
-            rt.log.delete_acknowledged()
-            pending = rt.log.pending()
-        finally:
-            rt.close()
+        event.listen(rt.db.engine, "before_cursor_execute", count)
+        dialect.do_commit = timed_commit  # type: ignore[method-assign]
+        expected = -(-len(calls) // args.run_events)
+        for _ in range(expected // 2):  # warm: caches filled, the profiles' first events behind
+            worker.run_once()
+        statements[0], commits[:] = 0, []
+        cpu: list[float] = []
+        wall: list[float] = []
+        handled = 0
+        while True:
+            began, began_cpu = time.perf_counter(), time.thread_time()
+            done = worker.run_once()
+            if not done:
+                break
+            wall.append((time.perf_counter() - began) * 1000)
+            cpu.append((time.thread_time() - began_cpu) * 1000)
+            handled += done
+        rt.log.delete_acknowledged()
+        pending = rt.log.pending()
     runs = max(1, len(cpu))
     return {
         "run_events": args.run_events,
@@ -372,44 +374,34 @@ def run_history(args: argparse.Namespace) -> dict[str, Any]:
         span = (last - first) / max(1, count)
         return [common.event(rng, "track", at=first + span * i, user_id=user) for i in range(count)]
 
-    with (
-        common.temp_dir("accord-bench-history-", args.tmp) as data_dir,
-        common.scratch_store(args.database_url, data_dir, "history") as url,
-    ):
-        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
-        try:
-            with rt.db.unit_of_work() as session:
-                source_id = create_source(session, name="bench").id
-            define(rt, segment_definitions(args.segments), journey_definitions(args.journeys, args.segments))
-            common.as_accord_worker(rt)
-            backlog = Worker(db=rt.db, log=rt.log, batch_size=500)
-            worker = Worker(db=rt.db, log=rt.log, batch_size=args.run_events)
-            stored = 0
-            for size in sizes:
-                # The history: spread over the 30 days before the last hour, older than what is timed.
-                start = now - timedelta(days=30) + (timedelta(days=30) - timedelta(hours=1)) * stored / args.history
-                write_backlog(rt.log, source_id, tracks(size - stored, start, now - timedelta(hours=1)))
-                backlog.drain()
-                stored = size
-                runs = 10
-                write_backlog(
-                    rt.log,
-                    source_id,
-                    tracks(runs * args.run_events, now - timedelta(minutes=50), now),
-                    per_record=args.run_events,
-                )
-                cpu: list[float] = []
-                while True:
-                    began = time.thread_time()
-                    if not worker.run_once():
-                        break
-                    cpu.append((time.thread_time() - began) * 1000)
-                stored += runs * args.run_events
-                steps.append({"history": size, "runs": len(cpu), "cpu_ms_per_run": round(sum(cpu) / len(cpu), 2)})
-            rt.log.delete_acknowledged()
-            pending = rt.log.pending()
-        finally:
-            rt.close()
+    with segmented_store(args, "history", args.segments, args.journeys) as (rt, source_id):
+        common.as_accord_worker(rt)
+        backlog = Worker(db=rt.db, log=rt.log, batch_size=500)
+        worker = Worker(db=rt.db, log=rt.log, batch_size=args.run_events)
+        stored = 0
+        for size in sizes:
+            # The history: spread over the 30 days before the last hour, older than what is timed.
+            start = now - timedelta(days=30) + (timedelta(days=30) - timedelta(hours=1)) * stored / args.history
+            write_backlog(rt.log, source_id, tracks(size - stored, start, now - timedelta(hours=1)))
+            backlog.drain()
+            stored = size
+            runs = 10
+            write_backlog(
+                rt.log,
+                source_id,
+                tracks(runs * args.run_events, now - timedelta(minutes=50), now),
+                per_record=args.run_events,
+            )
+            cpu: list[float] = []
+            while True:
+                began = time.thread_time()
+                if not worker.run_once():
+                    break
+                cpu.append((time.thread_time() - began) * 1000)
+            stored += runs * args.run_events
+            steps.append({"history": size, "runs": len(cpu), "cpu_ms_per_run": round(sum(cpu) / len(cpu), 2)})
+        rt.log.delete_acknowledged()
+        pending = rt.log.pending()
     return {"run_events": args.run_events, "steps": steps, "pending": pending}
 
 

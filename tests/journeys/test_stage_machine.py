@@ -20,7 +20,7 @@ from accord.pipeline.process import process_events
 from accord.runtime import Runtime
 from accord.segments import service as segments
 from accord.segments.models import SegmentMembership
-from pipeline.helpers import reset
+from pipeline.helpers import reset, unmerge_the_merge
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SHOP = {
@@ -209,21 +209,13 @@ def test_a_merge_keeps_the_furthest_position(rt: Runtime) -> None:
 
 
 def test_an_unmerge_keeps_the_survivor_and_places_the_other_afresh(rt: Runtime) -> None:
-    from accord.identity import history
-    from accord.identity.models import Merge
     from accord.profiles.service import resolve
 
     define(rt, {"shop": SHOP})
     run(rt, [{"type": "track", "anonymousId": "dev9", "event": "Carted", "timestamp": at(3)}])
     run(rt, [{"type": "identify", "userId": "ka", "anonymousId": "dev9", "timestamp": at(2)}])
     assert where(rt, "ka", "shop") == ("carted", "active")
-    with rt.db.unit_of_work() as session:
-        merge = session.scalars(select(Merge)).one()
-        profile = resolve(session, "user_id:ka")
-        assert profile is not None
-        history.unmerge(
-            session, profile, merge_id=merge.id, actor="t", now=NOW, lock_rows=rt.db.dialect == "postgresql"
-        )
+    unmerge_the_merge(rt, "user_id:ka", NOW)
     found = positions(rt)
     with rt.db.read() as session:
         device = resolve(session, "anonymous_id:dev9")

@@ -73,3 +73,18 @@ def reset(rt: Runtime) -> None:
         for table in reversed(Base.metadata.sorted_tables):
             if table.name != LogRecord.__tablename__:
                 session.execute(table.delete())
+
+
+def unmerge_the_merge(rt: Runtime, ref: str, now: datetime) -> None:
+    """Undo the one merge stored, from its survivor `ref` (a profile reference: "user_id:ann")."""
+    from accord.identity import history
+    from accord.identity.models import Merge
+    from accord.profiles.service import resolve
+
+    with rt.db.unit_of_work() as session:
+        merge = session.scalars(select(Merge)).one()
+        profile = resolve(session, ref)
+        assert profile is not None
+        history.unmerge(
+            session, profile, merge_id=merge.id, actor="t", now=now, lock_rows=rt.db.dialect == "postgresql"
+        )

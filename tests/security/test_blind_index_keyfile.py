@@ -5,10 +5,7 @@ get a new profile)."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from accord.runtime import Runtime
 from accord.security import datakeys
 from accord.security.keys import KeyringError, load_blind_index_key
 from pipeline.helpers import process, send, use_rules
+from security.test_keyfile import accord_command
 
 ADA, BOB = "ada@example.com", "bob@example.com"
 
@@ -177,13 +175,7 @@ def test_a_missing_kek_file_takes_the_blind_index_key_file_made_beside_it_away(s
 def test_the_command_line_says_so_without_a_traceback(settings: Settings, rt: Runtime) -> None:
     _store(settings, {"u1": ADA})
     settings.blind_index_key_path().unlink()
-    env = {**os.environ, "ACCORD_DATA_DIR": str(settings.data_dir)}
-    if settings.database_url:
-        env["ACCORD_DATABASE_URL"] = settings.database_url
-
-    done = subprocess.run(
-        [sys.executable, "-m", "accord", "source", "list"], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = accord_command(settings, "source", "list")
 
     assert done.returncode == 1
     assert "blind-index key file" in done.stdout

@@ -71,16 +71,20 @@ def test_a_new_database_gets_a_new_key_file(settings: Settings) -> None:
     rt.close()
 
 
-def test_the_command_line_says_so_without_a_traceback(settings: Settings, rt: Runtime) -> None:
-    _with_personal_data(settings)
-    settings.kek_path().unlink()
+def accord_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`accord *args` in a process of its own, on `settings`' data directory and database."""
     env = {**os.environ, "ACCORD_DATA_DIR": str(settings.data_dir)}
     if settings.database_url:
         env["ACCORD_DATABASE_URL"] = settings.database_url
-
-    done = subprocess.run(
-        [sys.executable, "-m", "accord", "source", "list"], env=env, capture_output=True, text=True, timeout=120
+    return subprocess.run(
+        [sys.executable, "-m", "accord", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def test_the_command_line_says_so_without_a_traceback(settings: Settings, rt: Runtime) -> None:
+    _with_personal_data(settings)
+    settings.kek_path().unlink()
+    done = accord_command(settings, "source", "list")
 
     assert done.returncode == 1
     assert "was missing" in done.stdout

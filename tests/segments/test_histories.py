@@ -23,7 +23,7 @@ from accord.runtime import Runtime
 from accord.security.datakeys import DataKeys
 from accord.segments import histories
 from accord.segments.evaluate import EVENTS
-from pipeline.helpers import reset
+from pipeline.helpers import reset, unmerge_the_merge
 from segments.test_streaming import NOW, ORDER, an_event, at, batch, define, profile_of, run, stored
 
 
@@ -221,9 +221,6 @@ def test_streaming_with_kept_histories_equals_a_batch_recompute(
 
 
 def test_an_unmerge_moves_events_back_and_both_sides_are_right(rt: Runtime, kept: histories.Histories) -> None:
-    from accord.identity import history
-    from accord.identity.models import Merge
-    from accord.profiles.service import resolve
 
     define(rt, ["big"])
     anonymous = [dict(e, anonymousId="dev-j", messageId=f"j-anon-{i}") for i, e in enumerate(bought("x", 2))]
@@ -233,13 +230,7 @@ def test_an_unmerge_moves_events_back_and_both_sides_are_right(rt: Runtime, kept
     run(rt, bought("jo", 1, total=10))
     run(rt, [{"type": "identify", "userId": "jo", "anonymousId": "dev-j", "timestamp": at(0), "messageId": "j-in"}])
     assert ("big", profile_of(rt, "jo")) in stored(rt)
-    with rt.db.unit_of_work() as session:
-        merge = session.scalars(select(Merge)).one()
-        profile = resolve(session, "user_id:jo")
-        assert profile is not None
-        history.unmerge(
-            session, profile, merge_id=merge.id, actor="t", now=NOW, lock_rows=rt.db.dialect == "postgresql"
-        )
+    unmerge_the_merge(rt, "user_id:jo", NOW)
     run(rt, bought("jo", 1, total=10, first=1))  # jo's own purchases only: out of "big" again
     run(rt, [dict(anonymous[0], messageId="j-anon-9", properties={"total": 10})])
     assert ("big", profile_of(rt, "jo")) not in stored(rt)

@@ -16,7 +16,7 @@ from accord.pipeline.process import process_events
 from accord.runtime import Runtime
 from accord.segments import conditions, evaluate, pushdown, service
 from accord.segments.models import SegmentMembership, SegmentTransition
-from pipeline.helpers import reset
+from pipeline.helpers import reset, unmerge_the_merge
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SEGMENTS: dict[str, dict[str, Any]] = {
@@ -240,9 +240,6 @@ def test_streaming_equals_a_batch_recompute(
 
 
 def test_an_unmerge_re_evaluates_both_sides(rt: Runtime) -> None:
-    from accord.identity import history
-    from accord.identity.models import Merge
-    from accord.profiles.service import resolve
 
     define(rt, ["gold", "rare"])
     run(rt, [{"type": "track", "anonymousId": "dev9", "event": "Viewed", "timestamp": at(3)}])
@@ -251,13 +248,7 @@ def test_an_unmerge_re_evaluates_both_sides(rt: Runtime) -> None:
         [{"type": "identify", "userId": "fay", "anonymousId": "dev9", "traits": {"plan": "gold"}, "timestamp": at(2)}],
     )
     assert len(stored(rt)) == 2
-    with rt.db.unit_of_work() as session:
-        merge = session.scalars(select(Merge)).one()
-        profile = resolve(session, "user_id:fay")
-        assert profile is not None
-        history.unmerge(
-            session, profile, merge_id=merge.id, actor="t", now=NOW, lock_rows=rt.db.dialect == "postgresql"
-        )
+    unmerge_the_merge(rt, "user_id:fay", NOW)
     assert len(members(rt, "rare")) == 2  # both sides again
     assert stored(rt) == batch(rt)
 
