@@ -7,6 +7,8 @@ recompute."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from sqlalchemy import delete, func, insert, select
 
 from accord.ingest.spec import normalise_request
 from accord.pipeline.process import process_events
+from accord.pipeline.worker import Worker
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime
 from accord.security.datakeys import DataKeys
@@ -39,6 +42,7 @@ def kept(rt: Runtime) -> Iterator[histories.Histories]:
         yield found
     finally:
         found.min_events = before
+        found._clock = time.monotonic
         found.forget()
 
 
@@ -264,3 +268,23 @@ def test_the_setting_refuses_what_is_not_a_count(value: str, monkeypatch: pytest
     monkeypatch.setenv("ACCORD_SEGMENT_HISTORY_EVENTS", value)
     with pytest.raises(ValidationError, match="segment_history_events"):
         Settings()
+
+
+def test_an_idle_worker_forgets_what_is_past_its_time(rt: Runtime, kept: histories.Histories) -> None:
+
+    define(rt, ["big"])
+    run(rt, bought("lou", 2))
+    assert len(kept) == 1
+    kept._clock = lambda: time.monotonic() + 3600  # an hour later: past the ttl
+    stop = threading.Event()
+    worker = Worker(db=rt.db, log=rt.log, poll_interval=0.01)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(kept) and time.monotonic() < deadline:  # no run comes: the idle loop prunes
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert len(kept) == 0

@@ -22,6 +22,7 @@ from accord.ingest import quarantine
 from accord.journeys import service as journeys
 from accord.log.port import Delivery, EventLog
 from accord.pipeline.process import Item, Outcome, StaleRead, process_events
+from accord.segments import histories
 from accord.segments import service as segments
 from accord.segments.jobs import SEGMENTS, Backfills, SegmentJobs
 
@@ -68,6 +69,7 @@ class Worker:
                 handled = 0
                 stop.wait(1.0)
             if handled == 0:
+                histories.prune()  # nothing opened stays past its time while no run comes
                 if self.wake is not None:
                     self.wake.wait(self.poll_interval)
                     self.wake.clear()

@@ -11,8 +11,8 @@ snapshot on PostgreSQL too): how many events the profile has, of every kind, the
 of their ids. Whatever else changed them (an erasure, a merge or an unmerge moving events between profiles,
 another worker's event committed after one with a later id) fails the check, and the history is read whole
 again. What a transaction read is kept only once it commits: a rolled-back one leaves what is kept as it
-was. A profile unused for `ttl` seconds is forgotten, so that opened payloads outlive an erasure made by
-another process by at most that long.
+was. A profile unused for `ttl` seconds is forgotten (at the next commit, or by the worker's idle loop), so
+that opened payloads outlive an erasure made by another process by at most that long.
 """
 
 from __future__ import annotations
@@ -187,11 +187,22 @@ class Histories:
                     kept.used = now
                     self._kept[profile_id] = kept
                     self._size += kept.size
-            while self._kept:
-                oldest_id, oldest = next(iter(self._kept.items()))
-                if self._size <= self.max_events and now - oldest.used <= self.ttl:
-                    break
-                self._drop(oldest_id)
+            self._prune(now)
+
+    def prune(self) -> None:
+        """Forget the histories unused for longer than the ttl (a worker does it when idle, so that nothing
+        stays past it while no run comes)."""
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Least recently used first: past the bound, or unused for longer than the ttl."""
+        while self._kept:
+            oldest_id, oldest = next(iter(self._kept.items()))
+            if self._size <= self.max_events and now - oldest.used <= self.ttl:
+                break
+            self._drop(oldest_id)
 
     def _drop(self, profile_id: str) -> None:
         kept = self._kept.pop(profile_id, None)
@@ -218,6 +229,14 @@ def _add(events: Events, rows: Sequence[Row[Any]], names: frozenset[str], keys: 
 
 _registry: dict[str, Histories] = {}
 _registry_lock = threading.Lock()
+
+
+def prune() -> None:
+    """`Histories.prune` for every database this process keeps histories of."""
+    with _registry_lock:
+        kept = list(_registry.values())
+    for histories in kept:
+        histories.prune()
 
 
 def of(session: Session) -> Histories:
