@@ -209,6 +209,10 @@ def test_every_route_answers_each_credential_as_documented(live: LiveAccord, cre
     # Profile 42 absorbs a device's profile: a merge, which the unmerge route may undo.
     send(live.rt, [{"type": "track", "anonymousId": "a42", "event": "E", "timestamp": "2026-05-01T10:00:00Z"}])
     process(live.rt)
+    # The device's profile is stored before the identify comes: had the live worker taken the track while
+    # this test's drain took the identify, the identify could commit first (PostgreSQL), and the track then
+    # land on the profile it made, with no merge at all.
+    live.wait_processed()
     send(live.rt, [{"type": "identify", "userId": "42", "anonymousId": "a42", "traits": {"plan": "gold"}}])
     send(live.rt, [{"type": "identify", "userId": "erase-me"}])
     process(live.rt)

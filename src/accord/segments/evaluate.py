@@ -356,7 +356,9 @@ def _read_facts(
     keys = DataKeys.of(session) if properties and names else None
     opener = Opener.of(session)
     listed_names = listed(sorted(names), dialect)
-    kept = {pid for pid in ids if histories.covers(pid, names, properties)} if histories and names else set()
+    kept: set[str] = set()  # kept in `histories`: their events come from there
+    if histories is not None and names:
+        kept = {pid for pid in ids if histories.covers(pid, names, properties)}
     long: set[str] = set()  # read here, and to be kept: as many events as a history worth keeping
     for chunk in _chunks(ids):
         listed_ids = listed(chunk, dialect)
