@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -161,3 +162,33 @@ def test_the_thread_deletes_acknowledged_records_on_its_own(rt: Runtime) -> None
     while log_rows(rt):
         assert time.monotonic() < deadline, "the acknowledgements were not deleted"
         time.sleep(0.01)
+
+
+def test_a_deletion_asked_for_while_the_thread_deletes_waits_for_it(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller (closing, a benchmark counting what is left) finds nothing acknowledged left behind."""
+    if not rt.log.acknowledge_when_durable(rt.db, every=3600):
+        return
+    send(rt, [{"type": "track", "userId": "u1", "event": "E"}])
+    assert process(rt) == 1
+    syncing, go_on = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def slow_disk(fd: int) -> None:  # the thread's sync, held until the test lets it go on
+        syncing.set()
+        go_on.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_disk)
+    thread = threading.Thread(target=rt.log.delete_acknowledged)  # as the acknowledgements' thread
+    thread.start()
+    assert syncing.wait(30)
+    caller = threading.Thread(target=rt.log.delete_acknowledged)
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive()  # waits for the deletion under way instead of returning with nothing to do
+    go_on.set()
+    caller.join(30)
+    thread.join(30)
+    assert log_rows(rt) == 0

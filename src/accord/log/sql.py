@@ -83,6 +83,7 @@ class SqlEventLog:
         # SQLite, `acknowledge_when_durable`: the records processed and not deleted yet, and the last of them
         self._durable: Callable[[], None] | None = None
         self._undeleted: list[int] = []
+        self._deleting = threading.Lock()  # one deletion at a time: a caller returns after one under way
         self._claimed_through = 0
         self._acker: threading.Thread | None = None
         self._stop_acking = threading.Event()
@@ -264,20 +265,23 @@ class SqlEventLog:
 
     def delete_acknowledged(self) -> int:
         """Make the worker's commits so far durable, then delete the records they acknowledged; returns how
-        many. On failure the records stay, and the next call tries them again."""
-        with self._lock:
-            seqs, self._undeleted = self._undeleted, []
-        if not seqs or self._durable is None:
-            return 0
-        try:
-            self._durable()  # every commit of these records' effects ended before: it is on disk after this
-            with self._ack_db().engine.begin() as connection:
-                connection.execute(_DELETE, {"seqs": seqs})
-        except BaseException:
+        many. On failure the records stay, and the next call tries them again. A call made while the
+        thread is deleting waits for it, so that every record acknowledged before the call is gone when it
+        returns."""
+        with self._deleting:
             with self._lock:
-                self._undeleted[:0] = seqs
-            raise
-        return len(seqs)
+                seqs, self._undeleted = self._undeleted, []
+            if not seqs or self._durable is None:
+                return 0
+            try:
+                self._durable()  # every commit of these records' effects ended before: on disk after this
+                with self._ack_db().engine.begin() as connection:
+                    connection.execute(_DELETE, {"seqs": seqs})
+            except BaseException:
+                with self._lock:
+                    self._undeleted[:0] = seqs
+                raise
+            return len(seqs)
 
     def _ack_db(self) -> Database:
         """SQLite: acknowledgements (deletes of processed records) commit without waiting for the disk
