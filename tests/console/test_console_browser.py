@@ -69,7 +69,9 @@ def site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveAccord]
 def page(browser: Any, site: LiveAccord) -> Iterator[Any]:
     context = browser.new_context(base_url=site.base_url, viewport={"width": 1280, "height": 900})
     opened = context.new_page()
-    opened.set_default_timeout(10_000)
+    # A ceiling on waiting, not a speed: under `make test` (three test processes and Chromium on two
+    # cores) the first page load of a run once took longer than 10 s.
+    opened.set_default_timeout(30_000)
     try:
         yield opened
     finally:
@@ -315,7 +317,7 @@ def test_log_in_through_the_single_sign_on_button(browser: Any, sso_site: tuple[
     site, provider = sso_site
     context = browser.new_context(base_url=site.base_url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(30_000)
     try:
         page.goto("/console/segments")
         assert page.url.endswith("/console/login?next=/console/segments")
