@@ -47,6 +47,12 @@ def open_payload(keys: DataKeys, source_id: str, message_id: str, stored: Any) -
     return payload if isinstance(payload, dict) else {}
 
 
+def opened_properties(keys: DataKeys, source_id: str, message_id: str, stored: Any) -> dict[str, Any]:
+    """The event's properties (an object) as received; `{}` when it has none or its data key is gone."""
+    found = open_payload(keys, source_id, message_id, stored).get("properties")
+    return found if isinstance(found, dict) else {}
+
+
 def opened(session: Session, rows: Sequence[ProfileEvent]) -> list[ProfileEvent]:
     """Timeline rows to show: detached from the session (so nothing is written back), payloads decrypted."""
     keys = DataKeys.of(session)

@@ -43,7 +43,7 @@ from accord.db.bulk import insert_rows
 from accord.journeys.models import Journey
 from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.private import Opener
-from accord.profiles.sealed import open_payload, sealed_by
+from accord.profiles.sealed import opened_properties, sealed_by
 from accord.security.datakeys import DataKeys
 from accord.segments import computed as computed_traits
 from accord.segments import conditions
@@ -383,10 +383,9 @@ def _read_facts(
             for row in rows:
                 entry = found.get(row[0])
                 if entry is not None and entry.traits is not None:
-                    props: Any = {}
-                    if keys is not None:  # the properties are in the encrypted payload
-                        props = open_payload(keys, row[4], row[5], row[3]).get("properties") or {}
-                    entry.events.setdefault(row[1], []).append((row[2], props if isinstance(props, dict) else {}))
+                    # The properties are in the encrypted payload.
+                    props = {} if keys is None else opened_properties(keys, row[4], row[5], row[3])
+                    entry.events.setdefault(row[1], []).append((row[2], props))
     if histories is not None:
         every_key = keys or DataKeys.of(session)
         for pid in sorted(kept | long):

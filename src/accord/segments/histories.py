@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from accord.config import Settings
 from accord.profiles.models import ProfileEvent
-from accord.profiles.sealed import open_payload, sealed_by
+from accord.profiles.sealed import opened_properties, sealed_by
 from accord.security.datakeys import DataKeys
 
 EVENTS = cast(Table, ProfileEvent.__table__)
@@ -221,10 +221,8 @@ def _add(events: Events, rows: Sequence[Row[Any]], names: frozenset[str], keys: 
     if keys is not None:  # every data key the payloads are sealed under, in one query
         keys.load({key for row in wanted if (key := sealed_by(row.payload)) is not None})
     for row in wanted:
-        props: Any = {}
-        if keys is not None:
-            props = open_payload(keys, row.source_id, row.message_id, row.payload).get("properties") or {}
-        events.setdefault(row.event, []).append((row.timestamp, props if isinstance(props, dict) else {}))
+        props = {} if keys is None else opened_properties(keys, row.source_id, row.message_id, row.payload)
+        events.setdefault(row.event, []).append((row.timestamp, props))
 
 
 _registry: dict[str, Histories] = {}
