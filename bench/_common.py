@@ -185,10 +185,11 @@ def open_runtime(url: str, sqlite_synchronous: str, data_dir: Path | None = None
 
 def as_accord_worker(rt: Runtime) -> None:
     """Set an in-process drain up as `accord worker` sets itself up (SQLite): write-ahead logs checkpointed
-    on threads, commits that do not wait for the disk, acknowledgements that do."""
+    on threads, commits that do not wait for the disk, acknowledgements that do, the worker's page cache."""
     rt.db.checkpoint_in_background()
     rt.log.db.checkpoint_in_background()
     rt.log.acknowledge_when_durable(rt.db)
+    rt.db.keep_pages(rt.settings.worker_cache_mib)
 
 
 def stored_events(url: str, sqlite_synchronous: str) -> int:

@@ -145,12 +145,20 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 how = f"{args.workers} `accord worker` subprocess(es)"
             else:
                 common.as_accord_worker(rt)
-                worker = Worker(db=db, log=log, batch_size=settings.worker_batch_size)
+                worker = Worker(
+                    db=db,
+                    log=log,
+                    batch_size=settings.worker_batch_size,
+                    max_batch_size=settings.worker_max_batch_size,
+                )
                 began = time.monotonic()
                 handled = worker.drain(max_runs=len(calls) + 10)
                 rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
                 seconds = time.monotonic() - began
-                how = f"Worker.drain() in-process, batch_size {settings.worker_batch_size}"
+                how = (
+                    f"Worker.drain() in-process, runs of {settings.worker_batch_size} events doubling up to "
+                    f"{settings.worker_max_batch_size} while the backlog lasts"
+                )
             counts = store_counts(rt)
         finally:
             rt.close()

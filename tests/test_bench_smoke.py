@@ -113,7 +113,7 @@ def test_audit_smoke(tmp_path: Path) -> None:
     assert summary["verify"]["verified_records"] == summary["settings"]["records"]
 
 
-@pytest.mark.parametrize("flag", ["--batch-size", "--run-events", "--events"])
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-batch-size", "--run-events", "--events"])
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_segments_refuses_sizes_below_one(flag: str, value: str) -> None:
     done = subprocess.run(
@@ -137,6 +137,8 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert without["memberships"] == 0
     assert with_segments["memberships"] > 0
     assert summary["settings"]["batch_size"] == 500  # ACCORD_WORKER_BATCH_SIZE's default
+    assert summary["settings"]["max_batch_size"] == 4000  # ACCORD_WORKER_MAX_BATCH_SIZE's default
+    assert all(run["longest_run_ms"] > 0 for run in (without, with_segments))
     backfill = summary["backfill"]
     assert backfill["profiles"] == summary["settings"]["profiles"]
     assert 0 < backfill["members"] < backfill["profiles"]

@@ -93,3 +93,17 @@ def test_the_event_logs_acknowledgements_leave_the_log_file_to_its_checkpoint_th
         assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
     with rt.db.unit_of_work() as session:  # the main database checkpoints in its commits, as by default
         assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 1000
+
+
+def test_the_workers_page_cache(rt: Runtime) -> None:
+    """`keep_pages` sets each new connection's page cache (SQLite's default is 2 MiB); PostgreSQL keeps its
+    own settings."""
+    rt.db.keep_pages(64)
+    rt.db.keep_pages(64)  # once is enough; again changes nothing
+    with rt.db.unit_of_work() as session:
+        if rt.db.dialect == "postgresql":
+            return
+        assert session.execute(text("PRAGMA cache_size")).scalar() == -64 * 1024  # negative: KiB
+    rt.db.keep_pages(8)
+    with rt.db.read() as session:
+        assert session.execute(text("PRAGMA cache_size")).scalar() == -8 * 1024

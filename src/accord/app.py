@@ -67,6 +67,7 @@ def create_app(
                 db=rt.db,
                 log=rt.log,
                 batch_size=settings.worker_batch_size,
+                max_batch_size=settings.worker_max_batch_size,
                 poll_interval=settings.worker_poll_interval,
                 wake=rt.log.appended,
                 consent=Capture(key=rt.signing, settings=settings),

@@ -172,6 +172,7 @@ def worker(
     rt.db.checkpoint_in_background()
     rt.log.db.checkpoint_in_background()  # SQLite: the event log's own file
     rt.log.acknowledge_when_durable(rt.db)  # SQLite: a run's commit waits for no fsync of its own
+    rt.db.keep_pages(settings.worker_cache_mib)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -184,6 +185,7 @@ def worker(
             db=rt.db,
             log=rt.log,
             batch_size=settings.worker_batch_size,
+            max_batch_size=settings.worker_max_batch_size,
             poll_interval=settings.worker_poll_interval,
             wake=wake,
             consent=Capture(key=rt.signing, settings=settings),

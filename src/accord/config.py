@@ -39,7 +39,17 @@ class Settings(BaseSettings):
         default="FULL",
         description="SQLite synchronous pragma: FULL survives power loss, NORMAL only process crashes.",
     )
-    worker_batch_size: int = Field(default=500, description="Events a worker takes per transaction.")
+    worker_batch_size: int = Field(
+        default=500, ge=1, description="Events a worker takes per transaction (runs may grow while a backlog drains)."
+    )
+    worker_max_batch_size: int = Field(
+        default=4000,
+        ge=1,
+        description="While a backlog drains, runs double up to this many events (at least the batch size).",
+    )
+    worker_cache_mib: int = Field(
+        default=64, ge=1, le=65536, description="SQLite: MiB of database pages each worker connection keeps in memory."
+    )
     worker_poll_interval: float = Field(
         default=0.02, description="Seconds a worker waits for new log records when idle."
     )

@@ -83,6 +83,7 @@ class Database:
             kwargs["connect_args"] = {"prepare_threshold": None}
         self.engine: Engine = create_engine(url, **kwargs)
         self._checkpoints: BackgroundCheckpoints | None = None
+        self._page_cache_mib: int | None = None  # None: SQLite's default (2 MiB per connection)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
             if not autocheckpoint:  # another connection checkpoints this file (`checkpoint_in_background`)
@@ -179,6 +180,25 @@ class Database:
             event.listen(self.engine, "connect", _commit_without_waiting)
             self.engine.dispose()  # connections opened before would go on waiting: open new ones
         return True
+
+    def keep_pages(self, mib: int) -> None:
+        """SQLite: each of this process's connections keeps up to `mib` MiB of database pages in memory
+        (SQLite's own default is 2 MiB). For the worker: a run of thousands of events changes more pages
+        than 2 MiB hold, and SQLite then writes changed pages out before the commit and reads pages back
+        from the file again and again (a 50,000-event drain in runs of up to 4,000 read 1.2 GB with the
+        default, 0.4 GB with 64 MiB). Memory is taken as pages are read, up to the bound. Nothing on
+        PostgreSQL."""
+        if self.dialect != "sqlite" or mib == self._page_cache_mib:
+            return
+        if self._page_cache_mib is None:
+            event.listen(self.engine, "connect", self._keep_pages)
+        self._page_cache_mib = mib
+        self.engine.dispose()  # connections opened before keep SQLite's default: open new ones
+
+    def _keep_pages(self, dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA cache_size={-1024 * int(self._page_cache_mib or 2)}")  # negative: KiB
+        cursor.close()
 
     def sync_to_disk(self) -> None:
         """SQLite: make every commit this process has made so far durable: the write-ahead log and the

@@ -36,7 +36,10 @@ from accord.security.logkeys import LogKeys
 
 log = structlog.get_logger(__name__)
 _STOP = object()
-MAX_CLAIM_RECORDS = 64
+# Records in one claim, at most: a bound on the statements' parameters (the delete names each record).
+# Runs are bounded by events (ACCORD_WORKER_MAX_BATCH_SIZE); a log of one-event records (a browser's
+# /v1/track calls) must be able to fill them.
+MAX_CLAIM_RECORDS = 10_000
 UNREADABLE_AFTER = 5  # failed reads of one record (the worker waits a second between them) before it is set aside
 # The log file's own schema version (PRAGMA user_version). 2: payloads sealed; a file of version 1 has
 # its waiting payloads sealed in place when opened.

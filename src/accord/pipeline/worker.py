@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -43,12 +43,16 @@ class Worker:
     db: Database
     log: EventLog
     batch_size: int = 500
+    # While claims come back at least half full (a backlog), each run takes twice the last, up to this
+    # many events: fewer commits per event. None: runs stay at batch_size.
+    max_batch_size: int | None = None
     poll_interval: float = 0.05
     wake: Wake | None = None
     consent: Capture | None = None
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
     segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
     on_commit: Callable[[], None] | None = None  # after each commit of effects: wakes the live streams
+    run_size: int = field(default=0, init=False)  # events the next claim asks for (0: batch_size)
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
@@ -90,7 +94,9 @@ class Worker:
     def run_once(self) -> int:
         """One claim's worth of work; returns how many events it handled (0: nothing to claim, or the claim
         was given back because other workers kept conflicting with it: its records are delivered again)."""
-        with self.log.claim(self.batch_size) as claim:
+        size = self.run_size or self.batch_size
+        with self.log.claim(size) as claim:
+            self.run_size = self._next_run_size(size, sum(len(d.events) for d in claim.deliveries))
             if not claim.deliveries:
                 return 0
             unreadable = [d for d in claim.deliveries if d.unreadable is not None]
@@ -105,6 +111,14 @@ class Worker:
             claim.acknowledge()
         _count(outcome)
         return outcome.processed + outcome.duplicates + outcome.quarantined + outcome.suppressed
+
+    def _next_run_size(self, size: int, taken: int) -> int:
+        """The next claim's size: double while the claims come back at least half full (the log holds a
+        backlog), back to batch_size once one does not. Bigger runs write each index page and commit once
+        for more events, so a backlog drains faster; on SQLite a run holds the write lock throughout, so
+        the API's writers may wait up to a run's length meanwhile."""
+        ceiling = max(self.batch_size, self.max_batch_size or self.batch_size)
+        return min(size * 2, ceiling) if taken * 2 >= size else self.batch_size
 
     def _attempt(self, items: list[Item]) -> Outcome:
         """Process `items` in one transaction, retried while other workers conflict with it (a profile

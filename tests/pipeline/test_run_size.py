@@ -1,0 +1,69 @@
+"""A worker's runs grow while the log holds a backlog and shrink back once it is drained: bigger runs
+commit once for more events. Every event is stored either way."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from accord.config import Settings
+from accord.pipeline.worker import Worker
+from accord.profiles.models import ProfileEvent
+from accord.runtime import Runtime
+from pipeline.helpers import send
+
+
+def _backlog(rt: Runtime, events: int, *, first: int = 0) -> None:
+    """`events` tracks in log records of 10 (as /v1/batch requests of 10 write them)."""
+    for start in range(first, first + events, 10):
+        send(
+            rt,
+            [
+                {"type": "track", "event": "Seen", "userId": f"u{i % 7}", "messageId": f"m{i}"}
+                for i in range(start, start + 10)
+            ],
+        )
+
+
+def _runs(worker: Worker) -> list[int]:
+    sizes = []
+    while handled := worker.run_once():
+        sizes.append(handled)
+    return sizes
+
+
+def _stored(rt: Runtime) -> int:
+    with rt.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(ProfileEvent)) or 0)
+
+
+def test_runs_double_while_the_backlog_lasts_then_start_small_again(rt: Runtime) -> None:
+    _backlog(rt, 1_500)
+    worker = Worker(db=rt.db, log=rt.log, batch_size=100, max_batch_size=400)
+
+    assert _runs(worker) == [100, 200, 400, 400, 400]
+    assert worker.run_size == 100  # the empty claim: back to the batch size
+
+    _backlog(rt, 30, first=1_500)  # a trickle: less than half a run
+    assert _runs(worker) == [30]
+    _backlog(rt, 60, first=1_530)  # half a run or more: the next one is bigger
+    assert _runs(worker) == [60]
+    assert worker.run_size == 100  # the claim after it found nothing
+    assert _stored(rt) == 1_590
+
+
+@pytest.mark.parametrize("ceiling", [None, 50, 100])
+def test_runs_stay_at_the_batch_size_without_a_larger_ceiling(rt: Runtime, ceiling: int | None) -> None:
+    _backlog(rt, 300)
+    worker = Worker(db=rt.db, log=rt.log, batch_size=100, max_batch_size=ceiling)
+
+    assert _runs(worker) == [100, 100, 100]
+    assert _stored(rt) == 300
+
+
+@pytest.mark.parametrize("setting", ["worker_batch_size", "worker_max_batch_size", "worker_cache_mib"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_sizes_below_one_are_refused(setting: str, value: int) -> None:
+    with pytest.raises(ValidationError, match=setting):
+        Settings(**{setting: value})  # type: ignore[arg-type]
