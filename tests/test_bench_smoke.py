@@ -142,6 +142,8 @@ def test_segments_smoke(tmp_path: Path) -> None:
     backfill = summary["backfill"]
     assert backfill["profiles"] == summary["settings"]["profiles"]
     assert 0 < backfill["members"] < backfill["profiles"]
+    assert backfill["events"]["profiles"] == backfill["profiles"]
+    assert 0 < backfill["events"]["members"] < backfill["profiles"]
     history = summary["history"]
     assert history["pending"] == 0
     assert [step["history"] for step in history["steps"]] == [10, 100]  # --smoke: up to 100

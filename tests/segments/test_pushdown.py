@@ -5,7 +5,7 @@ ones `conditions.evaluate` says are inside."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from accord.runtime import Runtime
 from accord.segments import conditions, pushdown
-from accord.segments.evaluate import PROFILES
+from accord.segments.evaluate import EVENTS, PROFILES
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 NAMES = ["a", "b", "0"]
@@ -63,6 +63,46 @@ CONDITION = st.recursive(
 )
 
 
+# Events: two names and a type that is not a track; times on, just before and just after the windows'
+# edges (whole days from NOW, and the `between` dates), so that every boundary is tried.
+EDGES = [NOW - timedelta(days=d) + timedelta(microseconds=u) for d in (0, 1, 3, 10) for u in (-1, 0, 1)]
+EVENT = st.tuples(
+    st.sampled_from(["track", "track", "page"]), st.sampled_from(["Seen", "Paid"]), st.sampled_from(EDGES)
+)
+COUNT = st.sampled_from(
+    [None, {"gte": 1}, {"gte": 2}, {"lte": 0}, {"lte": 1}, {"eq": 0}, {"eq": 2}, {"gte": 1, "lte": 2}]
+)
+WINDOW = st.sampled_from(
+    [
+        {},
+        {"within": "1d"},
+        {"within": "3d"},
+        {"older_than": "1d"},
+        {"older_than": "10d"},
+        {"between": {"from": EDGES[7].isoformat(), "to": EDGES[4].isoformat()}},
+    ]
+)
+EVENT_LEAF = st.builds(
+    lambda name, count, window, occurrence: (
+        {"event": name, **window, **({"count": count} if count and occurrence == "any" else {})}
+        | ({} if occurrence == "any" else {"occurrence": occurrence})
+    ),
+    st.sampled_from(["Seen", "Paid"]),
+    COUNT,
+    WINDOW,
+    st.sampled_from(["any", "any", "first", "last"]),
+)
+WITH_EVENTS = st.recursive(
+    EVENT_LEAF | LEAF,
+    lambda inner: (
+        st.lists(inner, min_size=1, max_size=3).map(lambda c: {"all": c})
+        | st.lists(inner, min_size=1, max_size=3).map(lambda c: {"any": c})
+        | inner.map(lambda c: {"not": c})
+    ),
+    max_leaves=4,
+)
+
+
 def _parsed(document: dict[str, Any]) -> conditions.Node | None:
     try:
         return conditions.parse(document)
@@ -106,6 +146,117 @@ def test_the_database_selects_exactly_whom_the_evaluator_admits(
             transaction.rollback()
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    people=st.lists(st.tuples(TRAITS, st.lists(EVENT, max_size=5)), min_size=1, max_size=6),
+    documents=st.lists(WITH_EVENTS, min_size=1, max_size=4),
+)
+def test_event_counts_and_occurrences_select_exactly_whom_the_evaluator_admits(
+    rt: Runtime, people: list[tuple[dict[str, Any], list[tuple[str, str, datetime]]]], documents: list[dict[str, Any]]
+) -> None:
+    dialect = rt.db.engine.dialect.name
+    ids = [str(uuid.UUID(int=n)) for n in range(len(people))]
+    timelines = [
+        {
+            name: [(at, {}) for kind, event, at in events if kind == "track" and event == name]
+            for name in ("Seen", "Paid")
+        }
+        for _, events in people
+    ]
+    with rt.db.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            connection.execute(
+                PROFILES.insert(),
+                [
+                    {"id": pid, "traits": traits, "trait_versions": {}, "counts": {}, "identity_counts": {}}
+                    | dict.fromkeys(("first_seen", "last_seen", "created_at", "updated_at"), NOW)
+                    for pid, (traits, _) in zip(ids, people, strict=True)
+                ],
+            )
+            rows = [
+                {
+                    "profile_id": pid,
+                    "source_id": "src",
+                    "message_id": f"{pid}-{n}",
+                    "type": kind,
+                    "event": event,
+                    "timestamp": at,
+                    "received_at": NOW,
+                    "payload": {},
+                }
+                for pid, (_, events) in zip(ids, people, strict=True)
+                for n, (kind, event, at) in enumerate(events)
+            ]
+            if rows:
+                connection.execute(EVENTS.insert(), rows)
+            for document in documents:
+                node = _parsed(document)
+                if node is None:
+                    continue
+                expected = {
+                    pid
+                    for pid, (traits, _), events in zip(ids, people, timelines, strict=True)
+                    if conditions.evaluate(node, conditions.Facts(traits=traits, events=events), NOW)
+                }
+                where = pushdown.predicate(node, PROFILES.c.traits, dialect, profile_id=PROFILES.c.id, now=NOW)
+                if where is None:
+                    continue
+                found = set(connection.scalars(select(PROFILES.c.id).where(PROFILES.c.id.in_(ids), where)))
+                assert found == expected, (document, people)
+        finally:
+            transaction.rollback()
+
+
+@pytest.mark.parametrize(
+    ("document", "at", "admitted"),
+    [
+        ({"event": "Seen", "within": "1d"}, NOW - timedelta(days=1), True),  # the start is in
+        ({"event": "Seen", "within": "1d"}, NOW - timedelta(days=1, microseconds=1), False),
+        ({"event": "Seen", "older_than": "1d"}, NOW - timedelta(days=1), False),  # the end is out
+        ({"event": "Seen", "older_than": "1d"}, NOW - timedelta(days=1, microseconds=1), True),
+        ({"event": "Seen", "between": {"from": EDGES[7].isoformat(), "to": EDGES[4].isoformat()}}, EDGES[7], True),
+        ({"event": "Seen", "between": {"from": EDGES[7].isoformat(), "to": EDGES[4].isoformat()}}, EDGES[4], False),
+        ({"event": "Seen", "occurrence": "last", "within": "1d"}, NOW - timedelta(days=1), True),
+        ({"event": "Seen", "occurrence": "first", "older_than": "1d"}, NOW - timedelta(days=1), False),
+        ({"event": "Seen", "count": {"eq": 0}, "within": "1d"}, NOW - timedelta(days=1), False),
+        ({"event": "Seen", "count": {"lte": 0}, "within": "1d"}, NOW - timedelta(days=2), True),
+    ],
+)
+def test_window_edges(rt: Runtime, document: dict[str, Any], at: datetime, admitted: bool) -> None:
+    """One event at a window's edge: the database and the evaluator agree, and say what the docs say."""
+    node = conditions.parse(document)
+    assert conditions.evaluate(node, conditions.Facts(traits={}, events={"Seen": [(at, {})]}), NOW) is admitted
+    pid = str(uuid.UUID(int=1))
+    with rt.db.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            connection.execute(
+                PROFILES.insert(),
+                {"id": pid, "traits": {}, "trait_versions": {}, "counts": {}, "identity_counts": {}}
+                | dict.fromkeys(("first_seen", "last_seen", "created_at", "updated_at"), NOW),
+            )
+            connection.execute(
+                EVENTS.insert(),
+                {
+                    "profile_id": pid,
+                    "source_id": "src",
+                    "message_id": "m",
+                    "type": "track",
+                    "event": "Seen",
+                    "timestamp": at,
+                    "received_at": NOW,
+                    "payload": {},
+                },
+            )
+            where = pushdown.predicate(node, PROFILES.c.traits, rt.db.dialect, profile_id=PROFILES.c.id, now=NOW)
+            assert where is not None
+            found = connection.scalars(select(PROFILES.c.id).where(where)).all()
+            assert found == ([pid] if admitted else [])
+        finally:
+            transaction.rollback()
+
+
 @pytest.mark.parametrize(
     ("document", "pushed"),
     [
@@ -114,14 +265,25 @@ def test_the_database_selects_exactly_whom_the_evaluator_admits(
         ({"trait": "email", "op": "regex", "value": "@example"}, False),
         ({"trait": "tags", "op": "eq", "value": ["a"]}, False),
         ({"any": [{"trait": "plan", "op": "eq", "value": "gold"}, {"segment": "vip"}]}, False),
-        ({"event": "Order Completed"}, False),
+        ({"event": "Order Completed"}, True),
+        ({"event": "Order Completed", "count": {"lte": 2}, "within": "7d"}, True),
+        ({"event": "Order Completed", "occurrence": "last", "older_than": "3d"}, True),
+        ({"event": "Order Completed", "where": [{"property": "total", "op": "gte", "value": 50}]}, False),
+        ({"all": [{"trait": "plan", "op": "eq", "value": "gold"}, {"event": "Paid", "where": []}]}, True),
         ({"trait": "n", "op": "gt", "value": 2**60}, False),
     ],
 )
 def test_what_is_left_to_python(document: dict[str, Any], pushed: bool) -> None:
     node = conditions.parse(document)
     for dialect in ("sqlite", "postgresql"):
-        assert (pushdown.predicate(node, PROFILES.c.traits, dialect) is not None) is pushed
+        found = pushdown.predicate(node, PROFILES.c.traits, dialect, profile_id=PROFILES.c.id, now=NOW)
+        assert (found is not None) is pushed
+
+
+def test_events_need_the_profile_and_the_time() -> None:
+    node = conditions.parse({"event": "Order Completed", "within": "7d"})
+    assert pushdown.predicate(node, PROFILES.c.traits, "sqlite") is None
+    assert pushdown.predicate(node, PROFILES.c.traits, "sqlite", profile_id=PROFILES.c.id) is None
 
 
 def test_an_unreadable_trait_is_left_to_python() -> None:

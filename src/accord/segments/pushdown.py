@@ -1,25 +1,31 @@
-"""Conditions the database can evaluate itself: trait comparisons and all / any / not of them, turned into
-a SQL predicate over the profile's stored traits (SQLite's JSON1 functions, PostgreSQL's jsonb).
+"""Conditions the database can evaluate itself: trait comparisons, event counts and first / last events
+(without property filters), and all / any / not of them, turned into a SQL predicate over the profile's
+stored traits (SQLite's JSON1 functions, PostgreSQL's jsonb) and its timeline.
 
 Backfilling a segment over a million profiles in Python spends most of its time carrying rows out of the
 database and back in; a predicate lets one INSERT ... SELECT per chunk do it. It must give exactly what
 `conditions.evaluate` gives, JSON semantics included (true is not 1, 1 is 1.0, a missing trait is neither
 null nor equal to anything), which tests/segments/test_pushdown.py checks on both databases against the
-evaluator for random traits and conditions. Whatever it cannot express exactly (regex, list or object
-operands, events, computed traits, segments, consent) is left to Python: `predicate` returns None.
+evaluator for random traits, events and conditions. Whatever it cannot express exactly (regex, list or
+object operands, property filters on events, whose properties are sealed, computed traits, segments,
+consent) is left to Python: `predicate` returns None.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, literal, not_, or_, select, type_coerce
+from sqlalchemy import ColumnElement, Table, and_, exists, false, func, literal, not_, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import String
 
-from accord.segments.conditions import AllOf, AnyOf, Node, NotCondition, TraitCondition
+from accord.profiles.models import ProfileEvent
+from accord.segments.conditions import AllOf, AnyOf, CountSpec, EventCondition, Node, NotCondition, TraitCondition
+
+_EVENTS = cast(Table, ProfileEvent.__table__)
 
 # Numbers beyond this are compared as doubles by SQLite but exactly by Python: leave them to Python.
 EXACT = 2**53
@@ -31,20 +37,31 @@ Traits = ColumnElement[Any]
 
 
 def predicate(
-    node: Node, traits: Traits, dialect: str, *, readable: Callable[[str], bool] = lambda _trait: True
+    node: Node,
+    traits: Traits,
+    dialect: str,
+    *,
+    readable: Callable[[str], bool] = lambda _trait: True,
+    profile_id: ColumnElement[str] | None = None,
+    now: datetime | None = None,
 ) -> ColumnElement[bool] | None:
-    """A SQL predicate true exactly where `conditions.evaluate` would be, or None if there is none.
-    `readable(trait)` says whether the stored value can be compared as it is (an encrypted trait cannot)."""
+    """A SQL predicate true exactly where `conditions.evaluate` would be as of `now`, or None if there is
+    none. `readable(trait)` says whether the stored value can be compared as it is (an encrypted trait
+    cannot). Event leaves need the profile's id column and `now` (for `within` and `older_than`)."""
     if isinstance(node, AllOf | AnyOf):
         children = node.all if isinstance(node, AllOf) else node.any
-        parts = [predicate(child, traits, dialect, readable=readable) for child in children]
+        parts = [
+            predicate(child, traits, dialect, readable=readable, profile_id=profile_id, now=now) for child in children
+        ]
         found = [part for part in parts if part is not None]
         if len(found) < len(parts):
             return None
         return and_(*found) if isinstance(node, AllOf) else or_(*found)
     if isinstance(node, NotCondition):
-        inner = predicate(node.not_, traits, dialect, readable=readable)
+        inner = predicate(node.not_, traits, dialect, readable=readable, profile_id=profile_id, now=now)
         return None if inner is None else not_(inner)
+    if isinstance(node, EventCondition):
+        return None if node.where or profile_id is None or now is None else _performed(node, profile_id, now)
     if not isinstance(node, TraitCondition) or not readable(node.trait.split(".", 1)[0]):
         return None
     leaf: _Leaf
@@ -224,3 +241,28 @@ class _Postgres(_Leaf):
 
     def array_has(self, value: Any) -> ColumnElement[bool]:
         return self.value.op("@>")(literal([value], JSONB))
+
+
+_AT_LEAST_ONCE = CountSpec(gte=1)
+
+
+def _performed(node: EventCondition, profile_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
+    """What `conditions._performed` decides from the profile's track events of the name (their
+    `timestamp`), read from the timeline: a count in the window, or the first / last one's time."""
+    e = _EVENTS.c
+    start, end = node.window(now)
+    named = (e.profile_id == profile_id, e.type == "track", e.event == node.event)
+    if node.occurrence != "any":
+        moment = (func.min if node.occurrence == "first" else func.max)(e.timestamp)
+        at = select(moment).where(*named).scalar_subquery()
+        tests: list[ColumnElement[bool]] = [at.is_not(None)]
+        tests += [] if start is None else [at >= start]
+        tests += [] if end is None else [at < end]
+        return and_(*tests)
+    window = ([] if start is None else [e.timestamp >= start]) + ([] if end is None else [e.timestamp < end])
+    found = select(func.count()).select_from(_EVENTS).where(*named, *window).scalar_subquery()
+    count = node.count or _AT_LEAST_ONCE
+    if count.eq is not None:
+        return found == count.eq
+    bounds = ([] if count.gte is None else [found >= count.gte]) + ([] if count.lte is None else [found <= count.lte])
+    return and_(*bounds)

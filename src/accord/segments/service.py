@@ -248,8 +248,8 @@ class Progress:
 
 def backfill_step(session: Session, key: str, *, now: datetime, limit: int | None = None) -> Progress:
     """Evaluate the segment for the next `limit` profiles (in id order) and record the progress. A segment
-    of trait comparisons that no other segment reads is evaluated by the database (accord.segments.pushdown),
-    in larger chunks; any other in Python."""
+    of trait comparisons and event counts (without property filters) that no other segment reads is
+    evaluated by the database (accord.segments.pushdown), in larger chunks; any other in Python."""
     row = get(session, key, lock=True)
     if row.status != "backfilling":
         return Progress(key, row.backfill_done, row.backfill_total, True)
@@ -260,7 +260,12 @@ def backfill_step(session: Session, key: str, *, now: datetime, limit: int | Non
         # Personal traits are encrypted (accord.profiles.private): conditions on them run in Python.
         readable = private.personal(session).readable
         where = pushdown.predicate(
-            item.node, evaluate.PROFILES.c.traits, session.get_bind().dialect.name, readable=readable
+            item.node,
+            evaluate.PROFILES.c.traits,
+            session.get_bind().dialect.name,
+            readable=readable,
+            profile_id=evaluate.PROFILES.c.id,
+            now=now,
         )
     if item is not None and where is not None:
         found = evaluate.refresh_range(
