@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from accord.runtime import Runtime
 from accord.segments import conditions, pushdown
@@ -103,6 +103,47 @@ WITH_EVENTS = st.recursive(
 )
 
 
+def _profile(pid: str, traits: dict[str, Any]) -> dict[str, Any]:
+    return {"id": pid, "traits": traits, "trait_versions": {}, "counts": {}, "identity_counts": {}} | dict.fromkeys(
+        ("first_seen", "last_seen", "created_at", "updated_at"), NOW
+    )
+
+
+def _event(pid: str, n: int, kind: str, name: str, at: datetime) -> dict[str, Any]:
+    return {
+        "profile_id": pid,
+        "source_id": "src",
+        "message_id": f"{pid}-{n}",
+        "type": kind,
+        "event": name,
+        "timestamp": at,
+        "received_at": NOW,
+        "payload": {},
+    }
+
+
+def _agree(
+    connection: Connection,
+    dialect: str,
+    ids: list[str],
+    facts: list[conditions.Facts],
+    documents: list[dict[str, Any]],
+    **timeline: Any,
+) -> None:
+    """For each valid condition the database can evaluate, it selects exactly the profiles (`ids`, stored)
+    whose `facts` the evaluator admits."""
+    for document in documents:
+        node = _parsed(document)
+        if node is None:
+            continue
+        expected = {pid for pid, found in zip(ids, facts, strict=True) if conditions.evaluate(node, found, NOW)}
+        where = pushdown.predicate(node, PROFILES.c.traits, dialect, **timeline)
+        if where is None:
+            continue
+        selected = set(connection.scalars(select(PROFILES.c.id).where(PROFILES.c.id.in_(ids), where)))
+        assert selected == expected, (document, facts)
+
+
 def _parsed(document: dict[str, Any]) -> conditions.Node | None:
     try:
         return conditions.parse(document)
@@ -121,27 +162,9 @@ def test_the_database_selects_exactly_whom_the_evaluator_admits(
         transaction = connection.begin()
         try:
             connection.execute(
-                PROFILES.insert(),
-                [
-                    {"id": pid, "traits": traits, "trait_versions": {}, "counts": {}, "identity_counts": {}}
-                    | dict.fromkeys(("first_seen", "last_seen", "created_at", "updated_at"), NOW)
-                    for pid, traits in zip(ids, people, strict=True)
-                ],
+                PROFILES.insert(), [_profile(pid, traits) for pid, traits in zip(ids, people, strict=True)]
             )
-            for document in documents:
-                node = _parsed(document)
-                if node is None:
-                    continue
-                expected = {
-                    pid
-                    for pid, traits in zip(ids, people, strict=True)
-                    if conditions.evaluate(node, conditions.Facts(traits=traits), NOW)
-                }
-                where = pushdown.predicate(node, PROFILES.c.traits, dialect)
-                if where is None:
-                    continue
-                found = set(connection.scalars(select(PROFILES.c.id).where(PROFILES.c.id.in_(ids), where)))
-                assert found == expected, (document, people)
+            _agree(connection, dialect, ids, [conditions.Facts(traits=traits) for traits in people], documents)
         finally:
             transaction.rollback()
 
@@ -167,43 +190,20 @@ def test_event_counts_and_occurrences_select_exactly_whom_the_evaluator_admits(
         transaction = connection.begin()
         try:
             connection.execute(
-                PROFILES.insert(),
-                [
-                    {"id": pid, "traits": traits, "trait_versions": {}, "counts": {}, "identity_counts": {}}
-                    | dict.fromkeys(("first_seen", "last_seen", "created_at", "updated_at"), NOW)
-                    for pid, (traits, _) in zip(ids, people, strict=True)
-                ],
+                PROFILES.insert(), [_profile(pid, traits) for pid, (traits, _) in zip(ids, people, strict=True)]
             )
             rows = [
-                {
-                    "profile_id": pid,
-                    "source_id": "src",
-                    "message_id": f"{pid}-{n}",
-                    "type": kind,
-                    "event": event,
-                    "timestamp": at,
-                    "received_at": NOW,
-                    "payload": {},
-                }
+                _event(pid, n, kind, event, at)
                 for pid, (_, events) in zip(ids, people, strict=True)
                 for n, (kind, event, at) in enumerate(events)
             ]
             if rows:
                 connection.execute(EVENTS.insert(), rows)
-            for document in documents:
-                node = _parsed(document)
-                if node is None:
-                    continue
-                expected = {
-                    pid
-                    for pid, (traits, _), events in zip(ids, people, timelines, strict=True)
-                    if conditions.evaluate(node, conditions.Facts(traits=traits, events=events), NOW)
-                }
-                where = pushdown.predicate(node, PROFILES.c.traits, dialect, profile_id=PROFILES.c.id, now=NOW)
-                if where is None:
-                    continue
-                found = set(connection.scalars(select(PROFILES.c.id).where(PROFILES.c.id.in_(ids), where)))
-                assert found == expected, (document, people)
+            facts = [
+                conditions.Facts(traits=traits, events=events)
+                for (traits, _), events in zip(people, timelines, strict=True)
+            ]
+            _agree(connection, dialect, ids, facts, documents, profile_id=PROFILES.c.id, now=NOW)
         finally:
             transaction.rollback()
 
@@ -231,24 +231,8 @@ def test_window_edges(rt: Runtime, document: dict[str, Any], at: datetime, admit
     with rt.db.engine.connect() as connection:
         transaction = connection.begin()
         try:
-            connection.execute(
-                PROFILES.insert(),
-                {"id": pid, "traits": {}, "trait_versions": {}, "counts": {}, "identity_counts": {}}
-                | dict.fromkeys(("first_seen", "last_seen", "created_at", "updated_at"), NOW),
-            )
-            connection.execute(
-                EVENTS.insert(),
-                {
-                    "profile_id": pid,
-                    "source_id": "src",
-                    "message_id": "m",
-                    "type": "track",
-                    "event": "Seen",
-                    "timestamp": at,
-                    "received_at": NOW,
-                    "payload": {},
-                },
-            )
+            connection.execute(PROFILES.insert(), _profile(pid, {}))
+            connection.execute(EVENTS.insert(), _event(pid, 0, "track", "Seen", at))
             where = pushdown.predicate(node, PROFILES.c.traits, rt.db.dialect, profile_id=PROFILES.c.id, now=NOW)
             assert where is not None
             found = connection.scalars(select(PROFILES.c.id).where(where)).all()
