@@ -8,6 +8,8 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from accord.config import Settings
+from accord.consent.capture import Capture
+from accord.ingest import quarantine
 from accord.pipeline.worker import Worker
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime
@@ -51,6 +53,28 @@ def test_runs_double_while_the_backlog_lasts_then_start_small_again(rt: Runtime)
     assert _runs(worker) == [60]
     assert worker.run_size == 100  # the claim after it found nothing
     assert _stored(rt) == 1_590
+
+
+def test_a_grown_run_that_fails_whole_is_followed_by_a_small_one(rt: Runtime) -> None:
+    """A consent event naming no known purpose fails its run, which goes one event at a time and
+    quarantines it; the claims after it start again from the batch size."""
+    _backlog(rt, 800)
+    bad = {"type": "track", "event": "Consent Updated", "userId": "u1", "messageId": "bad"}
+    send(rt, [bad | {"properties": {"purpose": "no.such.purpose", "status": "given"}}])
+    _backlog(rt, 700, first=801)
+    worker = Worker(
+        db=rt.db,
+        log=rt.log,
+        batch_size=100,
+        max_batch_size=400,
+        consent=Capture(key=rt.signing, settings=rt.settings),
+    )
+
+    # The fourth run (391 events: records of 10 around the bad one) failed whole and went one by one.
+    assert _runs(worker) == [100, 200, 400, 391, 100, 200, 110]
+    assert _stored(rt) == 1_500
+    with rt.db.read() as session:
+        assert [q.message_id for q in quarantine.waiting(session)] == ["bad"]
 
 
 @pytest.mark.parametrize("ceiling", [None, 50, 100])

@@ -156,6 +156,7 @@ class Worker:
         except Exception as error:  # a fault in one event's processing: isolate it below
             log.warning("batch failed", error=type(error).__name__)
         log.warning("processing this batch's events one by one")
+        self.run_size = self.batch_size  # a grown run that failed whole is not asked for again
         return self._one_by_one(items)
 
     def _one_by_one(self, items: list[Item]) -> Outcome:
