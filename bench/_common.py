@@ -220,6 +220,7 @@ class Accord:
     sqlite_synchronous: str
     port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)  # further ACCORD_* settings for its processes
 
     @property
     def base_url(self) -> str:
@@ -239,6 +240,7 @@ class Accord:
         )
         if self.database_url:
             env["ACCORD_DATABASE_URL"] = self.database_url
+        env.update(self.settings)
         return env
 
     def cli(self, *args: str, timeout: float = 120) -> dict[str, Any]:

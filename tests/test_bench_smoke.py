@@ -159,3 +159,25 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert runs["events"] <= runs["runs"] * runs["run_events"]
     assert runs["statements_per_run"] > 0
     assert {"p50", "p95", "p99", "max"} <= runs["commit_ms"].keys()
+
+
+def test_backlog_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("backlog.py", tmp_path)
+    assert summary["benchmark"] == "backlog"
+    assert summary["settings"]["max_batch_size"] == 4000  # ACCORD_WORKER_MAX_BATCH_SIZE's default
+    backlog = summary["backlog"]
+    assert backlog["events"] == summary["settings"]["events"]
+    assert backlog["reads"] >= 1
+    assert {"p50", "p95", "p99", "max"} <= backlog["read_ms"].keys()
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_backlog_refuses_sizes_below_one(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "backlog.py"), "--max-batch-size", value],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "sizes must be positive" in done.stderr
