@@ -17,14 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import DBAPIError
 
+from accord.db.engine import Database, conflicted
 from accord.ingest.spec import normalise_request
-from accord.pipeline.process import process_events
+from accord.pipeline.process import StaleRead, process_events
 from accord.pipeline.worker import Worker
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime
 from accord.security.datakeys import DataKeys
-from accord.segments import histories
+from accord.segments import histories, service
 from accord.segments.evaluate import EVENTS
 from pipeline.helpers import reset, unmerge_the_merge
 from segments.test_streaming import NOW, ORDER, an_event, at, batch, define, profile_of, run, stored
@@ -288,3 +290,85 @@ def test_an_idle_worker_forgets_what_is_past_its_time(rt: Runtime, kept: histori
         stop.set()
         thread.join(timeout=10)
     assert len(kept) == 0
+
+
+def test_two_workers_keeping_one_customers_history_see_each_others_events(
+    rt: Runtime, kept: histories.Histories
+) -> None:
+    """Two worker processes on PostgreSQL each keep their own histories. Here the second is a Database of
+    its own URL (so its own kept histories, as another process has), and the two take turns on one
+    customer, then run at once: each run's check finds what the other committed, so exact counts stay
+    right after every turn."""
+    if rt.db.dialect != "postgresql":
+        pytest.skip("SQLite runs one worker per database")
+    exact = {
+        "nine": {"event": "Bought", "where": [{"property": "total", "op": "gte", "value": 50}], "count": {"eq": 9}},
+        "twelve": {"event": "Bought", "count": {"eq": 12}},
+    }
+    with rt.db.unit_of_work() as session:
+        for key, condition in exact.items():
+            service.create(session, key=key, name=key, description="", condition=condition, actor="t", now=NOW)
+            while not service.backfill_step(session, key, now=NOW).finished:
+                pass
+    second = Database(f"{rt.db.url}{'&' if '?' in rt.db.url else '?'}application_name=second", keyring=rt.db.keyring)
+    try:
+        with second.read() as session:
+            theirs = histories.of(session)
+        assert theirs is not kept
+        theirs.forget()
+        theirs.min_events, before = 1, theirs.min_events
+        try:
+            for turn in range(6):
+                db = rt.db if turn % 2 == 0 else second
+                events = normalise_request(
+                    {"batch": bought("cy", 3, first=3 * turn)}, endpoint="batch", received_at=NOW, client_ip=None
+                )
+                with db.unit_of_work() as session:
+                    process_events(session, [("src", e) for e in events], lock_rows=True, now=NOW)
+                assert stored(rt) == batch(rt), turn
+                cy = profile_of(rt, "cy")
+                assert (("nine", cy) in stored(rt)) is (turn == 2)
+                assert (("twelve", cy) in stored(rt)) is (turn == 3)
+            # On its later turns each read what the other had added since, not the whole history again.
+            assert kept.reads["added"] >= 2
+            assert theirs.reads["added"] >= 2
+
+            errors: list[BaseException] = []
+
+            def at_once(db: Database, first: int) -> None:
+                """Five runs of one event each, retried as the worker retries a run the other conflicted with."""
+                try:
+                    for step in range(5):
+                        events = normalise_request(
+                            {"batch": bought("cy", 1, first=first + step)},
+                            endpoint="batch",
+                            received_at=NOW,
+                            client_ip=None,
+                        )
+                        for attempt in itertools.count():
+                            try:
+                                with db.unit_of_work() as session:
+                                    process_events(session, [("src", e) for e in events], lock_rows=True, now=NOW)
+                                break
+                            except (StaleRead, DBAPIError) as error:
+                                if attempt == 8 or (isinstance(error, DBAPIError) and not conflicted(error)):
+                                    raise
+                except BaseException as error:
+                    errors.append(error)
+
+            threads = [
+                threading.Thread(target=at_once, args=(db, first)) for db, first in ((rt.db, 100), (second, 200))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert not errors
+            with rt.db.read() as session:
+                assert session.scalar(select(func.count()).select_from(ProfileEvent)) == 28
+            assert stored(rt) == batch(rt)
+        finally:
+            theirs.min_events = before
+            theirs.forget()
+    finally:
+        second.dispose()
