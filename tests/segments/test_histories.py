@@ -292,6 +292,7 @@ def test_an_idle_worker_forgets_what_is_past_its_time(rt: Runtime, kept: histori
     assert len(kept) == 0
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite runs one worker per database
 def test_two_workers_keeping_one_customers_history_see_each_others_events(
     rt: Runtime, kept: histories.Histories
 ) -> None:
@@ -299,8 +300,6 @@ def test_two_workers_keeping_one_customers_history_see_each_others_events(
     its own URL (so its own kept histories, as another process has), and the two take turns on one
     customer, then run at once: each run's check finds what the other committed, so exact counts stay
     right after every turn."""
-    if rt.db.dialect != "postgresql":
-        pytest.skip("SQLite runs one worker per database")
     exact = {
         "nine": {"event": "Bought", "where": [{"property": "total", "op": "gte", "value": 50}], "count": {"eq": 9}},
         "twelve": {"event": "Bought", "count": {"eq": 12}},
