@@ -192,9 +192,10 @@ def as_accord_worker(rt: Runtime) -> None:
     rt.db.keep_pages(rt.settings.worker_cache_mib)
 
 
-def stored_events(url: str, sqlite_synchronous: str) -> int:
-    """Events Accord holds: still in the event log, in the timeline, or in quarantine."""
-    rt = open_runtime(url, sqlite_synchronous)
+def stored_events(url: str, sqlite_synchronous: str, data_dir: Path | None = None) -> int:
+    """Events Accord holds: still in the event log, in the timeline, or in quarantine. `data_dir` holds the
+    store's keys (on PostgreSQL, the data dir the store was made with)."""
+    rt = open_runtime(url, sqlite_synchronous, data_dir)
     try:
         with rt.db.read() as session:
             kept = session.scalar(select(func.count()).select_from(ProfileEvent)) or 0

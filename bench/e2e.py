@@ -134,7 +134,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         common.temp_dir("accord-bench-e2e-", args.tmp) as data_dir,
         common.scratch_store(args.database_url, data_dir, "e2e") as url,
     ):
-        rt = common.open_runtime(url, args.sqlite_synchronous)
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)  # the keys the workers will read
         db, log = rt.db, rt.log
         try:
             with db.unit_of_work() as session:
@@ -216,7 +216,7 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         with server:
             server.start("up")
             result = asyncio.run(_offer_load(args, server.base_url, write_key, token))
-            rt = common.open_runtime(url, args.sqlite_synchronous)
+            rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
             try:
                 result["pending_at_end"] = rt.log.pending()
             finally:

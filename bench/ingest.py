@@ -145,13 +145,13 @@ def run_http(role: str, args: argparse.Namespace) -> dict[str, Any]:
             if role == "serve+worker":
                 server.start_workers(1)
             result = _drive_clients(args, server.base_url, write_key)
-            result["pending_at_end"] = _pending(url, args.sqlite_synchronous)
-        result["stored_events"] = common.stored_events(url, args.sqlite_synchronous)
+            result["pending_at_end"] = _pending(url, args.sqlite_synchronous, data_dir)
+        result["stored_events"] = common.stored_events(url, args.sqlite_synchronous, data_dir)
     return result
 
 
-def _pending(url: str, synchronous: str) -> int:
-    rt = common.open_runtime(url, synchronous)
+def _pending(url: str, synchronous: str, data_dir: Path) -> int:
+    rt = common.open_runtime(url, synchronous, data_dir)
     try:
         return rt.log.pending()
     finally:
@@ -209,7 +209,7 @@ def run_direct(args: argparse.Namespace) -> dict[str, Any]:
         common.temp_dir("accord-bench-direct-", args.tmp) as data_dir,
         common.scratch_store(args.database_url, data_dir, "direct") as url,
     ):
-        rt = common.open_runtime(url, args.sqlite_synchronous)
+        rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
         log = rt.log
         try:
             inflight: deque[Future[None]] = deque()
@@ -229,7 +229,7 @@ def run_direct(args: argparse.Namespace) -> dict[str, Any]:
             seconds = time.monotonic() - began
         finally:
             rt.close()
-        stored = common.stored_events(url, args.sqlite_synchronous)
+        stored = common.stored_events(url, args.sqlite_synchronous, data_dir)
     return {
         "events": events,
         "records": len(bodies),

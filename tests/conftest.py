@@ -66,8 +66,10 @@ def postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_migrated(postgres_database: str) -> str:
-    rt = Runtime.create(Settings(database_url=postgres_database))
+def postgres_migrated(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    # A data dir of its own: the default (./.accord) would leave key files in the checkout.
+    keys = tmp_path_factory.mktemp("migrate")
+    rt = Runtime.create(Settings(database_url=postgres_database, data_dir=keys))
     migrate.upgrade(rt.db)
     rt.close()
     return postgres_database
