@@ -54,7 +54,10 @@ class Worker:
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
     segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
     on_commit: Callable[[], None] | None = None  # after each commit of effects: wakes the live streams
-    run_size: int = field(default=0, init=False)  # events the next claim asks for (0: batch_size)
+    run_size: int = field(default=0, init=False)  # events the next claim asks for
+
+    def __post_init__(self) -> None:
+        self.run_size = self.batch_size
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker started", batch_size=self.batch_size)
@@ -96,7 +99,7 @@ class Worker:
     def run_once(self) -> int:
         """One claim's worth of work; returns how many events it handled (0: nothing to claim, or the claim
         was given back because other workers kept conflicting with it: its records are delivered again)."""
-        size = self.run_size or self.batch_size
+        size = self.run_size
         with self.log.claim(size) as claim:
             self.run_size = self._next_run_size(size, sum(len(d.events) for d in claim.deliveries))
             if not claim.deliveries:

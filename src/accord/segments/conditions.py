@@ -141,6 +141,9 @@ class CountSpec(_Node):
         return (self.gte is None or n >= self.gte) and (self.lte is None or n <= self.lte)
 
 
+_AT_LEAST_ONCE = CountSpec(gte=1)
+
+
 class DateRange(_Node):
     """Absolute times: from (inclusive) to (exclusive)."""
 
@@ -191,6 +194,11 @@ class EventCondition(_Node):
         if self.between is not None:
             return self.between.from_.astimezone(UTC), self.between.to.astimezone(UTC)
         return None, None
+
+    @property
+    def counted(self) -> CountSpec:
+        """The count asked for: at least once when none is given."""
+        return self.count or _AT_LEAST_ONCE
 
     @property
     def timed(self) -> bool:
@@ -538,7 +546,7 @@ def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def _performed(node: EventCondition) -> Test:
-    name, occurrence, count = node.event, node.occurrence, node.count or _AT_LEAST_ONCE
+    name, occurrence, count = node.event, node.occurrence, node.counted
     filters = tuple((f.op, _path(f.property), f.value) for f in node.where)
     window = _window(node)
 
@@ -583,6 +591,3 @@ def _window(node: EventCondition) -> Callable[[datetime], tuple[datetime | None,
         return lambda now: (None, now - span)
     fixed = node.window(datetime.now(UTC))  # absolute dates (between) or no window: now plays no part
     return lambda now: fixed
-
-
-_AT_LEAST_ONCE = CountSpec(gte=1)

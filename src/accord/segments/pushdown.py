@@ -16,16 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, exists, false, func, literal, not_, or_, select, type_coerce
+from sqlalchemy import ColumnElement, and_, exists, false, func, literal, not_, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import String
 
-from accord.profiles.models import ProfileEvent
-from accord.segments.conditions import AllOf, AnyOf, CountSpec, EventCondition, Node, NotCondition, TraitCondition
-
-_EVENTS = cast(Table, ProfileEvent.__table__)
+from accord.segments.conditions import AllOf, AnyOf, EventCondition, Node, NotCondition, TraitCondition
+from accord.segments.evaluate import EVENTS
 
 # Numbers beyond this are compared as doubles by SQLite but exactly by Python: leave them to Python.
 EXACT = 2**53
@@ -243,13 +241,10 @@ class _Postgres(_Leaf):
         return self.value.op("@>")(literal([value], JSONB))
 
 
-_AT_LEAST_ONCE = CountSpec(gte=1)
-
-
 def _performed(node: EventCondition, profile_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
     """What `conditions._performed` decides from the profile's track events of the name (their
     `timestamp`), read from the timeline: a count in the window, or the first / last one's time."""
-    e = _EVENTS.c
+    e = EVENTS.c
     start, end = node.window(now)
     named = (e.profile_id == profile_id, e.type == "track", e.event == node.event)
     if node.occurrence != "any":
@@ -260,8 +255,8 @@ def _performed(node: EventCondition, profile_id: ColumnElement[str], now: dateti
         tests += [] if end is None else [at < end]
         return and_(*tests)
     window = ([] if start is None else [e.timestamp >= start]) + ([] if end is None else [e.timestamp < end])
-    found = select(func.count()).select_from(_EVENTS).where(*named, *window).scalar_subquery()
-    count = node.count or _AT_LEAST_ONCE
+    found = select(func.count()).select_from(EVENTS).where(*named, *window).scalar_subquery()
+    count = node.counted
     if count.eq is not None:
         return found == count.eq
     bounds = ([] if count.gte is None else [found >= count.gte]) + ([] if count.lte is None else [found <= count.lte])
