@@ -136,8 +136,23 @@ def machine(*, database_url: str, sqlite_synchronous: str, data_dir: Path) -> di
         "sqlite_synchronous": sqlite_synchronous.upper() if sqlite else None,
         "data_filesystem": _filesystem(data_dir) if sqlite else None,
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every figure
+        "python_loop_ms": python_loop_ms(),
         "accord_revision": _accord_revision(),
     }
+
+
+def python_loop_ms(iterations: int = 1_000_000) -> float:
+    """Milliseconds for one core to add up `iterations` integers in a Python loop, the best of three: how
+    fast this machine runs the interpreter at this moment. Figures taken on machines (or in hours) whose
+    loop times differ compare only after scaling by it; one worker is a single Python thread."""
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for number in range(iterations):
+            total += number
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
 
 
 # -- the store -----------------------------------------------------------------------------------
