@@ -36,6 +36,18 @@ from accord.sources.service import create_source
 POSTGRES_ADMIN_URL = os.environ.get("ACCORD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_SERVICES = os.environ.get("ACCORD_TEST_REQUIRE_SERVICES") == "1"
 BACKENDS = ["sqlite", "postgresql"]
+DEFAULT_DATA_DIR = Path(".accord").resolve()  # Settings' default data dir, in the checkout the tests run from
+
+
+@pytest.fixture(autouse=True)
+def _default_data_dir_left_alone() -> Iterator[None]:
+    """A test that runs Accord (a command, a server) without a data dir of its own writes key files into
+    the checkout's ./.accord, where they outlive the run: it fails here. Only when there was none before
+    the test (`make run` makes one on purpose)."""
+    before = DEFAULT_DATA_DIR.exists()
+    yield
+    if not before and DEFAULT_DATA_DIR.exists():
+        pytest.fail(f"the test made {DEFAULT_DATA_DIR}: give what it runs ACCORD_DATA_DIR (or data_dir=) of its own")
 
 
 def service_missing(what: str, error: BaseException) -> None:

@@ -110,7 +110,8 @@ def test_the_demo_command_sends_to_a_running_accord(live: LiveAccord) -> None:
 
 
 def test_the_demo_command_creates_a_demo_source_without_a_write_key(live: LiveAccord) -> None:
-    env = {"ACCORD_DATABASE_URL": live.rt.settings.sqlalchemy_url()}
+    # The live server's data dir too: without it the command would look for key files in ./.accord.
+    env = {"ACCORD_DATABASE_URL": live.rt.settings.sqlalchemy_url(), "ACCORD_DATA_DIR": str(live.rt.settings.data_dir)}
     result = CliRunner(env=env).invoke(app, ["demo", "--url", live.base_url, "--customers", "2"])
     assert result.exit_code == 0, result.output
     live.wait_processed()
