@@ -4,12 +4,16 @@ A real `accord up` runs with 50 segments and 5 journeys (those of bench/segments
 identified; then `--events` Segment calls (bench/segments.py's customers) arrive as fast as 8 clients can
 post batches of 100, and while the worker drains the backlog that leaves, that customer's profile is read
 every 20 ms through GET /api/v1/profiles/{ref}, until the event log is empty (`accord_log_pending_events`
-on /metrics). On SQLite a worker's run holds the write lock, and each read writes its audit record, so a
-read waits for the run under way: `--max-batch-size` (ACCORD_WORKER_MAX_BATCH_SIZE, default 4,000) trades
-the drain's speed for those waits.
+on /metrics). On SQLite a worker's transaction holds the write lock, and each read writes its audit record,
+so a read waits for the transaction under way. Runs grow while the backlog lasts (`--max-batch-size`,
+ACCORD_WORKER_MAX_BATCH_SIZE, default 4,000), but once a read's record is seen, the worker commits in
+transactions of the batch size for `--yield-seconds` (ACCORD_WORKER_YIELD_SECONDS, default 10; 0: never).
+With `--no-reads` nobody reads: the drain alone, at its own pace.
 
     .venv/bin/python bench/backlog.py                          # 40,000 events, runs of up to 4,000
+    .venv/bin/python bench/backlog.py --yield-seconds 0        # grown runs whoever waits for them
     .venv/bin/python bench/backlog.py --max-batch-size 500     # runs that do not grow
+    .venv/bin/python bench/backlog.py --no-reads               # the drain with no reader about
     .venv/bin/python bench/backlog.py --smoke                  # a few seconds, for CI
 
 The last line of the output is one JSON object with every figure.
@@ -37,6 +41,7 @@ from accord.config import Settings
 CLIENTS = 8
 BATCH = 100
 READ_EVERY_S = 0.02
+POLL_WITHOUT_READS_S = 0.1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ACCORD_WORKER_MAX_BATCH_SIZE for the worker (default 4,000)",
     )
     parser.add_argument(
+        "--yield-seconds",
+        type=float,
+        default=Settings().worker_yield_seconds,
+        help="ACCORD_WORKER_YIELD_SECONDS for the worker (default 10; 0: never give way to readers)",
+    )
+    parser.add_argument(
+        "--reads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read the customer's profile while the backlog drains (default; --no-reads: nobody reads)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous", default=common.default_synchronous(), help="ACCORD_SQLITE_SYNCHRONOUS for SQLite"
     )
     parser.add_argument("--tmp", default=None, help="where temp data dirs go (default: the system temp dir)")
@@ -60,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.events, args.customers = min(args.events, 2_000), min(args.customers, 200)
     if min(args.events, args.customers, args.max_batch_size) < 1:
         parser.error("sizes must be positive")
+    if args.yield_seconds < 0:
+        parser.error("--yield-seconds must be 0 or more")
     args.database_url = None  # embedded SQLite: the write lock this measures is SQLite's
     return args
 
@@ -79,13 +98,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data_dir=data_dir,
             database_url=None,
             sqlite_synchronous=args.sqlite_synchronous,
-            settings={"ACCORD_WORKER_MAX_BATCH_SIZE": str(args.max_batch_size)},
+            settings={
+                "ACCORD_WORKER_MAX_BATCH_SIZE": str(args.max_batch_size),
+                "ACCORD_WORKER_YIELD_SECONDS": str(args.yield_seconds),
+            },
         )
         write_key = server.cli("source", "create", "bench")["write_key"]
         token = server.cli("token", "create", "--role", "admin")["token"]
         with server:
             server.start("up")
-            return asyncio.run(_drain_while_reading(server.base_url, write_key, token, calls))
+            return asyncio.run(_drain_while_reading(server.base_url, write_key, token, calls, reads=args.reads))
 
 
 async def _pending(api: httpx.AsyncClient) -> float:
@@ -96,16 +118,22 @@ async def _pending(api: httpx.AsyncClient) -> float:
 
 
 async def _drain_while_reading(
-    base_url: str, write_key: str, token: str, calls: list[dict[str, Any]]
+    base_url: str, write_key: str, token: str, calls: list[dict[str, Any]], *, reads: bool
 ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         httpx.AsyncClient(base_url=base_url, auth=(write_key, ""), timeout=60) as ingest,
         httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as api,
     ):
+        # The customer the agent reads, processed before the backlog comes: the worker is up and warm. Without
+        # reads, the log's count tells (a read would leave an audit record, which the worker yields to).
         response = await ingest.post("/v1/identify", json={"userId": "agent-probe", "traits": {"plan": "pro"}})
         response.raise_for_status()
-        while (await api.get("/api/v1/profiles/user_id:agent-probe")).status_code != 200:
+        while (
+            (await api.get("/api/v1/profiles/user_id:agent-probe")).status_code != 200
+            if reads
+            else await _pending(api) > 0
+        ):
             await asyncio.sleep(0.05)
         slots = asyncio.Semaphore(CLIENTS)
 
@@ -119,39 +147,52 @@ async def _drain_while_reading(
         began = time.monotonic()
         await asyncio.gather(*(post(chunk) for chunk in common.batches(calls, BATCH)))
         ingested = time.monotonic()
-        reads: list[float] = []
+        waits: list[float] = []
         while True:
-            start = time.monotonic()
-            read = await api.get("/api/v1/profiles/user_id:agent-probe")
-            reads.append((time.monotonic() - start) * 1000)
-            read.raise_for_status()
+            if reads:
+                start = time.monotonic()
+                read = await api.get("/api/v1/profiles/user_id:agent-probe")
+                waits.append((time.monotonic() - start) * 1000)
+                read.raise_for_status()
             if await _pending(api) == 0:
                 break
-            await asyncio.sleep(READ_EVERY_S)
+            # Without reads, the log's count alone: every 20 ms it took a core's share from the worker.
+            await asyncio.sleep(READ_EVERY_S if reads else POLL_WITHOUT_READS_S)
         drained = time.monotonic()
     return {
         "events": len(calls),
         "ingest_s": round(ingested - began, 3),
         "drain_after_ingest_s": round(drained - ingested, 3),
         "events_per_s": round(len(calls) / (drained - began)),
-        "reads": len(reads),
-        "read_ms": {name: round(value, 2) for name, value in common.percentiles(reads).items() if value is not None},
+        "reads": len(waits),
+        "read_ms": {name: round(value, 2) for name, value in common.percentiles(waits).items() if value is not None},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = {"events": args.events, "customers": args.customers, "max_batch_size": args.max_batch_size}
+    settings = {
+        "events": args.events,
+        "customers": args.customers,
+        "max_batch_size": args.max_batch_size,
+        "yield_seconds": args.yield_seconds,
+        "reads": args.reads,
+    }
     info = common.header("Accord backlog benchmark: profile reads while the worker catches up", args, settings)
     result = run(args)
     reads = result["read_ms"]
     print(
         f"\n{result['events']:,} events posted in {result['ingest_s']:.2f} s, "
         f"drained {result['drain_after_ingest_s']:.2f} s later ({result['events_per_s']:,} events/s in all), "
-        f"runs of up to {args.max_batch_size:,} events\n"
-        f"  GET /api/v1/profiles/{{ref}} meanwhile, {result['reads']} reads: p50 {reads['p50']} ms, "
-        f"p99 {reads['p99']} ms, max {reads['max']} ms"
+        f"runs of up to {args.max_batch_size:,} events, yielding for {args.yield_seconds:g} s"
     )
+    if args.reads:
+        print(
+            f"  GET /api/v1/profiles/{{ref}} meanwhile, {result['reads']} reads: p50 {reads['p50']} ms, "
+            f"p99 {reads['p99']} ms, max {reads['max']} ms"
+        )
+    else:
+        print("  nobody read meanwhile (--no-reads)")
     common.print_json_line({"benchmark": "backlog", "machine": info, "settings": settings, "backlog": result})
     return 0
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-MACHINE_KEYS = {"cpu", "cores", "memory_gib", "python", "database", "sqlite_synchronous"}
+MACHINE_KEYS = {"cpu", "cores", "memory_gib", "python", "python_loop_ms", "database", "sqlite_synchronous"}
 
 pytestmark = pytest.mark.slow
 
 
-def run_smoke(script: str, tmp_path: Path, timeout: float = 240) -> dict[str, Any]:
+def run_smoke(script: str, tmp_path: Path, timeout: float = 240, *more: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, str(BENCH / script), "--smoke", "--tmp", str(tmp_path)],
+        [sys.executable, str(BENCH / script), "--smoke", "--tmp", str(tmp_path), *more],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -165,10 +165,20 @@ def test_backlog_smoke(tmp_path: Path) -> None:
     summary = run_smoke("backlog.py", tmp_path)
     assert summary["benchmark"] == "backlog"
     assert summary["settings"]["max_batch_size"] == 4000  # ACCORD_WORKER_MAX_BATCH_SIZE's default
+    assert summary["settings"]["yield_seconds"] == 10  # ACCORD_WORKER_YIELD_SECONDS's default
     backlog = summary["backlog"]
     assert backlog["events"] == summary["settings"]["events"]
     assert backlog["reads"] >= 1
     assert {"p50", "p95", "p99", "max"} <= backlog["read_ms"].keys()
+
+
+def test_backlog_smoke_without_reads(tmp_path: Path) -> None:
+    summary = run_smoke("backlog.py", tmp_path, 240, "--no-reads", "--yield-seconds", "0")
+    assert summary["settings"]["reads"] is False
+    assert summary["settings"]["yield_seconds"] == 0
+    assert summary["backlog"]["events"] == summary["settings"]["events"]
+    assert summary["backlog"]["reads"] == 0
+    assert summary["backlog"]["read_ms"] == {}
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
@@ -181,3 +191,14 @@ def test_backlog_refuses_sizes_below_one(value: str) -> None:
     )
     assert done.returncode == 2
     assert "sizes must be positive" in done.stderr
+
+
+def test_backlog_refuses_a_negative_yield() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "backlog.py"), "--yield-seconds", "-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--yield-seconds must be 0 or more" in done.stderr

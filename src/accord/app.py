@@ -68,6 +68,7 @@ def create_app(
                 log=rt.log,
                 batch_size=settings.worker_batch_size,
                 max_batch_size=settings.worker_max_batch_size,
+                yield_seconds=settings.worker_yield_seconds,
                 poll_interval=settings.worker_poll_interval,
                 wake=rt.log.appended,
                 consent=Capture(key=rt.signing, settings=settings),

@@ -186,6 +186,7 @@ def worker(
             log=rt.log,
             batch_size=settings.worker_batch_size,
             max_batch_size=settings.worker_max_batch_size,
+            yield_seconds=settings.worker_yield_seconds,
             poll_interval=settings.worker_poll_interval,
             wake=wake,
             consent=Capture(key=rt.signing, settings=settings),

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         ge=1,
         description="While a backlog drains, runs double up to this many events (at least the batch size).",
     )
+    worker_yield_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="SQLite: once another writer commits (a profile read's audit record), transactions stay at the "
+        "batch size for this long (0: never).",
+    )
     worker_cache_mib: int = Field(
         default=64, ge=1, le=65536, description="SQLite: MiB of database pages each worker connection keeps in memory."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from accord.consent.capture import Capture
 from accord.identity.models import Identity
@@ -88,3 +88,20 @@ def unmerge_the_merge(rt: Runtime, ref: str, now: datetime) -> None:
         history.unmerge(
             session, profile, merge_id=merge.id, actor="t", now=now, lock_rows=rt.db.dialect == "postgresql"
         )
+
+
+def backlog(rt: Runtime, events: int, *, first: int = 0) -> None:
+    """`events` tracks in log records of 10 (as /v1/batch requests of 10 write them)."""
+    for start in range(first, first + events, 10):
+        send(
+            rt,
+            [
+                {"type": "track", "event": "Seen", "userId": f"u{i % 7}", "messageId": f"m{i}"}
+                for i in range(start, start + 10)
+            ],
+        )
+
+
+def stored_events(rt: Runtime) -> int:
+    with rt.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(ProfileEvent)) or 0)

@@ -200,6 +200,19 @@ class Database:
         cursor.execute(f"PRAGMA cache_size={-1024 * int(self._page_cache_mib or 2)}")  # negative: KiB
         cursor.close()
 
+    def written_by_others(self, session: Session) -> bool:
+        """SQLite: whether another connection (the API process's audit records of reads, its edits) committed
+        a change to the database since the session's connection last asked; False the first time a
+        connection asks, and always on PostgreSQL. Read from `PRAGMA data_version`, which a connection's
+        own commits and PASSIVE checkpoints leave alone."""
+        if self.dialect != "sqlite":
+            return False
+        pooled = session.connection().connection
+        version = pooled.driver_connection.execute("PRAGMA data_version").fetchone()[0]  # type: ignore[union-attr]
+        seen = pooled.info.get(_DATA_VERSION)
+        pooled.info[_DATA_VERSION] = version
+        return seen is not None and seen != version
+
     def sync_to_disk(self) -> None:
         """SQLite: make every commit this process has made so far durable: the write-ahead log and the
         database file are synced (fsync; the pages a commit wrote are in one or the other)."""
@@ -300,10 +313,12 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
             begin_immediate(dbapi_connection, BUSY_TIMEOUT_S)
 
 
+# Where a pooled connection keeps the data version it last read (`Database.written_by_others`).
+_DATA_VERSION = "accord.data_version"
 # How long a connection waits for a lock (the write lock, or a checkpoint's) before it gives up.
 BUSY_TIMEOUT_S = 30.0
 # Between tries for the write lock: from 0.2 ms, doubling, at most 1 ms.
-_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.0002, 0.001
+_FIRST_PAUSE_S, LONGEST_LOCK_PAUSE_S = 0.0002, 0.001
 
 
 def begin_immediate(dbapi_connection: sqlite3.Connection, timeout: float) -> None:
@@ -330,6 +345,6 @@ def begin_immediate(dbapi_connection: sqlite3.Connection, timeout: float) -> Non
                 elif now >= deadline:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE_S)
+            pause = min(pause * 2, LONGEST_LOCK_PAUSE_S)
     finally:
         dbapi_connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")

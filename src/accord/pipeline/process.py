@@ -7,7 +7,7 @@ failure of one event's own data sends that event to quarantine and leaves the ot
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any, cast
@@ -59,6 +59,11 @@ class Outcome:
     merges: int = 0
     rederived: int = 0
     suppressed: int = 0  # carried an erased person's identifier: dropped, counted on the tombstone
+
+    def add(self, other: Outcome) -> None:
+        """Count `other`'s events in with these (the transactions of one claim)."""
+        for counted in fields(self):
+            setattr(self, counted.name, getattr(self, counted.name) + getattr(other, counted.name))
 
 
 @dataclass(slots=True)

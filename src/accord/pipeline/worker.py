@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import gc
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from typing import Protocol
 
 import structlog
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from accord import metrics
 from accord.consent.capture import Capture
-from accord.db.engine import Database, backoff, conflicted
+from accord.db.engine import LONGEST_LOCK_PAUSE_S, Database, backoff, conflicted
 from accord.ingest import quarantine
 from accord.journeys import service as journeys
 from accord.log.port import Delivery, EventLog
@@ -30,6 +32,9 @@ from accord.segments.jobs import SEGMENTS, Backfills, SegmentJobs
 
 log = structlog.get_logger(__name__)
 RETRIES = 8  # attempts of one transaction that other workers conflict with (backoff up to 0.5 s)
+# Between the transactions of a claim while yielding: the write lock stays free for two of a waiting
+# writer's tries (SQLite's lock is not fair: a worker that begins again at once would mostly win it).
+YIELD_PAUSE_S = 2 * LONGEST_LOCK_PAUSE_S
 
 
 class Wake(Protocol):
@@ -54,7 +59,14 @@ class Worker:
     deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
     segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
     on_commit: Callable[[], None] | None = None  # after each commit of effects: wakes the live streams
+    # On SQLite a transaction holds the write lock throughout. Once another writer has committed (the API's
+    # audit record of a profile read, a marketer's edit), a claim commits in transactions of at most
+    # batch_size events, until none has for this many seconds: the writers wait for one such transaction
+    # at most, not for a grown run.
+    yield_seconds: float = 10.0
+    clock: Callable[[], float] = time.monotonic
     run_size: int = field(default=0, init=False)  # events the next claim asks for
+    others_wrote_at: float | None = field(default=None, init=False)  # when another writer was last seen
 
     def __post_init__(self) -> None:
         self.run_size = self.batch_size
@@ -126,17 +138,20 @@ class Worker:
         ceiling = max(self.batch_size, self.max_batch_size or self.batch_size)
         return min(size * 2, ceiling) if taken * 2 >= size else self.batch_size
 
-    def _attempt(self, items: list[Item]) -> Outcome:
-        """Process `items` in one transaction, retried while other workers conflict with it (a profile
-        merged meanwhile, an identifier inserted meanwhile, a deadlock, a serialization failure).
-        Contended when they still do after RETRIES; any other error is raised as it is."""
+    def _attempt(self, items: list[Item]) -> tuple[Outcome, int]:
+        """Process `items` in one transaction, or their first batch_size while other writers are about
+        (`_yielding`); returns the outcome and how many items it took. Retried while other workers
+        conflict with it (a profile merged meanwhile, an identifier inserted meanwhile, a deadlock, a
+        serialization failure). Contended when they still do after RETRIES; any other error is raised as
+        it is."""
         lock_rows = self.db.dialect == "postgresql"
         for attempt in range(RETRIES):
             try:
                 with self.db.unit_of_work() as session:
-                    outcome = process_events(session, items, lock_rows=lock_rows, consent=self.consent)
+                    taken = items[: self.batch_size] if self._yielding(session) else items
+                    outcome = process_events(session, taken, lock_rows=lock_rows, consent=self.consent)
                 self._committed()
-                return outcome
+                return outcome, len(taken)
             except (StaleRead, DBAPIError) as error:
                 if isinstance(error, DBAPIError) and "deadlock" in str(error.orig).lower():
                     self.deadlocks += 1
@@ -146,21 +161,41 @@ class Worker:
                 backoff(attempt, base=0.01)
         raise Contended(f"{len(items)} events conflicted with other workers {RETRIES} times")
 
+    def _yielding(self, session: Session) -> bool:
+        """Whether this transaction should stay at batch_size: another writer committed since this
+        worker's last transaction (SQLite only), or did less than yield_seconds ago."""
+        now = self.clock()
+        if self.db.written_by_others(session):
+            self.others_wrote_at = now
+        return self.others_wrote_at is not None and now - self.others_wrote_at < self.yield_seconds
+
     def _committed(self) -> None:
         if self.on_commit is not None:
             self.on_commit()
 
     def _process(self, items: list[Item]) -> Outcome:
-        try:
-            return self._attempt(items)
-        except Contended:
-            if len(items) == 1:
-                raise
-        except Exception as error:  # a fault in one event's processing: isolate it below
-            log.warning("batch failed", error=type(error).__name__)
-        log.warning("processing this batch's events one by one")
-        self.run_size = self.batch_size  # a grown run that failed whole is not asked for again
-        return self._one_by_one(items)
+        """The claim's events, in one transaction or (`_yielding`) several in order; the events of a
+        transaction that fails whole, and all after them, go one by one."""
+        outcome = Outcome()
+        while items:
+            try:
+                done, taken = self._attempt(items)
+            except Contended:
+                if len(items) == 1:
+                    raise
+            except Exception as error:  # a fault in one event's processing: isolate it below
+                log.warning("batch failed", error=type(error).__name__)
+            else:
+                outcome.add(done)
+                items = items[taken:]
+                if items:  # the transaction gave way: so does the next begin
+                    time.sleep(YIELD_PAUSE_S)
+                continue
+            log.warning("processing this batch's events one by one")
+            self.run_size = self.batch_size  # a grown run that failed whole is not asked for again
+            outcome.add(self._one_by_one(items))
+            break
+        return outcome
 
     def _one_by_one(self, items: list[Item]) -> Outcome:
         """The slow path: each event in a transaction of its own, so one poison event cannot block the rest
@@ -170,7 +205,7 @@ class Worker:
         outcome = Outcome()
         for item in items:
             try:
-                single = self._attempt([item])
+                single, _ = self._attempt([item])
             except Contended:
                 raise
             except Exception as error:
@@ -178,11 +213,7 @@ class Worker:
                     quarantine.put(session, item[0], item[1], error)
                 outcome.quarantined += 1
                 continue
-            outcome.processed += single.processed
-            outcome.duplicates += single.duplicates
-            outcome.quarantined += single.quarantined
-            outcome.merges += single.merges
-            outcome.suppressed += single.suppressed
+            outcome.add(single)
         return outcome
 
     def _set_aside(self, deliveries: list[Delivery]) -> int:
