@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy src bench
 
 ## bench: the benchmarks at full size; figures go in docs/performance.md
 bench: $(STAMP)

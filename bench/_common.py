@@ -183,16 +183,15 @@ def scratch_store(database_url: str | None, data_dir: Path, label: str) -> Itera
         admin.dispose()
 
 
-def open_runtime(url: str, sqlite_synchronous: str, data_dir: Path | None = None) -> Runtime:
+def open_runtime(url: str, sqlite_synchronous: str, data_dir: Path) -> Runtime:
     """Accord's database and event log for a store URL (on SQLite the log is a file beside it), migrated.
 
-    The consent signing key lives in `data_dir`; by default beside an SQLite database, else in
-    Accord's default data dir (./.accord), so callers on PostgreSQL should name a scratch one.
+    `data_dir` holds the store's keys: the scratch dir the store was made in, which `accord` processes of
+    the benchmark are given too. Required, so that no benchmark falls back on Accord's default data dir
+    (./.accord in the checkout): with keys there, its `accord worker` processes, given the scratch dir,
+    refused the store's data keys and never drained (fixed in 3a874f8).
     """
-    if data_dir is None and not is_postgres(url):
-        data_dir = Path(make_url(url).database or ".").parent
-    where = {} if data_dir is None else {"data_dir": data_dir}
-    rt = Runtime.create(Settings(database_url=url, sqlite_synchronous=sqlite_synchronous, **where))
+    rt = Runtime.create(Settings(database_url=url, sqlite_synchronous=sqlite_synchronous, data_dir=data_dir))
     migrate.upgrade(rt.db)
     tune_gc()  # as `accord up` and `accord worker` do once started: in-process drains measure the same
     return rt
@@ -207,7 +206,7 @@ def as_accord_worker(rt: Runtime) -> None:
     rt.db.keep_pages(rt.settings.worker_cache_mib)
 
 
-def stored_events(url: str, sqlite_synchronous: str, data_dir: Path | None = None) -> int:
+def stored_events(url: str, sqlite_synchronous: str, data_dir: Path) -> int:
     """Events Accord holds: still in the event log, in the timeline, or in quarantine. `data_dir` holds the
     store's keys (on PostgreSQL, the data dir the store was made with)."""
     rt = open_runtime(url, sqlite_synchronous, data_dir)

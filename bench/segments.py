@@ -50,11 +50,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
-from sqlalchemy import event, func, select
+from sqlalchemy import Table, event, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -279,7 +279,7 @@ def define(
         for key, _ in keys:
             while True:
                 with rt.db.unit_of_work() as session:
-                    if module.backfill_step(session, key, now=utcnow()).finished:  # type: ignore[attr-defined]
+                    if module.backfill_step(session, key, now=utcnow()).finished:
                         break
 
 
@@ -355,7 +355,7 @@ def run_small_runs(args: argparse.Namespace) -> dict[str, Any]:
             commits.append((time.perf_counter() - began) * 1000)
 
         event.listen(rt.db.engine, "before_cursor_execute", count)
-        dialect.do_commit = timed_commit  # type: ignore[method-assign]
+        dialect.do_commit = timed_commit  # type: ignore[method-assign,assignment]
         expected = -(-len(calls) // args.run_events)
         for _ in range(expected // 2):  # warm: caches filled, the profiles' first events behind
             worker.run_once()
@@ -438,7 +438,7 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
         rt = common.open_runtime(url, args.sqlite_synchronous, data_dir)
         try:
             now = utcnow()
-            table = Profile.__table__
+            table = cast(Table, Profile.__table__)
             for start in range(0, args.profiles, 10_000):
                 rows = [
                     {
@@ -473,7 +473,7 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
                 ]
                 with rt.db.unit_of_work() as session:
                     session.execute(table.insert(), rows)
-                    insert_rows(session, ProfileEvent.__table__, events)
+                    insert_rows(session, cast(Table, ProfileEvent.__table__), events)
             condition = {
                 "all": [
                     {"trait": "plan", "op": "in", "value": ["pro", "enterprise"]},

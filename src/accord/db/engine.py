@@ -195,6 +195,11 @@ class Database:
         self._page_cache_mib = mib
         self.engine.dispose()  # connections opened before keep SQLite's default: open new ones
 
+    @property
+    def page_cache_mib(self) -> int | None:
+        """What `keep_pages` set (None: SQLite's default, or PostgreSQL)."""
+        return self._page_cache_mib
+
     def _keep_pages(self, dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA cache_size={-1024 * int(self._page_cache_mib or 2)}")  # negative: KiB

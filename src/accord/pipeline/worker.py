@@ -72,7 +72,13 @@ class Worker:
         self.run_size = self.batch_size
 
     def run(self, stop: threading.Event) -> None:
-        log.info("worker started", batch_size=self.batch_size)
+        log.info(
+            "worker started",
+            batch_size=self.batch_size,
+            max_batch_size=self.max_batch_size,
+            yield_seconds=self.yield_seconds,
+            page_cache_mib=self.db.page_cache_mib,
+        )
         jobs = SegmentJobs(
             self.db,
             sweep_every=self.segment_sweep_seconds,
