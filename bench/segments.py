@@ -456,7 +456,9 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
                     }
                     for n in range(start, min(args.profiles, start + 10_000))
                 ]
-                # Each profile's track events (0 to 4, over the last 30 days), for the event segment below.
+                # Each profile's track events (0 to 4, over the last 30 days, with a price), for the event
+                # segments below. Payloads in the clear, as rows from before encryption are read: a sealed
+                # one would add its decryption for each event evaluated in Python.
                 events = [
                     {
                         "profile_id": row["id"],
@@ -466,7 +468,7 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
                         "event": rng.choice(common.TRACKS),
                         "timestamp": now - timedelta(seconds=rng.randrange(30 * 86_400)),
                         "received_at": now,
-                        "payload": {},
+                        "payload": {"properties": {"price": rng.randrange(200)}},
                     }
                     for row in rows
                     for k in range(rng.randrange(5))
@@ -484,9 +486,17 @@ def run_backfill(args: argparse.Namespace) -> dict[str, Any]:
             # Viewed a product in the last two weeks: counted in the database, on the timeline index.
             recent = {"event": "Product Viewed", "count": {"gte": 1}, "within": "14d"}
             by_events = _backfill(rt, "orders", recent, args.profiles)
+            # Two big orders in a month: the price is read in Python, for the profiles with two orders or more.
+            big = {
+                "event": "Order Completed",
+                "where": [{"property": "price", "op": "gte", "value": 100}],
+                "count": {"gte": 2},
+                "within": "30d",
+            }
+            by_properties = _backfill(rt, "big-orders", big, args.profiles)
         finally:
             rt.close()
-    return trait | {"events": by_events}
+    return trait | {"events": by_events, "properties": by_properties}
 
 
 def _backfill(rt: Runtime, key: str, condition: dict[str, Any], profiles: int) -> dict[str, Any]:
@@ -795,7 +805,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "backfill" in args.parts:
         b = payload["backfill"] = run_backfill(args)
-        for what, figures in (("traits", b), ("event counts", b["events"])):
+        for what, figures in (
+            ("traits", b),
+            ("event counts", b["events"]),
+            ("event properties", b["properties"]),
+        ):
             print(
                 f"\nbackfill of a new segment of {what} over {figures['profiles']:,} profiles: "
                 f"{figures['seconds']:.2f} s = {figures['profiles_per_s']:,} profiles/s, {figures['members']:,} "

@@ -144,6 +144,8 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert 0 < backfill["members"] < backfill["profiles"]
     assert backfill["events"]["profiles"] == backfill["profiles"]
     assert 0 < backfill["events"]["members"] < backfill["profiles"]
+    assert backfill["properties"]["profiles"] == backfill["profiles"]
+    assert 0 < backfill["properties"]["members"] < backfill["events"]["members"]
     history = summary["history"]
     assert history["pending"] == 0
     assert [step["history"] for step in history["steps"]] == [10, 100]  # --smoke: up to 100

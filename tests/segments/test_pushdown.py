@@ -5,6 +5,7 @@ ones `conditions.evaluate` says are inside."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,6 +123,18 @@ def _event(pid: str, n: int, kind: str, name: str, at: datetime) -> dict[str, An
     }
 
 
+def _store(connection: Connection, ids: list[str], people: Sequence[tuple[dict[str, Any], Sequence[Any]]]) -> None:
+    """Profiles with these traits, and their events (kind, name, time, and maybe more), uncommitted."""
+    connection.execute(PROFILES.insert(), [_profile(pid, traits) for pid, (traits, _) in zip(ids, people, strict=True)])
+    rows = [
+        _event(pid, n, kind, event, at)
+        for pid, (_, events) in zip(ids, people, strict=True)
+        for n, (kind, event, at, *_) in enumerate(events)
+    ]
+    if rows:
+        connection.execute(EVENTS.insert(), rows)
+
+
 def _agree(
     connection: Connection,
     dialect: str,
@@ -189,16 +202,7 @@ def test_event_counts_and_occurrences_select_exactly_whom_the_evaluator_admits(
     with rt.db.engine.connect() as connection:
         transaction = connection.begin()
         try:
-            connection.execute(
-                PROFILES.insert(), [_profile(pid, traits) for pid, (traits, _) in zip(ids, people, strict=True)]
-            )
-            rows = [
-                _event(pid, n, kind, event, at)
-                for pid, (_, events) in zip(ids, people, strict=True)
-                for n, (kind, event, at) in enumerate(events)
-            ]
-            if rows:
-                connection.execute(EVENTS.insert(), rows)
+            _store(connection, ids, people)
             facts = [
                 conditions.Facts(traits=traits, events=events)
                 for (traits, _), events in zip(people, timelines, strict=True)
@@ -273,3 +277,109 @@ def test_events_need_the_profile_and_the_time() -> None:
 def test_an_unreadable_trait_is_left_to_python() -> None:
     node = conditions.parse({"all": [{"trait": "email", "op": "exists"}, {"trait": "plan", "op": "eq", "value": 1}]})
     assert pushdown.predicate(node, PROFILES.c.traits, "sqlite", readable=lambda trait: trait != "email") is None
+
+
+# Events with a price, and event leaves that may filter on it: what `candidates` narrows to in the
+# database must hold every profile the evaluator admits (it may hold more).
+PRICED = st.tuples(
+    st.sampled_from(["track", "track", "page"]),
+    st.sampled_from(["Seen", "Paid"]),
+    st.sampled_from(EDGES),
+    st.sampled_from([5, 50, 500]),
+)
+FILTERED_LEAF = st.builds(
+    lambda leaf, least: leaf | ({"where": [{"property": "price", "op": "gte", "value": least}]} if least else {}),
+    EVENT_LEAF,
+    st.sampled_from([None, 50, 500]),
+)
+NARROWABLE = st.recursive(
+    FILTERED_LEAF | LEAF,
+    lambda inner: (
+        st.lists(inner, min_size=1, max_size=3).map(lambda c: {"all": c})
+        | st.lists(inner, min_size=1, max_size=3).map(lambda c: {"any": c})
+        | inner.map(lambda c: {"not": c})
+    ),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    people=st.lists(st.tuples(TRAITS, st.lists(PRICED, max_size=5)), min_size=1, max_size=6),
+    documents=st.lists(NARROWABLE, min_size=1, max_size=4),
+)
+def test_the_candidates_hold_everyone_the_evaluator_admits(
+    rt: Runtime,
+    people: list[tuple[dict[str, Any], list[tuple[str, str, datetime, int]]]],
+    documents: list[dict[str, Any]],
+) -> None:
+    dialect = rt.db.engine.dialect.name
+    ids = [str(uuid.UUID(int=n)) for n in range(len(people))]
+    facts = [
+        conditions.Facts(
+            traits=traits,
+            events={
+                name: [(at, {"price": price}) for kind, event, at, price in events if kind == "track" and event == name]
+                for name in ("Seen", "Paid")
+            },
+        )
+        for traits, events in people
+    ]
+    with rt.db.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            _store(connection, ids, people)
+            for document in documents:
+                node = _parsed(document)
+                if node is None:
+                    continue
+                narrowed = pushdown.candidates(
+                    node,
+                    PROFILES.c.traits,
+                    dialect,
+                    readable=lambda trait: trait != "b",  # as a personal trait: left to Python
+                    profile_id=PROFILES.c.id,
+                    now=NOW,
+                )
+                if narrowed is None:
+                    continue
+                admitted = {pid for pid, found in zip(ids, facts, strict=True) if conditions.evaluate(node, found, NOW)}
+                selected = set(connection.scalars(select(PROFILES.c.id).where(PROFILES.c.id.in_(ids), narrowed)))
+                assert admitted <= selected, (document, facts)
+        finally:
+            transaction.rollback()
+
+
+FILTER = [{"property": "total", "op": "gte", "value": 50}]
+
+
+@pytest.mark.parametrize(
+    ("document", "narrows"),
+    [
+        ({"event": "Paid", "where": FILTER}, True),  # at least one Paid, whatever its total
+        ({"event": "Paid", "where": FILTER, "count": {"gte": 2, "lte": 5}, "within": "7d"}, True),
+        ({"event": "Paid", "where": FILTER, "count": {"eq": 2}}, True),
+        ({"event": "Paid", "where": FILTER, "occurrence": "first", "within": "7d"}, True),
+        ({"event": "Paid", "where": FILTER, "count": {"eq": 0}}, False),  # fewer filtered events: no bound
+        ({"event": "Paid", "where": FILTER, "count": {"lte": 1}}, False),
+        ({"event": "Paid", "where": FILTER, "count": {"gte": 0}}, False),
+        ({"not": {"event": "Paid", "where": FILTER}}, False),
+        ({"all": [{"event": "Paid", "where": FILTER}, {"trait": "e", "op": "regex", "value": "x"}]}, True),
+        ({"any": [{"event": "Paid", "where": FILTER}, {"trait": "e", "op": "regex", "value": "x"}]}, False),
+        ({"any": [{"event": "Paid", "where": FILTER}, {"trait": "plan", "op": "eq", "value": "gold"}]}, True),
+        ({"all": [{"segment": "vip"}, {"trait": "email", "op": "exists"}]}, False),  # email: a personal trait
+        ({"trait": "plan", "op": "eq", "value": "gold"}, True),  # exact: the predicate itself
+    ],
+)
+def test_what_narrows_a_backfill_left_to_python(document: dict[str, Any], narrows: bool) -> None:
+    node = conditions.parse(document)
+    for dialect in ("sqlite", "postgresql"):
+        found = pushdown.candidates(
+            node,
+            PROFILES.c.traits,
+            dialect,
+            readable=lambda trait: trait != "email",
+            profile_id=PROFILES.c.id,
+            now=NOW,
+        )
+        assert (found is not None) is narrows

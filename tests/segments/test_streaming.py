@@ -338,6 +338,82 @@ def test_an_event_segment_the_database_backfills_equals_a_recompute(rt: Runtime)
     assert stored(rt) == batch(rt)
 
 
+def test_a_backfill_with_property_filters_evaluates_only_whom_it_may_admit_and_equals_a_recompute(
+    rt: Runtime,
+) -> None:
+    """Property filters are evaluated in Python (event properties are sealed), but only for the profiles
+    the database cannot rule out (enough events of the name in the window, whatever their properties) and
+    for the segment's members; after a change of its condition, a member ruled out leaves."""
+    bought = [("ann", (70, 80)), ("bob", (10, 90)), ("cy", (100,)), ("ed", (60, 60, 70))]
+    run(
+        rt,
+        [
+            {"type": "track", "userId": user, "event": "Bought", "properties": {"total": total}, "timestamp": at(n + 1)}
+            for user, totals in bought
+            for n, total in enumerate(totals)
+        ]
+        + [
+            {"type": "track", "userId": "fay", "event": "Bought", "properties": {"total": 99}, "timestamp": at(d)}
+            for d in (40, 41)  # outside the window
+        ]
+        + [{"type": "identify", "userId": "di", "traits": {"plan": "gold"}}],
+    )
+    condition: dict[str, Any] = {
+        "event": "Bought",
+        "where": [{"property": "total", "op": "gte", "value": 50}],
+        "count": {"gte": 2},
+        "within": "30d",
+    }
+    p = evaluate.PROFILES.c
+
+    def may_belong(limit: int = 100) -> set[str]:
+        node = conditions.parse(condition)
+        assert pushdown.predicate(node, p.traits, rt.db.dialect, profile_id=p.id, now=NOW) is None  # Python's
+        narrowed = pushdown.candidates(node, p.traits, rt.db.dialect, profile_id=p.id, now=NOW)
+        assert narrowed is not None
+        with rt.db.unit_of_work() as session:
+            ids, found = evaluate.candidates_range(session, "big", narrowed, after=None, walk=100, limit=limit)
+            everyone = sorted(session.scalars(select(p.id)))
+        assert len(everyone) == 6
+        if len(ids) < limit or ids[-1] == everyone[-1]:  # the whole range
+            assert (found.walked, found.last, found.end) == (6, everyone[-1], True)
+        else:  # cut short after the last one to evaluate
+            assert (found.walked, found.last, found.end) == (everyone.index(ids[-1]) + 1, ids[-1], False)
+        return set(ids)
+
+    def backfill() -> None:
+        while True:
+            with rt.db.unit_of_work() as session:
+                if service.backfill_step(session, "big", now=NOW, limit=2).finished:
+                    return
+
+    ann, bob, ed = profile_of(rt, "ann"), profile_of(rt, "bob"), profile_of(rt, "ed")
+    assert may_belong() == {ann, bob, ed}  # two or more Bought in 30 days: not cy, di or fay
+    assert len(may_belong(limit=2)) == 2
+    with rt.db.unit_of_work() as session:
+        service.create(session, key="big", name="big", description="", condition=condition, actor="t", now=NOW)
+    backfill()
+    assert members(rt, "big") == {ann, ed}
+    assert stored(rt) == batch(rt)
+
+    condition["count"] = {"gte": 3}
+    assert may_belong() == {ann, ed}  # ed has three; ann is ruled out, but a member until evaluated
+    with rt.db.unit_of_work() as session:
+        service.change(session, key="big", name=None, description=None, condition=condition, actor="t", now=NOW)
+    backfill()
+    assert members(rt, "big") == {ed}
+    assert stored(rt) == batch(rt)
+    assert may_belong() == {ed}
+    with rt.db.read() as session:
+        moves = [
+            (t.kind, t.profile_id, t.version)
+            for t in session.scalars(select(SegmentTransition).order_by(SegmentTransition.id))
+            if t.segment_key == "big"
+        ]
+    assert sorted(moves[:2]) == sorted([("entered", ann, 1), ("entered", ed, 1)])
+    assert moves[2:] == [("exited", ann, 2)]
+
+
 def test_one_load_of_facts_serves_every_evaluation_it_covers(rt: Runtime) -> None:
     """The pipeline's journeys reuse what its segments read: the same facts as a load of their own, and
     a load that needs more (another event name, properties) reads again."""

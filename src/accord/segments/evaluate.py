@@ -27,6 +27,7 @@ from sqlalchemy import (
     insert,
     literal,
     not_,
+    or_,
     select,
     true,
     union_all,
@@ -632,6 +633,33 @@ def refresh_range(
     )
     session.execute(insert(MEMBERSHIPS).from_select(["segment_key", "profile_id", "entered_at"], entered))
     return Range(int(walked), str(last), end)
+
+
+def candidates_range(
+    session: Session, key: str, candidates: ColumnElement[bool], *, after: str | None, walk: int, limit: int
+) -> tuple[list[str], Range]:
+    """The next range of at most `walk` profiles after `after` (by id), cut short so that it holds at most
+    `limit` profiles to evaluate: the live ones `candidates` holds for, or that are in the segment now.
+    Those and the range. With `candidates` true wherever the segment's condition is (`pushdown.candidates`),
+    the other profiles of the range are outside it before and after: a refresh of the ones returned does
+    the whole range. On PostgreSQL the range's profiles are locked, as `refresh_range` locks them."""
+    p, m = PROFILES.c, MEMBERSHIPS.c
+    later = p.id > after if after is not None else true()
+    last = session.scalar(select(p.id).where(later).order_by(p.id).limit(1).offset(walk - 1))
+    end = last is None
+    if last is None:
+        last = session.scalar(select(func.max(p.id)).where(later))
+        if last is None:
+            return [], Range(0, None, True)
+    # Live, tested so that no index on merged_into can be chosen (SQLite would walk every live profile).
+    in_range = and_(later, p.id <= last, func.coalesce(p.merged_into, "") == "")
+    lock_profiles(session, in_range)
+    member = exists().where(m.segment_key == key, m.profile_id == p.id)
+    ids = list(session.scalars(select(p.id).where(in_range, or_(candidates, member)).order_by(p.id).limit(limit)))
+    if len(ids) == limit and ids[-1] != last:
+        last, end = ids[-1], False
+    walked = session.scalar(select(func.count()).select_from(PROFILES).where(later, p.id <= last))
+    return ids, Range(int(walked or 0), str(last), end)
 
 
 def count_profiles(session: Session) -> int:

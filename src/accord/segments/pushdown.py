@@ -74,6 +74,40 @@ def predicate(
     return None if test is None else func.coalesce(test, false())
 
 
+def candidates(
+    node: Node,
+    traits: Traits,
+    dialect: str,
+    *,
+    readable: Callable[[str], bool] = lambda _trait: True,
+    profile_id: ColumnElement[str] | None = None,
+    now: datetime | None = None,
+) -> ColumnElement[bool] | None:
+    """A SQL predicate true wherever `conditions.evaluate` would be as of `now`, and maybe elsewhere: the
+    profiles a backfill must still evaluate in Python, the others being outside for certain. None when it
+    would narrow nothing. Where `predicate` has an exact answer, that; an event leaf with property filters
+    that asks for at least N events (or a first or last one in the window) needs at least N events of
+    its name in the window, whatever their properties; `all` needs what each of its parts needs, `any`
+    what one of them does. Under `not`, only an exact answer narrows."""
+    exact = predicate(node, traits, dialect, readable=readable, profile_id=profile_id, now=now)
+    if exact is not None or isinstance(node, NotCondition):
+        return exact
+    if isinstance(node, AllOf | AnyOf):
+        children = node.all if isinstance(node, AllOf) else node.any
+        parts = [
+            candidates(child, traits, dialect, readable=readable, profile_id=profile_id, now=now) for child in children
+        ]
+        if isinstance(node, AllOf):
+            found = [part for part in parts if part is not None]
+            return and_(*found) if found else None
+        return None if any(part is None for part in parts) else or_(*(part for part in parts if part is not None))
+    if isinstance(node, EventCondition) and profile_id is not None and now is not None:
+        count = node.counted
+        least = 1 if node.occurrence != "any" else count.eq if count.eq is not None else count.gte
+        return None if not least else _named_in_window(node, profile_id, now) >= least
+    return None
+
+
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | str) or (isinstance(value, int | float) and abs(value) < EXACT)
 
@@ -241,6 +275,15 @@ class _Postgres(_Leaf):
         return self.value.op("@>")(literal([value], JSONB))
 
 
+def _named_in_window(node: EventCondition, profile_id: ColumnElement[str], now: datetime) -> ColumnElement[int]:
+    """How many track events of the node's name the profile has in its window (whatever their properties)."""
+    e = EVENTS.c
+    start, end = node.window(now)
+    window = ([] if start is None else [e.timestamp >= start]) + ([] if end is None else [e.timestamp < end])
+    named = (e.profile_id == profile_id, e.type == "track", e.event == node.event)
+    return select(func.count()).select_from(EVENTS).where(*named, *window).scalar_subquery()
+
+
 def _performed(node: EventCondition, profile_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
     """What `conditions._performed` decides from the profile's track events of the name (their
     `timestamp`), read from the timeline: a count in the window, or the first / last one's time."""
@@ -254,8 +297,7 @@ def _performed(node: EventCondition, profile_id: ColumnElement[str], now: dateti
         tests += [] if start is None else [at >= start]
         tests += [] if end is None else [at < end]
         return and_(*tests)
-    window = ([] if start is None else [e.timestamp >= start]) + ([] if end is None else [e.timestamp < end])
-    found = select(func.count()).select_from(EVENTS).where(*named, *window).scalar_subquery()
+    found = _named_in_window(node, profile_id, now)
     count = node.counted
     if count.eq is not None:
         return found == count.eq

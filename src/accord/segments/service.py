@@ -249,28 +249,32 @@ class Progress:
 def backfill_step(session: Session, key: str, *, now: datetime, limit: int | None = None) -> Progress:
     """Evaluate the segment for the next `limit` profiles (in id order) and record the progress. A segment
     of trait comparisons and event counts (without property filters) that no other segment reads is
-    evaluated by the database (accord.segments.pushdown), in larger chunks; any other in Python."""
+    evaluated by the database (accord.segments.pushdown), in larger chunks; any other in Python, where for
+    a segment no other reads the database first leaves out the profiles that cannot be in it
+    (`pushdown.candidates`) and are not in it now."""
     row = get(session, key, lock=True)
     if row.status != "backfilling":
         return Progress(key, row.backfill_done, row.backfill_total, True)
     segments = evaluate.active(session)
     item = segments.by_key.get(key)
-    where = None
+    where = narrowed = None
     if item is not None and segments.closure({key}) == {key}:  # no other segment reads this one
         # Personal traits are encrypted (accord.profiles.private): conditions on them run in Python.
-        readable = private.personal(session).readable
-        where = pushdown.predicate(
-            item.node,
-            evaluate.PROFILES.c.traits,
-            session.get_bind().dialect.name,
-            readable=readable,
-            profile_id=evaluate.PROFILES.c.id,
-            now=now,
-        )
+        readable, dialect, p = private.personal(session).readable, session.get_bind().dialect.name, evaluate.PROFILES.c
+        where = pushdown.predicate(item.node, p.traits, dialect, readable=readable, profile_id=p.id, now=now)
+        if where is None:
+            narrowed = pushdown.candidates(item.node, p.traits, dialect, readable=readable, profile_id=p.id, now=now)
     if item is not None and where is not None:
         found = evaluate.refresh_range(
             session, item, where, after=row.backfill_after, limit=limit or PUSHDOWN_CHUNK, now=now
         )
+        last, end = found.last, found.end
+        row.backfill_done += found.walked
+    elif narrowed is not None:
+        walk, most = limit or PUSHDOWN_CHUNK, limit or BACKFILL_CHUNK
+        ids, found = evaluate.candidates_range(session, key, narrowed, after=row.backfill_after, walk=walk, limit=most)
+        if ids:
+            evaluate.refresh(session, {pid: {key} for pid in ids}, now, segments=segments)
         last, end = found.last, found.end
         row.backfill_done += found.walked
     else:
