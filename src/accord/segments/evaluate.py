@@ -594,16 +594,13 @@ def refresh_range(
     The range is found through the primary key's index alone: reading a profile row costs a lookup in
     another order than the ids', which the condition's one pass pays, and nothing else should."""
     p, m = PROFILES.c, MEMBERSHIPS.c
-    later = p.id > after if after is not None else true()
-    last = session.scalar(select(p.id).where(later).order_by(p.id).limit(1).offset(limit - 1))
-    walked, end = limit, last is None
-    if last is None:
-        walked, last = session.execute(select(func.count(), func.max(p.id)).where(later)).one()
-        if not walked:
-            return Range(0, None, True)
+    later, found = _next_range(session, after, limit)
+    if found.last is None:
+        return found
+    walked, last, end = found.walked, found.last, found.end
     # Live, tested so that no index on merged_into can be chosen (SQLite would walk every live profile).
     live_profile = func.coalesce(p.merged_into, "") == ""
-    in_range = and_(p.id > after if after is not None else true(), p.id <= last, live_profile)
+    in_range = and_(later, p.id <= last, live_profile)
     lock_profiles(session, in_range)
     at, t = literal(now, UTCDateTime), TRANSITIONS.c
     columns = ["segment_key", "profile_id", "kind", "version", "at"]
@@ -644,22 +641,30 @@ def candidates_range(
     the other profiles of the range are outside it before and after: a refresh of the ones returned does
     the whole range. On PostgreSQL the range's profiles are locked, as `refresh_range` locks them."""
     p, m = PROFILES.c, MEMBERSHIPS.c
-    later = p.id > after if after is not None else true()
-    last = session.scalar(select(p.id).where(later).order_by(p.id).limit(1).offset(walk - 1))
-    end = last is None
-    if last is None:
-        last = session.scalar(select(func.max(p.id)).where(later))
-        if last is None:
-            return [], Range(0, None, True)
+    later, found = _next_range(session, after, walk)
+    if found.last is None:
+        return [], found
     # Live, tested so that no index on merged_into can be chosen (SQLite would walk every live profile).
-    in_range = and_(later, p.id <= last, func.coalesce(p.merged_into, "") == "")
+    in_range = and_(later, p.id <= found.last, func.coalesce(p.merged_into, "") == "")
     lock_profiles(session, in_range)
     member = exists().where(m.segment_key == key, m.profile_id == p.id)
     ids = list(session.scalars(select(p.id).where(in_range, or_(candidates, member)).order_by(p.id).limit(limit)))
-    if len(ids) == limit and ids[-1] != last:
-        last, end = ids[-1], False
-    walked = session.scalar(select(func.count()).select_from(PROFILES).where(later, p.id <= last))
-    return ids, Range(int(walked or 0), str(last), end)
+    if len(ids) < limit or ids[-1] == found.last:
+        return ids, found
+    walked = session.scalar(select(func.count()).select_from(PROFILES).where(later, p.id <= ids[-1]))
+    return ids, Range(int(walked or 0), ids[-1], False)  # cut short after the last one to evaluate
+
+
+def _next_range(session: Session, after: str | None, walk: int) -> tuple[ColumnElement[bool], Range]:
+    """The next `walk` profiles by id after `after` (fewer at the end), found through the primary key's
+    index alone: the test for being after `after`, and the range (Range(0, None, True) when none is left)."""
+    p = PROFILES.c
+    later = p.id > after if after is not None else true()
+    last = session.scalar(select(p.id).where(later).order_by(p.id).limit(1).offset(walk - 1))
+    if last is not None:
+        return later, Range(walk, last, False)
+    walked, last = session.execute(select(func.count(), func.max(p.id)).where(later)).one()
+    return later, Range(int(walked), last, True) if walked else Range(0, None, True)
 
 
 def count_profiles(session: Session) -> int:
