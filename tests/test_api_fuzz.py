@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,6 +46,12 @@ FUZZ = settings(
 # generated credentials and the fixed ones above are what vary.
 CREDENTIAL_FUZZ = settings(FUZZ, max_examples=12)
 ANN = "fuzz-ann"
+# What these tests judge is the answer, not how soon it comes: on a loaded two-core CI machine a request
+# has waited more than schemathesis's default of 10 s once (and answered at once when Hypothesis tried it
+# again), so a request may take up to REQUEST_TIMEOUT_S. One still waiting after STACKS_AFTER_S has every
+# thread's stack written to stderr, which a failure shows: where the server was waiting, if it hangs.
+REQUEST_TIMEOUT_S = 60.0
+STACKS_AFTER_S = 20.0
 
 
 def served_schema(live: LiveAccord, *, generate_credentials: bool) -> schemathesis.BaseSchema:
@@ -114,6 +123,24 @@ class Authorization(requests.auth.AuthBase):
         return f"Authorization({self.value!r})"
 
 
+def call(live: LiveAccord, case: Case, session: requests.Session, auth: Authorization | None) -> Response:
+    watch = threading.Timer(STACKS_AFTER_S, print_stacks)
+    watch.daemon = True
+    watch.start()
+    try:
+        return case.call(base_url=live.base_url, session=session, auth=auth, timeout=REQUEST_TIMEOUT_S)
+    finally:
+        watch.cancel()
+
+
+def print_stacks() -> None:
+    """Every thread's stack to stderr (not faulthandler's: it reads running threads without the GIL, and
+    crashed the process when tried here)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        print(f"thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame))}", file=sys.stderr)
+
+
 def basic(user: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:".encode()).decode()
 
@@ -179,7 +206,7 @@ def test_rest_routes_never_fail_with_an_admin_token(live: LiveAccord) -> None:
     with http_session() as session:
 
         def send(case: Case) -> None:
-            response = case.call(base_url=live.base_url, session=session, auth=auth)
+            response = call(live, case, session, auth)
             settle(live, response.status_code)
             case.validate_response(response, checks=checks)
             assert_error_body(case, response)
@@ -206,7 +233,7 @@ def test_rest_routes_answer_401_without_a_valid_token(live: LiveAccord) -> None:
     with http_session() as session:
 
         def send(case: Case, auth: Authorization | None) -> None:
-            response = case.call(base_url=live.base_url, session=session, auth=auth)
+            response = call(live, case, session, auth)
             settle(live, response.status_code)
             assert response.status_code == 401, describe(case, response)
             assert header(response, "www-authenticate") == "Bearer", describe(case, response)
@@ -225,7 +252,7 @@ def test_tracking_routes_never_fail_with_the_write_key(live: LiveAccord) -> None
     with http_session() as session:
 
         def send(case: Case) -> None:
-            response = case.call(base_url=live.base_url, session=session, auth=auth)
+            response = call(live, case, session, auth)
             settle(live, response.status_code)
             case.validate_response(response, checks=checks)
             assert_error_body(case, response)
@@ -249,7 +276,7 @@ def test_tracking_routes_answer_401_to_a_bad_write_key(live: LiveAccord) -> None
     with http_session() as session:
 
         def send(case: Case, auth: Authorization | None) -> None:
-            response = case.call(base_url=live.base_url, session=session, auth=auth)
+            response = call(live, case, session, auth)
             settle(live, response.status_code)
             assert_error_body(case, response)
             if response.request.headers.get("Authorization"):
