@@ -15,3 +15,8 @@ WORKER_RETRIES = Counter("accord_worker_retries", "Worker transactions retried a
 INGEST_SECONDS = Histogram("accord_ingest_seconds", "Time to acknowledge a tracking request")
 LOG_PENDING = Gauge("accord_log_pending_events", "Events in the event log waiting for a worker (read at scrape)")
 QUARANTINE_WAITING = Gauge("accord_quarantine_waiting", "Quarantined events not yet replayed (read at scrape)")
+PATTERNS_SWITCHED_OFF = Counter(
+    "accord_patterns_switched_off",
+    "User-written regular expressions switched off in a process after a match ran out of time",
+    ["use"],
+)

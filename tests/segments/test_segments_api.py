@@ -118,6 +118,7 @@ def test_memberships_members_and_history(live: LiveAccord) -> None:
             {"all": [GOLD, {"event": "E", "where": [{"property": "p", "op": "regex", "value": "("}]}]},
             "$.all[1].where[0].value",
         ),
+        ({"all": [GOLD, {"trait": "plan", "op": "regex", "value": "(a|aa)+$"}]}, "$.all[1].value"),
         ({"any": [GOLD, {"segment": "nowhere"}]}, "$.any[1].segment"),
         ({"not": {"segment": "loop"}}, "$.not.segment"),
         ({"consent": {"purpose": "no.such.purpose", "channel": "email"}}, "$.consent.purpose"),

@@ -11,6 +11,7 @@ from typing import Any
 
 import phonenumbers
 
+from accord import patterns
 from accord.identity.matching import DEFAULT_MATCH, DEFAULT_SETTINGS, MatchConfigError, MatchSettings, compile_match
 
 Key = tuple[str, str]
@@ -79,7 +80,7 @@ class Rules:
     custom: tuple[str, ...] = ()
     # Types whose values are personal data: stored as a blind index and a ciphertext (accord.identity.blind).
     pii: frozenset[str] = frozenset()
-    _blocked: re.Pattern[str] | None = None
+    _blocked: patterns.Pattern | None = None
     _normalisers: dict[str, str] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
@@ -195,7 +196,7 @@ def _e164(text: str, region: str | None) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
+def compile_rules(document: dict[str, Any], version: int = 0, *, new: bool = False) -> Rules:
     """Check a rules document and compile it; RulesError names the first problem."""
     if not isinstance(document, dict):
         raise RulesError("the rules must be a JSON object")
@@ -228,10 +229,10 @@ def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
     for index, pattern in enumerate(blocked):
         if len(pattern) > 200:
             raise RulesError(f"blocked[{index}] is longer than 200 characters")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise RulesError(f"blocked[{index}] is not a regular expression: {error}") from None
+        # Rules read back are only compiled; new ones are also probed for backtracking (accord.patterns).
+        problem = patterns.problem(pattern, ignore_case=True) if new else patterns.compiles(pattern, ignore_case=True)
+        if problem is not None:
+            raise RulesError(f"blocked[{index}] {problem}")
     region = document.get("phone_region")
     if region is not None and (not isinstance(region, str) or region.upper() not in phonenumbers.SUPPORTED_REGIONS):
         raise RulesError("phone_region must be null or a two-letter region code such as GB or US")
@@ -262,7 +263,7 @@ def compile_rules(document: dict[str, Any], version: int = 0) -> Rules:
         limits={t.name: t.limit for t in types},
         custom=tuple(t.name for t in types if t.name not in BUILT_IN),
         pii=frozenset(t.name for t in types if t.name in PII_TYPES or t.normalise in PII_TYPES),
-        _blocked=re.compile(combined, re.IGNORECASE) if blocked else None,
+        _blocked=patterns.Pattern(combined, use="identity_blocked", ignore_case=True) if blocked else None,
         _normalisers={t.name: t.normalise for t in types},
     )
 

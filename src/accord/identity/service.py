@@ -47,7 +47,7 @@ def current_rules(session: Session, stamp: Sequence[Any] | None = None) -> Rules
 def set_rules(session: Session, document: dict[str, Any], *, actor: str, now: datetime) -> Rules:
     """Check and store a new version of the rules (RulesError if they cannot be used). Applies to events
     processed from then on; profiles already made keep their identifiers until a re-derivation."""
-    compiled = compile_rules(document)
+    compiled = compile_rules(document, new=True)
     latest = session.scalar(select(IdentityRules.version).order_by(IdentityRules.version.desc()).limit(1)) or 0
     version = latest + 1
     session.add(IdentityRules(version=version, document=compiled.document(), created_at=now, actor=actor[:100]))

@@ -15,6 +15,7 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from accord.segments.conditions import (
     _MISSING,
+    NEW,
     PATH,
     ConditionError,
     Days,
@@ -54,9 +55,11 @@ class ComputedDefinition(_Node):
 DEFINITION: TypeAdapter[ComputedDefinition] = TypeAdapter(ComputedDefinition)
 
 
-def parse(document: Any) -> ComputedDefinition:
+def parse(document: Any, *, new: bool = False) -> ComputedDefinition:
+    """The definition in `document`, or ConditionError naming the first offending part; `new` as for
+    `conditions.parse`."""
     try:
-        return DEFINITION.validate_python(document)
+        return DEFINITION.validate_python(document, context={NEW: new})
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         raise ConditionError(json_path(first["loc"]), str(first["msg"]).removeprefix("Value error, ")) from None

@@ -11,7 +11,6 @@ JSON Schema. Evaluation is pure: a condition and a profile's facts give true or 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from accord import patterns
+
 TRAIT_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "contains", "starts_with", "exists", "regex")
 Op = Literal["eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "contains", "starts_with", "exists", "regex"]
 MAX_NODES = 200
@@ -39,6 +40,9 @@ MAX_LIST = 1000
 MAX_DAYS = 36_600
 PATH = r"^[A-Za-z0-9_$@:\- ]{1,100}(\.[A-Za-z0-9_$@:\- ]{1,100}){0,4}$"
 Days = Annotated[str, Field(pattern=r"^[0-9]{1,5}d$", description="A number of days, e.g. 30d")]
+
+
+NEW = "accord.new"  # the validation context's key: a condition being saved (`parse`)
 
 
 class ConditionError(ValueError):
@@ -57,7 +61,7 @@ class _Node(BaseModel):
 def _operand(value: Any, info: ValidationInfo) -> Any:
     op = info.data.get("op")
     if op is not None:
-        check_operand(op, value)
+        check_operand(op, value, new=bool(info.context and info.context.get(NEW)))
     return value
 
 
@@ -66,7 +70,7 @@ OPERAND = Field(
 )
 
 
-def check_operand(op: str, value: Any) -> None:
+def check_operand(op: str, value: Any, *, new: bool = False) -> None:
     if op in ("gt", "gte", "lt", "lte"):
         if not _orderable(value):
             raise ValueError(f"{op} needs a number or a string")
@@ -94,10 +98,11 @@ def check_operand(op: str, value: Any) -> None:
     elif op == "regex":
         if not isinstance(value, str) or not value or len(value) > MAX_REGEX:
             raise ValueError(f"regex needs a pattern of 1 to {MAX_REGEX} characters")
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise ValueError(f"regex does not compile: {error}") from None
+        # Stored conditions are read back through here too; only new ones are probed for backtracking
+        # (patterns.problem), so that one stored before the probe existed is not refused when read.
+        problem = patterns.problem(value) if new else patterns.compiles(value)
+        if problem is not None:
+            raise ValueError(f"regex {problem}")
 
 
 class TraitCondition(_Node):
@@ -321,10 +326,11 @@ def json_path(loc: Sequence[int | str]) -> str:
     return path
 
 
-def parse(document: Any) -> Node:
-    """The condition in `document`, or ConditionError naming the first offending part."""
+def parse(document: Any, *, new: bool = False) -> Node:
+    """The condition in `document`, or ConditionError naming the first offending part. `new`: a condition
+    being saved, not one read back, whose regular expressions are also probed (accord.patterns.problem)."""
     try:
-        node: Node = CONDITION.validate_python(document)
+        node: Node = CONDITION.validate_python(document, context={NEW: new})
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         message = str(first["msg"]).removeprefix("Value error, ")
@@ -444,7 +450,7 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(type(a) is type(b) or (_kind(a) == _kind(b) == "number")) and a == b
 
 
-_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+_REGEX_CACHE: dict[str, patterns.Pattern] = {}
 MAX_SUBJECT = 10_000
 
 
@@ -487,8 +493,8 @@ def compare(op: str, actual: Any, value: Any) -> bool:
             return False
         pattern = _REGEX_CACHE.get(value)
         if pattern is None:
-            pattern = _REGEX_CACHE.setdefault(value, re.compile(value))
-        return pattern.search(actual[:MAX_SUBJECT]) is not None
+            pattern = _REGEX_CACHE.setdefault(value, patterns.Pattern(value, use="condition"))
+        return pattern.search(actual[:MAX_SUBJECT])
     raise ValueError(f"unknown operator {op!r}")
 
 

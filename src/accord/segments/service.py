@@ -40,7 +40,7 @@ def check_key(key: str) -> None:
 def check_condition(session: Session, key: str, document: Any) -> dict[str, Any]:
     """The condition in its stored form; ConditionError (with a JSON path) if it cannot be used: malformed,
     naming a segment that does not exist or that reads this one (a cycle), or an unknown consent purpose."""
-    node = conditions.parse(document)
+    node = conditions.parse(document, new=True)
     others = {row.key: row for row in session.scalars(select(Segment))}
     for path, part in conditions.walk(node):
         if isinstance(part, conditions.SegmentCondition):
@@ -417,7 +417,7 @@ def computed_save(
 ) -> ComputedTrait:
     """Create (or change: a new version) a computed trait. A change backfills the segments that read it."""
     check_key(key)
-    stored = computed.dump(computed.parse(definition))
+    stored = computed.dump(computed.parse(definition, new=True))
     row = session.get(ComputedTrait, key)
     if create and row is not None:
         raise SegmentError(409, "computed_trait_exists", f"computed trait {key!r} exists; change it with PUT")
