@@ -70,5 +70,8 @@ class ProfileEvent(Base):
 
     __table_args__ = (
         UniqueConstraint("source_id", "message_id"),
-        Index("ix_events_timeline", "profile_id", "timestamp", "id"),
+        # type and event ride along at the end: a count of a profile's events of a name in a window (the
+        # segments' backfill, pushdown) and the names and times a run's evaluation reads are then answered
+        # from the index alone, without a lookup of each event's row. The timeline's order is the first three.
+        Index("ix_events_timeline", "profile_id", "timestamp", "id", "type", "event"),
     )
