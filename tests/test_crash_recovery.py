@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 from sqlalchemy import func, select
@@ -33,34 +35,46 @@ def _env(settings: Settings, port: int) -> dict[str, str]:
 
 @contextmanager
 def accord_up(settings: Settings, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "accord", "up"],
-        env=_env(settings, port) | env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else "exited"
-            assert time.monotonic() < deadline, "accord up did not start"
-            time.sleep(0.05)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stderr:
-            process.stderr.close()
+    """`accord up` on `port`, started and healthy. Its output (logs and errors) goes to a file, not a pipe
+    nobody reads (a full pipe would stall the server): if the block fails, the end of it and whether the
+    server still ran are printed, so a failure shows the server's side too."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "accord", "up"],
+            env=_env(settings, port) | {"PYTHONUNBUFFERED": "1"} | env,  # its logs reach the file as written
+            stdout=output,
+            stderr=output,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, f"accord up exited with {process.returncode}: {_tail(output)}"
+                assert time.monotonic() < deadline, f"accord up did not start: {_tail(output)}"
+                time.sleep(0.05)
+            yield process
+        except Exception:
+            state = "still running" if process.poll() is None else f"exited with {process.returncode}"
+            print(f"accord up was {state}; its output ended with:\n{_tail(output)}", file=sys.stderr)
+            raise
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _tail(file: IO[bytes], size: int = 20_000) -> str:
+    file.flush()
+    file.seek(max(0, os.fstat(file.fileno()).st_size - size))
+    return file.read().decode(errors="replace")
 
 
 def children(pid: int) -> list[int]:

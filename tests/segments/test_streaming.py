@@ -7,6 +7,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -336,6 +337,67 @@ def test_an_event_segment_the_database_backfills_equals_a_recompute(rt: Runtime)
     # ann: two in the last week; cy: one, and dev-2's merged in; di: bought; bob: one in the week.
     assert members(rt, "keen") == {profile_of(rt, "ann"), profile_of(rt, "cy"), profile_of(rt, "di")}
     assert stored(rt) == batch(rt)
+
+
+class Killed(Exception):
+    """The process dies here."""
+
+
+def test_a_narrowed_backfill_killed_inside_a_step_goes_on_from_its_last_commit(rt: Runtime) -> None:
+    """A backfill step is one transaction. Killed inside one, its memberships, transitions and progress
+    are undone with it; a process started again goes on after the last step that committed and ends as a
+    recompute would, each member entered once."""
+    totals = {"ann": (70, 80), "bob": (10, 90), "cy": (100,), "di": (60, 60), "ed": (55, 65), "fay": (1, 2)}
+    run(
+        rt,
+        [
+            {"type": "track", "userId": user, "event": "Bought", "properties": {"total": total}, "timestamp": at(n + 1)}
+            for user, spent in totals.items()
+            for n, total in enumerate(spent)
+        ],
+    )
+    condition = {
+        "event": "Bought",
+        "where": [{"property": "total", "op": "gte", "value": 50}],
+        "count": {"gte": 2},
+        "within": "30d",
+    }
+    with rt.db.unit_of_work() as session:
+        service.create(session, key="big", name="big", description="", condition=condition, actor="t", now=NOW)
+    with rt.db.unit_of_work() as session:
+        first = service.backfill_step(session, "big", now=NOW, limit=2)
+    assert not first.finished
+    killed_at = members(rt, "big")
+
+    def killed_step() -> None:
+        with rt.db.unit_of_work() as session:
+            raise Killed(service.backfill_step(session, "big", now=NOW, limit=2).done)
+
+    with pytest.raises(Killed) as killed:
+        killed_step()
+    assert killed.value.args[0] > first.done  # it walked on before it died
+    assert members(rt, "big") == killed_at
+    with rt.db.read() as session:
+        assert service.get(session, "big").backfill_done == first.done
+
+    again = Runtime.create(rt.settings)
+    try:
+        while True:
+            with again.db.unit_of_work() as session:
+                if service.backfill_step(session, "big", now=NOW, limit=2).finished:
+                    break
+        assert members(again, "big") == {profile_of(again, user) for user in ("ann", "di", "ed")}
+        assert stored(again) == batch(again)
+        with again.db.read() as session:
+            entered = [
+                t.profile_id
+                for t in session.scalars(select(SegmentTransition))
+                if t.segment_key == "big" and t.kind == "entered"
+            ]
+            assert service.get(session, "big").backfill_done == len(totals)
+        assert sorted(entered) == sorted(members(again, "big"))
+    finally:
+        again.close()
 
 
 def test_a_backfill_with_property_filters_evaluates_only_whom_it_may_admit_and_equals_a_recompute(
