@@ -602,10 +602,18 @@ def _write(session: Session, run: _Run, now: datetime) -> None:
             "updated_at": now,
         }
 
-    # The data keys of new live profiles in one go (their traits and events are sealed under them); those
-    # of the other profiles written were read with them (`_load`).
+    # The data keys of new profiles in one go: live ones (their traits and events are sealed under them),
+    # and those merged away within the run that hold personal traits (sealed under their own key, kept for
+    # an unmerge). Those of the other profiles written were read with them (`_load`).
     keys = DataKeys.of(session)
-    keys.create({s.id for s in run.profiles.values() if s.is_new and s.merged_into is None}, new=True)
+    keys.create(
+        {
+            s.id
+            for s in run.profiles.values()
+            if s.is_new and (s.merged_into is None or (s.dirty and any(map(personal, s.traits))))
+        },
+        new=True,
+    )
     rows = [{**row(s), "created_at": s.created_at} for s in run.profiles.values() if s.dirty]
     # One multi-row upsert for new and changed profiles alike.
     upsert_rows(session, PROFILES, rows, key="id", keep=("created_at",))
