@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from accord.identity import rules as rules_module
 from accord.identity.models import Identity
 from accord.identity.rules import DEFAULT_RULES, RulesError, compile_rules
 from accord.profiles import service as profiles
@@ -216,6 +217,22 @@ def test_phones_become_e164() -> None:
 def test_emails_are_trimmed_and_lower_cased() -> None:
     assert DEFAULT_RULES.normalise("email", "  Ann@Example.COM ") == "ann@example.com"
     assert DEFAULT_RULES.normalise("email", "no-at-sign") is None
+
+
+def test_canonical_forms_are_remembered_per_type_and_the_memo_starts_again_when_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rules = compile_rules({})
+    monkeypatch.setattr(rules_module, "CANONICAL_MEMO", 3)
+    assert rules.normalise("email", " Ann@Example.COM") == "ann@example.com"
+    assert rules.normalise("email", " Ann@Example.COM") == "ann@example.com"  # remembered: the same answer
+    assert rules.normalise("user_id", " Ann@Example.COM") == "Ann@Example.COM"  # another type, another form
+    assert rules.normalise("anonymous_id", "null") is None  # unusable: not remembered
+    assert rules.normalise("user_id", 42) == "42"  # not text: not remembered
+    assert set(rules._canonical) == {("email", " Ann@Example.COM"), ("user_id", " Ann@Example.COM")}
+    assert rules.normalise("device_id", "d-1") == "d-1"
+    assert rules.normalise("device_id", "d-2") == "d-2"  # the fourth: the memo started again
+    assert set(rules._canonical) == {("device_id", "d-2")}
 
 
 BAD_RULES: list[tuple[Any, str]] = [

@@ -50,6 +50,7 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
     "match": {"auto_merge_above": 0.99, "review_above": 0.8, **DEFAULT_MATCH},
 }
 MATCH_KEYS = ("auto_merge_above", "review_above", "fields", "blocking", "deterministic", "recall")
+CANONICAL_MEMO = 50_000  # identifiers whose canonical form a Rules remembers (then it starts again)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -82,6 +83,10 @@ class Rules:
     pii: frozenset[str] = frozenset()
     _blocked: patterns.Pattern | None = None
     _normalisers: dict[str, str] = field(default_factory=dict)
+    # (type, value as sent) -> its canonical form, for usable values sent as text: the worker reads the same
+    # identifiers again and again. An unusable one is worked out each time: a blocked pattern switched off
+    # meanwhile (accord.patterns) may make it usable.
+    _canonical: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -97,6 +102,19 @@ class Rules:
 
     def normalise(self, kind: str, value: Any) -> str | None:
         """The canonical form of an identifier of this type, or None when it is not usable as one."""
+        if type(value) is not str:
+            return self._normalise(kind, value)
+        known = self._canonical.get((kind, value))
+        if known is not None:
+            return known
+        found = self._normalise(kind, value)
+        if found is not None:
+            if len(self._canonical) >= CANONICAL_MEMO:
+                self._canonical.clear()
+            self._canonical[(kind, value)] = found
+        return found
+
+    def _normalise(self, kind: str, value: Any) -> str | None:
         how = self._normalisers.get(kind)
         if how is None or value is None or isinstance(value, bool | dict | list | float):
             return None
@@ -158,8 +176,9 @@ class Rules:
             for item in external[:50]:
                 if isinstance(item, dict) and item.get("type") in self.custom:
                     add(str(item["type"]), item.get("id"))
-        rank = self.rank
-        found.sort(key=lambda key: (rank[key[0]], key[1]))
+        if len(found) > 1:
+            rank = self.rank
+            found.sort(key=lambda key: (rank[key[0]], key[1]))
         return found
 
     def lookups(self, identifiers: list[Key]) -> list[Key]:
