@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accord.segments import conditions
@@ -356,3 +356,23 @@ def test_hostile_documents_are_refused_cleanly(document: Any) -> None:
     except conditions.ConditionError as error:
         path = error.path
     assert path.startswith("$")
+
+
+TEXTS = st.sampled_from(["gold", "Gold", "", "1", "true"])
+# Values that JSON equality tells apart and Python's == does not, often; anything, sometimes.
+TRICKY = st.sampled_from([None, True, False, 1, 1.0, 0, "1", "true", "gold", "", [], {}, ["gold"], [1]])
+VALUES = TRICKY | TEXTS | st.lists(TEXTS, min_size=1, max_size=3) | JSONISH
+
+
+@settings(max_examples=1_000)
+@given(op=st.sampled_from(conditions.TRAIT_OPS), value=VALUES, actual=VALUES, present=st.booleans())
+def test_compiled_trait_tests_answer_as_compare_does(op: str, value: Any, actual: Any, present: bool) -> None:
+    """The compiled test of a top-level trait (with its shortcuts for texts and presence) and `compare`, the
+    operators' definition, agree on every value: true is not "true", 1 is not "1", null is absent."""
+    try:
+        node = parse({"trait": "t", "op": op, "value": value})
+    except conditions.ConditionError:
+        return
+    traits = {"t": actual} if present else {"u": actual}
+    expected = conditions.compare(op, conditions.lookup(traits, "t"), node.value)  # type: ignore[union-attr]
+    assert evaluate(node, Facts(traits=traits), NOW) is expected

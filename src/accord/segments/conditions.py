@@ -510,16 +510,31 @@ def compile_test(node: Node) -> Test:
     walked, paths split and windows read once, not for each profile evaluated."""
     if isinstance(node, AllOf):
         every = tuple(compile_test(child) for child in node.all)
-        return lambda facts, now: all(test(facts, now) for test in every)
+
+        def all_of(facts: Facts, now: datetime) -> bool:
+            for test in every:  # noqa: SIM110 - all() over a generator costs a generator per profile
+                if not test(facts, now):
+                    return False
+            return True
+
+        return all_of
     if isinstance(node, AnyOf):
         some = tuple(compile_test(child) for child in node.any)
-        return lambda facts, now: any(test(facts, now) for test in some)
+
+        def any_of(facts: Facts, now: datetime) -> bool:
+            for test in some:  # noqa: SIM110 - as above
+                if test(facts, now):
+                    return True
+            return False
+
+        return any_of
     if isinstance(node, NotCondition):
         inner = compile_test(node.not_)
         return lambda facts, now: not inner(facts, now)
     if isinstance(node, TraitCondition):
         op, path, value = node.op, _path(node.trait), node.value
-        return lambda facts, now: compare(op, _lookup(facts.traits, path), value)
+        fast = _top_level_trait_test(op, path[0], value) if len(path) == 1 else None
+        return fast or (lambda facts, now: compare(op, _lookup(facts.traits, path), value))
     if isinstance(node, ComputedCondition):
         op, key, value = node.op, node.computed, node.value
 
@@ -535,6 +550,23 @@ def compile_test(node: Node) -> Test:
         return lambda facts, now: segment in facts.segments
     purpose, channel = node.consent.purpose, node.consent.channel
     return lambda facts, now: facts.allowed(purpose, channel)
+
+
+def _top_level_trait_test(op: str, name: str, value: Any) -> Test | None:
+    """What `compare` answers for a top-level trait, for the commonest tests (a text equal to, not equal to
+    or among given texts; present or not), without its dispatch; None for the others. JSON equality with
+    a text is a text that is equal: never a number, a bool or null."""
+    if op in ("eq", "ne") and type(value) is str:  # only a text equals a text, in Python too
+        if op == "eq":
+            return lambda facts, now: facts.traits.get(name) == value
+        return lambda facts, now: facts.traits.get(name) != value
+    if op == "in" and isinstance(value, list) and value and all(type(v) is str for v in value):
+        texts = frozenset(value)
+        return lambda facts, now: type(actual := facts.traits.get(name, _MISSING)) is str and actual in texts
+    if op == "exists":
+        wanted = value is None or bool(value)
+        return lambda facts, now: (facts.traits.get(name) is not None) is wanted
+    return None
 
 
 def _path(dotted: str) -> tuple[str, ...]:
@@ -573,6 +605,13 @@ def _performed(node: EventCondition) -> Test:
             moment = min(matching) if occurrence == "first" else max(matching)
             return (start is None or moment >= start) and (end is None or moment < end)
         found = 0
+        if not filters:
+            for moment, _ in events:
+                if (start is None or moment >= start) and (end is None or moment < end):
+                    found += 1
+                    if found == enough:
+                        return True
+            return count.holds(found)
         for moment, properties in events:  # the window first: a cheap test that skips the filters
             if (
                 (start is None or moment >= start)
