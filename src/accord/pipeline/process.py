@@ -34,6 +34,7 @@ from accord.profiles.models import Profile, ProfileEvent
 from accord.profiles.projection import ProfileState, absorb, apply_event
 from accord.profiles.sealed import seal_payload
 from accord.rights import service as rights
+from accord.security import nonces
 from accord.security.datakeys import DATA_KEYS, DataKeys, keyring_of
 from accord.segments import histories, streaming
 from accord.segments.evaluate import FactsCache
@@ -476,7 +477,7 @@ def _resolve(run: _Run, item: _Parsed, now: datetime, outcome: Outcome) -> Profi
     in_order = all(timestamp > run.profiles[pid].last_seen for pid in touched)
     if plan.profile is None:
         state = ProfileState(
-            id=str(uuid.uuid4()), created_at=now, first_seen=timestamp, last_seen=timestamp, is_new=True
+            id=str(nonces.uuid4()), created_at=now, first_seen=timestamp, last_seen=timestamp, is_new=True
         )
         run.profiles[state.id] = state
     else:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from accord.security import nonces
 from accord.security.keys import FileKeyProvider, KeyProvider, MemoryKeyProvider, load_blind_index_key
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def key_id_of(token: str) -> str:
 
 
 def seal(cipher: AESGCM, key_id: str, plaintext: bytes, associated: bytes) -> str:
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = nonces.nonce(NONCE_BYTES)
     body = nonce + cipher.encrypt(nonce, plaintext, associated)
     return f"{PREFIX}{key_id}.{base64.urlsafe_b64encode(body).decode().rstrip('=')}"
 
@@ -68,7 +69,7 @@ def open_sealed(cipher: AESGCM, token: str, associated: bytes) -> bytes:
 
 def seal_bytes(cipher: AESGCM, key_id: str, plaintext: bytes, associated: bytes) -> bytes:
     """The binary form, for byte columns (the event log): `e1.<key id>.` then nonce | ciphertext | tag."""
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = nonces.nonce(NONCE_BYTES)
     return b"%s%s.%s%s" % (BINARY_PREFIX, key_id.encode(), nonce, cipher.encrypt(nonce, plaintext, associated))
 
 

@@ -17,6 +17,8 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from accord.security import nonces
+
 # How often a process looks at the key file for a rotation another process began.
 RELOAD_SECONDS = 1.0
 NONCE_BYTES = 12
@@ -74,7 +76,7 @@ class _AesKeks:
 
     def _wrap(self, data_key: bytes, context: bytes) -> tuple[str, bytes]:
         kek_id = self._current
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = nonces.nonce(NONCE_BYTES)
         return kek_id, nonce + AESGCM(self._keys[kek_id]).encrypt(nonce, data_key, kek_id.encode() + b"\0" + context)
 
     def _unwrap(self, kek_id: str, wrapped: bytes, context: bytes) -> bytes:
