@@ -123,6 +123,7 @@ class Active:
     timed: set[str] = field(default_factory=set)  # may change with time alone (windows, consent expiry)
     dependents: dict[str, set[str]] = field(default_factory=dict)
     computed: dict[str, ComputedDefinition] = field(default_factory=dict)
+    rank: dict[str, int] = field(default_factory=dict)  # each key's place in `ordered`
 
     def closure(self, keys: Iterable[str]) -> set[str]:
         """These segments and every segment that reads them, transitively."""
@@ -226,6 +227,7 @@ def compile_segments(
         for other in item.refs.segments:
             result.dependents.setdefault(other, set()).add(key)
     result.ordered = [result.by_key[key] for key in dependency_order(result.by_key)]
+    result.rank = {item.key: place for place, item in enumerate(result.ordered)}
     result.timed = result.closure(result.timed)
     return result
 
@@ -481,10 +483,12 @@ def refresh(
     changes = Changes()
     if not wanted:
         return changes
+    every = frozenset(segments.by_key)
     per_profile = {
-        pid: set(segments.by_key) if keys is None else segments.closure(k for k in keys if k in segments.by_key)
+        pid: every if keys is None else segments.closure(k for k in keys if k in segments.by_key)
         for pid, keys in wanted.items()
     }
+    rank = segments.rank
     needed = {key for keys in per_profile.values() for key in keys}
     stored = memberships(session, [*wanted, *also], cache)
     evaluated = [pid for pid, keys in per_profile.items() if keys]
@@ -504,9 +508,9 @@ def refresh(
                 gone.append(profile_id)
             continue
         found.segments = set(current)
-        for item in segments.ordered:
-            if item.key not in keys:
-                continue
+        # In dependency order: every segment, or those wanted (a few, mostly)
+        items = segments.ordered if keys is every else [segments.by_key[k] for k in sorted(keys, key=rank.__getitem__)]
+        for item in items:
             inside = item.test(found, now)
             if inside and item.key not in current:
                 found.segments.add(item.key)
