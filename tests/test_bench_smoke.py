@@ -204,3 +204,13 @@ def test_backlog_refuses_a_negative_yield() -> None:
     )
     assert done.returncode == 2
     assert "--yield-seconds must be 0 or more" in done.stderr
+
+
+def test_instructions_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("instructions.py", tmp_path)
+    assert summary["benchmark"] == "instructions"
+    assert summary["settings"]["drain"] is True
+    assert summary["drain"]["handled"] == summary["settings"]["events"]
+    assert summary["drain"]["pending"] == 0
+    baseline = run_smoke("instructions.py", tmp_path, 240, "--no-drain")
+    assert baseline["drain"]["handled"] == 0
