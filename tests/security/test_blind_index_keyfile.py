@@ -113,6 +113,48 @@ def test_identifiers_of_a_type_the_rules_make_personal_are_checked(settings: Set
     assert "none of the 1 stored identifier(s) checked" in _refused(settings)
 
 
+def test_without_personal_identifiers_names_are_checked(settings: Settings, rt: Runtime, tmp_path: Path) -> None:
+    """Customers known by user id alone, with names: their name words (and matching keys) are blinded under
+    the same key, so another key file would lose them as surely as an email."""
+    names = {"u1": ("Ada", "Lovelace"), "u2": ("Bob", "Byte")}
+    send(
+        rt,
+        [
+            {"type": "identify", "userId": user, "messageId": f"m-{user}", "traits": {"firstName": a, "lastName": b}}
+            for user, (a, b) in names.items()
+        ],
+    )
+    assert process(rt) == 2
+    with rt.db.read() as session:
+        assert session.scalar(text("SELECT count(*) FROM identities WHERE value_enc IS NOT NULL")) == 0
+        assert session.scalar(text("SELECT count(*) FROM profile_words")) == 4
+    Database.from_settings(settings).dispose()  # the right file: the names match
+
+    other = tmp_path / "other" / "blind-index.json"
+    load_blind_index_key(other)
+    shutil.copy(other, settings.blind_index_key_path())
+    message = _refused(settings)
+    assert "none of the 2 stored name(s) checked" in message
+    assert "found by its name" in message
+    for secret in ("Ada", "Lovelace", "ada", "lovelace"):
+        assert secret not in message
+
+    settings.blind_index_key_path().unlink()
+    assert "was missing" in _refused(settings)
+    assert not settings.blind_index_key_path().exists()
+
+
+def test_names_whose_data_key_was_destroyed_are_skipped(settings: Settings, rt: Runtime) -> None:
+    send(rt, [{"type": "identify", "userId": "u1", "messageId": "m-u1", "traits": {"firstName": "Ada"}}])
+    assert process(rt) == 1
+    with rt.db.unit_of_work() as session:
+        profile_id = session.scalar(select(Identity.profile_id).where(Identity.value == "u1"))
+        assert datakeys.destroy(session, [str(profile_id)]) == 1  # an erasure, half done: the words are left
+    settings.blind_index_key_path().unlink()
+    Database.from_settings(settings).dispose()  # the name does not open: nothing to compare
+    assert settings.blind_index_key_path().exists()
+
+
 def test_a_new_database_gets_a_new_key_file(settings: Settings) -> None:
     path = settings.blind_index_key_path()
     assert not path.exists()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from accord.identity.models import Identity
 from accord.identity.rules import PII_TYPES, Key, Rules
 from accord.identity.service import current_rules
+from accord.profiles.private import PROFILES, WORDS, Opener, blind_words, name_words
 from accord.security.crypto import Keyring, Undecryptable, aad, is_blind
 from accord.security.datakeys import DataKeys, keyring_of
 
@@ -81,14 +82,16 @@ def reveal_keys(session: Session, keys: Iterable[Key]) -> dict[Key, str]:
     return shown
 
 
-def indexed_under(session: Session, keyring: Keyring, *, sample: int = SAMPLE) -> tuple[int, bool]:
+def indexed_under(session: Session, keyring: Keyring, *, sample: int = SAMPLE) -> tuple[int, bool, str]:
     """Whether the stored identifiers were indexed with `keyring`'s blind-index key: up to `sample` sealed
     identifiers of the personal types (one indexed read), each decrypted and indexed again until one
-    matches its stored blind index. (how many were checked, whether one matched); (0, False) when none
+    matches its stored blind index. (how many were checked, whether one matched, what they were:
+    "identifier" or "name"). A database with no such identifier that opens (only user ids and anonymous
+    ids, say) is judged by its name index instead (`_names_indexed_under`); (0, False, ...) when neither
     could be: a new database, one from before identifiers were sealed, or only destroyed data keys."""
     schema = inspect(session.connection())
     if not schema.has_table(TABLE) or "value_enc" not in {c["name"] for c in schema.get_columns(TABLE)}:
-        return 0, False  # not migrated, or before migration 0018, which indexes the values then in clear
+        return 0, False, "identifier"  # not migrated, or before migration 0018, which indexes the values then in clear
     kinds = sorted(current_rules(session).pii | set(PII_TYPES))  # email and phone even if the rules dropped them
     rows = session.execute(
         select(Identity.type, Identity.value, Identity.value_enc)
@@ -105,5 +108,34 @@ def indexed_under(session: Session, keyring: Keyring, *, sample: int = SAMPLE) -
             continue  # its data key is gone: nothing to compare
         checked += 1
         if keyring.blind(kind, plain) == value:
+            return checked, True, "identifier"
+    if checked:
+        return checked, False, "identifier"
+    checked, matched = _names_indexed_under(session, keyring, sample)
+    return checked, matched, "name"
+
+
+def _names_indexed_under(session: Session, keyring: Keyring, sample: int) -> tuple[int, bool]:
+    """The same question of the name index (`profile_words`): up to `sample` profiles with indexed words,
+    their name traits opened and blinded again, until one gives a word stored for it."""
+    if not inspect(session.connection()).has_table(WORDS.name):
+        return 0, False
+    w, p = WORDS.c, PROFILES.c
+    ids = list(session.scalars(select(w.profile_id).distinct().order_by(w.profile_id).limit(sample)))
+    if not ids:
+        return 0, False
+    stored: dict[str, set[str]] = {}
+    for profile_id, word in session.execute(select(w.profile_id, w.word).where(w.profile_id.in_(ids))):
+        stored.setdefault(profile_id, set()).add(word)
+    profiles = session.execute(select(p.id, p.traits, p.traits_enc).where(p.id.in_(ids)).order_by(p.id)).all()
+    opener = Opener.of(session)
+    opener.load(row[2] for row in profiles)
+    checked = 0
+    for profile_id, clear, sealed in profiles:
+        words = blind_words(keyring, name_words(opener.traits(profile_id, clear, sealed)))
+        if not words:
+            continue  # its data key is gone (an erasure): nothing to compare
+        checked += 1
+        if words & stored.get(profile_id, set()):
             return checked, True
     return checked, False

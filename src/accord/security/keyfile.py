@@ -51,12 +51,13 @@ def check(engine: Engine, provider: KeyProvider, path: Path, *, created: bool) -
 def check_blind_index(db: Database, path: Path, *, created: bool) -> None:
     """KeyringError when the stored identifiers were indexed under another blind-index key than the one
     `db`'s keyring holds (`accord.identity.blind.indexed_under`: a few sealed identifiers, decrypted and
-    indexed again). Run after `check`, so the data keys open. A file this process `created` is removed."""
+    indexed again, or where none opens, a few profiles' names). Run after `check`, so the data keys open. A
+    file this process `created` is removed."""
     from accord.identity.blind import indexed_under  # the identity feature builds on this package
 
     assert db.keyring is not None
     with db.read() as session:
-        checked, matched = indexed_under(session, db.keyring)
+        checked, matched, what = indexed_under(session, db.keyring)
     if matched or not checked:
         return
     if created:
@@ -64,9 +65,13 @@ def check_blind_index(db: Database, path: Path, *, created: bool) -> None:
         why = "was missing (a new one was made and removed again)"
     else:
         why = "holds another key (another installation's, or an older copy)"
+    lost = (
+        "no stored email or phone would be found again, and every returning customer would get a new profile"
+        if what == "identifier"
+        else "no profile would be found by its name, and matching would not find the people stored"
+    )
     raise KeyringError(
-        f"the blind-index key file {path} {why}: none of the {checked} stored identifier(s) checked is "
-        "indexed under it. With it, no stored email or phone would be found again, and every returning "
-        "customer would get a new profile. Restore the file from its backup, or point "
+        f"the blind-index key file {path} {why}: none of the {checked} stored {what}(s) checked is "
+        f"indexed under it. With it, {lost}. Restore the file from its backup, or point "
         "ACCORD_BLIND_INDEX_KEY_FILE at it."
     )
