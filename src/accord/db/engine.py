@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import Settings
@@ -314,8 +314,15 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         dbapi_connection = conn.connection.driver_connection
         if conn.get_execution_options().get("accord_read_only", False):
             dbapi_connection.execute("BEGIN")
-        else:
+            return
+        try:
             begin_immediate(dbapi_connection, BUSY_TIMEOUT_S)
+        except sqlite3.OperationalError as error:
+            # Raised as SQLAlchemy raises the driver's errors for statements (a DBAPIError), so that callers
+            # tell a database another writer held past the timeout (`conflicted`: worth another try, or
+            # the worker's claim given back) from a fault in their own work. Bare, it was taken for one: a
+            # worker set its batch's events aside one by one.
+            raise OperationalError("BEGIN IMMEDIATE", None, error) from error
 
 
 # Where a pooled connection keeps the data version it last read (`Database.written_by_others`).
