@@ -10,7 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from accord.db.engine import conflicted
 
 
 class JSON(JSONResponse):
@@ -77,6 +80,16 @@ def install(app: FastAPI) -> None:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(OperationalError)
+    async def _database(_request: Request, error: OperationalError) -> JSON:
+        if conflicted(error):  # other writers held the database past the timeout: a passing state
+            structlog.get_logger(__name__).warning("database busy", error=type(error.orig).__name__)
+            return error_response(
+                503, "database_busy", "The database is busy with other writers; try again shortly", {"Retry-After": "1"}
+            )
+        structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__)
+        return error_response(500, "internal_error", "Accord failed on this request; it has been logged")
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSON:
