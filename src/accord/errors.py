@@ -70,6 +70,12 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
 
 
+def _internal(error: Exception) -> JSON:
+    # The type only: a message could quote personal data from the request.
+    structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__)
+    return error_response(500, "internal_error", "Accord failed on this request; it has been logged")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSON:
@@ -88,14 +94,11 @@ def install(app: FastAPI) -> None:
             return error_response(
                 503, "database_busy", "The database is busy with other writers; try again shortly", {"Retry-After": "1"}
             )
-        structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__)
-        return error_response(500, "internal_error", "Accord failed on this request; it has been logged")
+        return _internal(error)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSON:
-        # The type only: a message could quote personal data from the request.
-        structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__)
-        return error_response(500, "internal_error", "Accord failed on this request; it has been logged")
+        return _internal(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSON:

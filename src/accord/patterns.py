@@ -12,7 +12,6 @@ the log says so once (with a digest of the pattern, which may hold personal data
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import string
 from collections.abc import Callable
@@ -27,7 +26,6 @@ log = structlog.get_logger(__name__)
 
 MATCH_SECONDS = 0.2
 PROBE_SECONDS = 0.05
-FULLMATCH_MEMO = 20_000  # subjects whose fullmatch answer a pattern remembers, as rules._e164 does
 # Backtracking that grows exponentially shows at 64 characters; as the cube or worse at 2,000. A square
 # (a+b on aaaa...) does not: searched from every position, it is what many ordinary patterns do.
 PROBE_LENGTHS = (64, 2_000)
@@ -43,19 +41,14 @@ class Pattern:
         self.use = use
         self.switched_off = False
         self._compiled = _compile(text, ignore_case)
-        # The identity rules ask about every identifier the worker reads, mostly the same ones again; a
-        # match with a time limit costs 2 us against re's 0.35, a remembered answer a tenth of that.
-        self._fullmatch = functools.lru_cache(maxsize=FULLMATCH_MEMO)(self._fullmatch_now)
 
     def search(self, subject: str) -> bool:
         """Whether the pattern matches somewhere in `subject`."""
         return self._run(self._compiled.search, subject)
 
     def fullmatch(self, subject: str) -> bool:
-        """Whether the pattern matches all of `subject` (the last FULLMATCH_MEMO answers are remembered)."""
-        return not self.switched_off and self._fullmatch(subject)
-
-    def _fullmatch_now(self, subject: str) -> bool:
+        """Whether the pattern matches all of `subject`. (A match with a time limit costs about 2 us: the
+        identity rules, which ask about every identifier the worker reads, remember their answers.)"""
         return self._run(self._compiled.fullmatch, subject)
 
     def _run(self, match: Callable[..., Any], subject: str) -> bool:

@@ -55,6 +55,14 @@ def _blind_values(settings: Settings) -> list[str]:
         db.dispose()
 
 
+def _install_another_key(settings: Settings, tmp_path: Path) -> Path:
+    """Another installation's blind-index key file in place of this one's; returns where it came from."""
+    other = tmp_path / "other" / "blind-index.json"
+    load_blind_index_key(other)
+    shutil.copy(other, settings.blind_index_key_path())
+    return other
+
+
 def _refused(settings: Settings) -> str:
     with pytest.raises(KeyringError) as refused:
         Database.from_settings(settings)
@@ -88,9 +96,7 @@ def test_a_missing_key_file_is_refused_and_not_left_behind(
 
 def test_another_installations_key_file_is_refused_and_kept(settings: Settings, rt: Runtime, tmp_path: Path) -> None:
     _store(settings, {"u1": ADA, "u2": BOB})
-    other = tmp_path / "other" / "blind-index.json"
-    load_blind_index_key(other)
-    shutil.copy(other, settings.blind_index_key_path())
+    other = _install_another_key(settings, tmp_path)
 
     message = _refused(settings)
 
@@ -130,9 +136,7 @@ def test_without_personal_identifiers_names_are_checked(settings: Settings, rt: 
         assert session.scalar(text("SELECT count(*) FROM profile_words")) == 4
     Database.from_settings(settings).dispose()  # the right file: the names match
 
-    other = tmp_path / "other" / "blind-index.json"
-    load_blind_index_key(other)
-    shutil.copy(other, settings.blind_index_key_path())
+    _install_another_key(settings, tmp_path)
     message = _refused(settings)
     assert "none of the 2 stored name(s) checked" in message
     assert "found by its name" in message

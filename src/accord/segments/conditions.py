@@ -605,18 +605,11 @@ def _performed(node: EventCondition) -> Test:
             moment = min(matching) if occurrence == "first" else max(matching)
             return (start is None or moment >= start) and (end is None or moment < end)
         found = 0
-        if not filters:
-            for moment, _ in events:
-                if (start is None or moment >= start) and (end is None or moment < end):
-                    found += 1
-                    if found == enough:
-                        return True
-            return count.holds(found)
-        for moment, properties in events:  # the window first: a cheap test that skips the filters
+        for moment, properties in events:  # the window first, then the filters (none: no generator made)
             if (
                 (start is None or moment >= start)
                 and (end is None or moment < end)
-                and all(compare(op, _lookup(properties, path), value) for op, path, value in filters)
+                and (not filters or all(compare(op, _lookup(properties, path), value) for op, path, value in filters))
             ):
                 found += 1
                 if found == enough:
