@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -185,3 +185,63 @@ def test_upserted_rows_read_back_as_sqlalchemy_wrote_them(rt: Runtime) -> None:
         with rt.db.read() as session:
             raw = {p: session.execute(query, {"p": p}).one() for p in ("by-bulk", "by-sqlalchemy")}
         assert raw["by-bulk"] == raw["by-sqlalchemy"]
+
+
+def test_many_rows_upserted_at_once_read_back_as_sqlalchemy_wrote_them(rt: Runtime) -> None:
+    """On PostgreSQL the rows of one call go as one statement, a column per array: each row lands in its own
+    columns, NULLs and JSON values included, new and stored rows alike; rows sharing a key are upserted
+    one after another, the later winning."""
+    insert = (pg_insert if rt.db.dialect == "postgresql" else sqlite_insert)(PROFILES)
+    by_sqlalchemy = insert.on_conflict_do_update(
+        index_elements=[PROFILES.c.id],
+        set_={c.name: insert.excluded[c.name] for c in PROFILES.c if c.name not in ("id", "created_at")},
+    )
+
+    def rows(prefix: str, n: int) -> list[dict[str, Any]]:
+        return [
+            profile_row(
+                f"{prefix}-{i}",
+                merged_into=None if i % 2 else "elsewhere",
+                traits={"n": i, "null": None, "list": [i, "x"]} if i % 3 else {},
+                traits_enc=None if i % 2 else f"sealed-{i}",
+                cluster_id=f"c{i}" if i % 4 == 0 else None,
+                last_seen=AWARE + timedelta(seconds=i),
+                created_at=ELSEWHERE if i >= 5 else AWARE,  # for stored rows, the stored value stays
+            )
+            for i in range(n)
+        ]
+
+    for prefix in ("bulk", "orm"):
+        with rt.db.unit_of_work() as session:
+            upsert_rows(session, PROFILES, rows(prefix, 5), key="id", keep=("created_at",))
+    statements: list[bool] = []  # each statement the driver ran: whether once per row (executemany)
+
+    def ran(*args: Any) -> None:
+        statements.append(args[-1])
+
+    with rt.db.unit_of_work() as session:  # 5 stored and 4 new rows, in one call
+        event.listen(rt.db.engine, "before_cursor_execute", ran)
+        try:
+            upsert_rows(session, PROFILES, rows("bulk", 9), key="id", keep=("created_at",))
+        finally:
+            event.remove(rt.db.engine, "before_cursor_execute", ran)
+        session.execute(by_sqlalchemy, rows("orm", 9))
+    assert statements == ([False] if rt.db.dialect == "postgresql" else [True])
+    for i in range(9):
+        assert stored_profile(rt, f"bulk-{i}") == stored_profile(rt, f"orm-{i}")
+    assert stored_profile(rt, "bulk-4")[1] == {"n": 4, "null": None, "list": [4, "x"]}
+    assert stored_profile(rt, "bulk-4")[2] == "sealed-4"
+    assert stored_profile(rt, "bulk-2")[-1] == AWARE  # created_at kept when updated
+    assert stored_profile(rt, "bulk-7")[-1] == ELSEWHERE.astimezone(UTC)  # and as given when inserted
+
+    with rt.db.unit_of_work() as session:  # columns of NULLs only, and no row at all
+        upsert_rows(session, PROFILES, [profile_row("plain-1"), profile_row("plain-2")], key="id", keep=("created_at",))
+        upsert_rows(session, PROFILES, [], key="id")
+    assert stored_profile(rt, "plain-2")[0] is None
+    assert stored_profile(rt, "plain-2")[2] is None
+
+    first, later = profile_row("twice", traits={"plan": "gold"}), profile_row("twice", traits={"plan": "silver"})
+    with rt.db.unit_of_work() as session:
+        upsert_rows(session, PROFILES, [first, profile_row("once"), later], key="id", keep=("created_at",))
+    assert stored_profile(rt, "twice")[1] == {"plan": "silver"}
+    assert stored_profile(rt, "once")[1] == profile_row("once")["traits"]

@@ -87,6 +87,20 @@ def one_of_bound(column: ColumnElement[Any], name: str, dialect: str) -> ColumnE
     return _in_list(column, bindparam(name, type_=_list_type(dialect)), dialect)
 
 
+def one_of_bound_under(
+    prefix: ColumnElement[Any], prefix_name: str, column: ColumnElement[Any], name: str, dialect: str
+) -> ColumnElement[bool]:
+    """`prefix = :prefix_name AND column IN` the list bound as `name` (as `one_of_bound` takes it), for a
+    key on (prefix, column). On PostgreSQL written `(prefix, column) IN (SELECT :prefix_name, unnest(...))`,
+    which probes the key once per value whatever the table's statistics say: with `= ANY`, statistics
+    taken while the table was small (a new installation, a first import) made PostgreSQL read every row
+    under the prefix instead (a source's every event, on each run of the pipeline)."""
+    if dialect == "postgresql":
+        pairs = select(bindparam(prefix_name, type_=String), func.unnest(bindparam(name, type_=ARRAY(String))))
+        return tuple_(prefix, column).in_(pairs)
+    return (prefix == bindparam(prefix_name)) & one_of_bound(column, name, dialect)
+
+
 def _list_type(dialect: str) -> Any:
     return ARRAY(String) if dialect == "postgresql" else String()
 

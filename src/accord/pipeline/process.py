@@ -16,7 +16,7 @@ from sqlalchemy import CompoundSelect, Select, Table, Update, bindparam, func, s
 from sqlalchemy.orm import Session
 
 from accord.consent.capture import Capture, is_consent_event
-from accord.db.base import listed, one_of_bound, utcnow
+from accord.db.base import listed, one_of_bound, one_of_bound_under, utcnow
 from accord.db.bulk import insert_rows, upsert_rows
 from accord.identity import match_index
 from accord.identity.blind import protect, seal_value
@@ -303,7 +303,7 @@ def _stored_messages(dialect: str) -> Select[str]:
     """Which of the messageIds bound as `message_ids` the source `source_id` has stored already."""
     e = EVENTS.c
     return select(e.message_id).where(
-        e.source_id == bindparam("source_id"), one_of_bound(e.message_id, "message_ids", dialect)
+        one_of_bound_under(e.source_id, "source_id", e.message_id, "message_ids", dialect)
     )
 
 
