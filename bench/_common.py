@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from accord.config import Settings
 from accord.db import migrate
 from accord.ingest.models import QuarantinedEvent
+from accord.log.sql import SqlEventLog
 from accord.profiles.models import ProfileEvent
 from accord.runtime import Runtime, tune_gc
 
@@ -307,6 +308,41 @@ class Accord:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def drain_with_subprocesses(
+    count: int,
+    data_dir: Path,
+    url: str,
+    sqlite_synchronous: str,
+    log: SqlEventLog,
+    total: int,
+    settings: dict[str, str] | None = None,
+) -> tuple[int, float]:
+    """Start `count` `accord worker` processes (with further ACCORD_* `settings`) on the store at `url`
+    and watch the log's pending count until it is empty; returns (events timed, seconds)."""
+    workers = Accord(
+        data_dir=data_dir,
+        database_url=url if is_postgres(url) else None,
+        sqlite_synchronous=sqlite_synchronous,
+        settings=dict(settings or {}),
+    )
+    with workers:
+        workers.start_workers(count)
+        # Timed from the first commit seen: worker start-up (imports, migrations) is not throughput.
+        first_progress: float | None = None
+        left_at_first = total
+        deadline = time.monotonic() + max(300.0, total / 100)
+        pending = total
+        while time.monotonic() < deadline:
+            pending = log.pending()
+            now = time.monotonic()
+            if first_progress is None and pending < total:
+                first_progress, left_at_first = now, pending
+            if pending == 0:
+                return left_at_first, now - (first_progress or now)
+            time.sleep(0.02)
+    raise RuntimeError(f"the workers left {pending} events unprocessed")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
 from accord.config import Settings
-from accord.db.engine import Database
 from accord.identity.models import Identity, Merge
 from accord.ingest.models import QuarantinedEvent
 from accord.ingest.spec import normalise_request
@@ -141,7 +140,9 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 source_id = create_source(session, name="bench").id
             write_backlog(log, source_id, calls)
             if args.workers:
-                handled, seconds = _drain_with_subprocesses(args, data_dir, url, db, log, len(calls))
+                handled, seconds = common.drain_with_subprocesses(
+                    args.workers, data_dir, url, args.sqlite_synchronous, log, len(calls)
+                )
                 how = f"{args.workers} `accord worker` subprocess(es)"
             else:
                 common.as_accord_worker(rt)
@@ -171,33 +172,6 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "drained_by": how,
         **counts,
     }
-
-
-def _drain_with_subprocesses(
-    args: argparse.Namespace, data_dir: Path, url: str, db: Database, log: SqlEventLog, total: int
-) -> tuple[int, float]:
-    """Start N `accord worker` processes and watch the pending count; returns (events timed, seconds)."""
-    workers = common.Accord(
-        data_dir=data_dir,
-        database_url=url if common.is_postgres(url) else None,
-        sqlite_synchronous=args.sqlite_synchronous,
-    )
-    with workers:
-        workers.start_workers(args.workers)
-        # Timed from the first commit seen: worker start-up (imports, migrations) is not throughput.
-        first_progress: float | None = None
-        left_at_first = total
-        deadline = time.monotonic() + max(300.0, total / 100)
-        pending = total
-        while time.monotonic() < deadline:
-            pending = log.pending()
-            now = time.monotonic()
-            if first_progress is None and pending < total:
-                first_progress, left_at_first = now, pending
-            if pending == 0:
-                return left_at_first, now - (first_progress or now)
-            time.sleep(0.02)
-    raise RuntimeError(f"the workers left {pending} events unprocessed")
 
 
 # -- (b) latency ---------------------------------------------------------------------------------

@@ -9,6 +9,9 @@
     can affect. The worker takes runs of `--batch-size` events (default: the worker's own default, 500),
     doubling while the claims come back at least half full up to `--max-batch-size` (default 4,000), as
     `accord worker` does; bigger runs touch each profile, index page and segment fewer times per event.
+    With `--workers N`, N `accord worker` subprocesses drain the backlog instead (the scale-out role), timed
+    from their first commit; on PostgreSQL they run side by side, waiting for each other only on the
+    profiles both runs touch (row locks); on SQLite they take turns at the one write lock.
 (b) Backfill: `--profiles` synthetic profiles (traits only) are written straight into a fresh store,
     then a new segment is created and backfilled to the end (`service.backfill_step` in chunks, as the
     worker and `accord segment create` do); the figure is profiles over backfill time.
@@ -113,6 +116,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "4,000; the batch size or less: runs stay at the batch size)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="0 (default): --parts throughput drains in this process with Worker.drain(); N: N `accord worker` "
+        "subprocesses drain it (the scale-out role; on SQLite they take turns at the one write lock)",
+    )
+    parser.add_argument(
         "--run-events", type=int, default=20, help="events per run for --parts runs and history (default 20)"
     )
     parser.add_argument(
@@ -143,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.history,
         )
         < 1
-        or min(args.segments, args.journeys) < 0
+        or min(args.segments, args.journeys, args.workers) < 0
     ):
         parser.error("sizes must be positive")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -306,19 +316,37 @@ def segmented_store(
 def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, journey_count: int) -> dict[str, Any]:
     with segmented_store(args, "segments", segments, journey_count) as (rt, source_id):
         write_backlog(rt.log, source_id, calls)
-        common.as_accord_worker(rt)
-        worker = Worker(db=rt.db, log=rt.log, batch_size=args.batch_size, max_batch_size=args.max_batch_size)
-        began = time.monotonic()
-        handled, longest = 0, 0.0
-        for _ in range(len(calls) + 10):
-            started = time.monotonic()
-            taken = worker.run_once()
-            if not taken:
-                break
-            handled += taken
-            longest = max(longest, time.monotonic() - started)  # on SQLite, how long the API's writers may wait
-        rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
-        seconds = time.monotonic() - began
+        longest: float | None = None  # not seen from here when subprocesses drain
+        if args.workers:
+            # As `accord worker` runs them: its settings, with the bench's run sizes
+            environment = {
+                "ACCORD_WORKER_BATCH_SIZE": str(args.batch_size),
+                "ACCORD_WORKER_MAX_BATCH_SIZE": str(args.max_batch_size),
+            }
+            handled, seconds = common.drain_with_subprocesses(
+                args.workers,
+                rt.settings.data_dir,
+                str(rt.settings.database_url),
+                args.sqlite_synchronous,
+                rt.log,
+                len(calls),
+                environment,
+            )
+        else:
+            common.as_accord_worker(rt)
+            worker = Worker(db=rt.db, log=rt.log, batch_size=args.batch_size, max_batch_size=args.max_batch_size)
+            began = time.monotonic()
+            handled, slowest = 0, 0.0
+            for _ in range(len(calls) + 10):
+                started = time.monotonic()
+                taken = worker.run_once()
+                if not taken:
+                    break
+                handled += taken
+                slowest = max(slowest, time.monotonic() - started)  # on SQLite, how long the API's writers wait
+            longest = slowest
+            rt.log.delete_acknowledged()  # the last acknowledgements wait for the disk
+            seconds = time.monotonic() - began
         counts = store_counts(rt)
         with rt.db.read() as session:
             counts["memberships"] = int(session.scalar(select(func.count()).select_from(SegmentMembership)) or 0)
@@ -329,7 +357,7 @@ def drain(args: argparse.Namespace, calls: list[dict[str, Any]], segments: int, 
         "handled": handled,
         "seconds": round(seconds, 3),
         "events_per_s": round(handled / seconds) if seconds > 0 else 0,
-        "longest_run_ms": round(longest * 1000, 1),
+        "longest_run_ms": None if longest is None else round(longest * 1000, 1),
         **counts,
     }
 
@@ -777,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         "journeys": args.journeys,
         "batch_size": args.batch_size,
         "max_batch_size": args.max_batch_size,
+        "workers": args.workers,
         "profiles": args.profiles,
     }
     info = common.header(
@@ -787,16 +816,18 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" in args.parts:
         calls = common.customer_journeys(random.Random(args.seed), args.events, args.customers)
         runs = [drain(args, calls, 0, 0), drain(args, calls, args.segments, args.journeys)]
+        drained_by = f"{args.workers} `accord worker` subprocesses" if args.workers else "Worker.drain() in-process"
         payload["throughput"] = runs
         for run in runs:
             ok = ok and run["pending"] == 0 and run["events_stored"] + run["quarantined"] == len(calls)
         print(
-            f"\nthroughput (Worker.drain() in-process, the e2e backlog, runs of {args.batch_size:,} events, "
+            f"\nthroughput ({drained_by}, the e2e backlog, runs of {args.batch_size:,} events, "
             f"doubling up to {max(args.batch_size, args.max_batch_size):,} while the backlog lasts)\n"
             + "".join(
                 f"  {r['segments']:>3} segments, {r['journeys']} journeys: {r['handled']:,} events in "
-                f"{r['seconds']:.2f} s = {r['events_per_s']:,} events/s, longest run {r['longest_run_ms']:,} ms "
-                f"({r['profiles']:,} live profiles, "
+                f"{r['seconds']:.2f} s = {r['events_per_s']:,} events/s"
+                + ("" if r["longest_run_ms"] is None else f", longest run {r['longest_run_ms']:,} ms")
+                + f" ({r['profiles']:,} live profiles, "
                 f"{r['memberships']:,} memberships, {r['positions']:,} journey positions)\n"
                 for r in runs
             )

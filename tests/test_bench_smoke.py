@@ -123,6 +123,17 @@ def test_segments_refuses_sizes_below_one(flag: str, value: str) -> None:
     assert "sizes must be positive" in done.stderr
 
 
+def test_segments_drained_by_worker_processes_smoke(tmp_path: Path) -> None:
+    summary = run_smoke("segments.py", tmp_path, 240, "--parts", "throughput", "--workers", "2")
+    assert summary["settings"]["workers"] == 2
+    for run in summary["throughput"]:
+        assert run["pending"] == 0
+        assert run["events_stored"] + run["quarantined"] == summary["settings"]["events"]
+        assert 0 < run["handled"] <= summary["settings"]["events"]  # timed from the workers' first commit
+        assert run["longest_run_ms"] is None  # runs are not seen from the bench's process
+    assert summary["throughput"][1]["memberships"] > 0
+
+
 def test_segments_smoke(tmp_path: Path) -> None:
     summary = run_smoke("segments.py", tmp_path)
     assert summary["benchmark"] == "segments"
@@ -139,6 +150,7 @@ def test_segments_smoke(tmp_path: Path) -> None:
     assert summary["settings"]["batch_size"] == 500  # ACCORD_WORKER_BATCH_SIZE's default
     assert summary["settings"]["max_batch_size"] == 4000  # ACCORD_WORKER_MAX_BATCH_SIZE's default
     assert all(run["longest_run_ms"] > 0 for run in (without, with_segments))
+    assert summary["settings"]["workers"] == 0
     backfill = summary["backfill"]
     assert backfill["profiles"] == summary["settings"]["profiles"]
     assert 0 < backfill["members"] < backfill["profiles"]
