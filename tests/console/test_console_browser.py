@@ -331,6 +331,13 @@ def test_log_in_through_the_single_sign_on_button(browser: Any, sso_site: tuple[
         assert provider.token_requests == 1
         page.goto("/console/admin")
         expect(page.get_by_role("heading", level=1)).to_have_text("Not for your role")
+        # Logging out goes on to the provider's end-session page (past the console's form-action 'self'),
+        # which sends the browser back to the login page.
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url("**/console/login")
+        assert [logout["id_token_hint"] for logout in provider.logouts] == provider.issued
+        page.goto("/console")
+        assert page.url.endswith("/console/login?next=/console")
     finally:
         context.close()
 

@@ -54,6 +54,9 @@ class FakeProvider:
     interactive: bool = False  # the authorize endpoint shows a page whose button signs in (for a browser)
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
     token_requests: int = 0
+    end_session: bool = True  # the discovery document names an end-session endpoint (RP-Initiated Logout)
+    issued: list[str] = field(default_factory=list)  # the ID tokens the token endpoint sent
+    logouts: list[dict[str, str]] = field(default_factory=list)  # the queries the end-session endpoint got
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -66,7 +69,7 @@ class FakeProvider:
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": [self.auth_method],
-        }
+        } | ({"end_session_endpoint": f"{self.issuer}/logout?tenant=corp"} if self.end_session else {})
 
     def app(self) -> Starlette:
         return Starlette(
@@ -75,6 +78,7 @@ class FakeProvider:
                 Route("/jwks", self._jwks),
                 Route("/authorize", self._authorize, methods=["GET", "POST"]),
                 Route("/token", self._token, methods=["POST"]),
+                Route("/logout", self._logout),
             ]
         )
 
@@ -145,9 +149,15 @@ class FakeProvider:
                 claims[name] = value
         header = {"alg": "RS256", "kid": self.signing_key.kid, **self.header}
         id_token = self.id_token or jwt.encode(header, claims, self.signing_key, algorithms=[header["alg"]])
+        self.issued.append(id_token)
         return JSONResponse(
             {"access_token": "at-" + secrets.token_urlsafe(8), "token_type": "Bearer", "id_token": id_token}
         )
+
+    async def _logout(self, request: Request) -> Response:
+        """The end-session endpoint: ends the person's session here and sends the browser back."""
+        self.logouts.append(dict(request.query_params))
+        return RedirectResponse(request.query_params["post_logout_redirect_uri"], status_code=302)
 
 
 @contextmanager

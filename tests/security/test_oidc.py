@@ -5,16 +5,20 @@ or hostile answer is refused with a clear page, creates nobody, starts no sessio
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
+from alembic import command
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from accord.audit import service as audit
 from accord.config import Settings
@@ -24,7 +28,7 @@ from accord.runtime import Runtime
 from accord.security import oidc, users
 from accord.security.models import ConsoleSession, OidcLogin, User
 from conftest import LiveAccord, free_port, make_settings, running_accord
-from console.helpers import logged_in, login, make_user
+from console.helpers import csrf_of, logged_in, login, make_user
 from security.fake_oidc import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -113,6 +117,59 @@ def test_a_sign_in_lands_on_the_console_with_the_mapped_role(site: LiveAccord, p
     assert (success["actor_type"], success["actor_id"], success["actor_role"]) == ("user", user.id, "agent")
     assert success["details"] == {"method": "oidc"}
     assert b"alice" not in json.dumps(success).encode()
+
+
+def test_logging_out_ends_the_session_at_the_provider_too(site: LiveAccord, provider: FakeProvider) -> None:
+    """The provider's session would let the next person at a shared counter sign in again with one click: a
+    single sign-on session's logout goes on to the provider's end-session endpoint, with the ID token as a
+    hint and the way back to the login page."""
+    with site.client() as client:
+        answer, _ = sign_in(client)
+        assert answer.status_code == 200, answer.text
+        (id_token,) = provider.issued
+        out = client.post("/console/logout", data={"csrf": csrf_of(client.get("/console").text)})
+        assert out.status_code == 200, out.text
+        found = re.search(r'http-equiv="refresh" content="0;url=([^"]+)"', out.text)
+        assert found is not None
+        target = html.unescape(found.group(1))
+        assert f'href="{found.group(1)}"' in out.text  # and a link, should the page not go on by itself
+        assert target.startswith(f"{provider.issuer}/logout?tenant=corp&")  # the endpoint's own query kept
+        query = dict(parse_qsl(urlsplit(target).query))
+        assert query == {
+            "tenant": "corp",
+            "client_id": CLIENT_ID,
+            "post_logout_redirect_uri": f"{site.base_url}/console/login",
+            "id_token_hint": id_token,
+        }
+        assert out.headers["cache-control"] == "no-store"
+        assert client.get("/console", follow_redirects=False).status_code == 303  # signed out here already
+        back = httpx.get(target, timeout=10)  # the browser goes on to the provider, which sends it back
+        assert back.status_code == 302
+        assert back.headers["location"] == f"{site.base_url}/console/login"
+    assert provider.logouts == [query]
+    assert count(site.rt, ConsoleSession) == 0
+    (logout,) = audited(site.rt, "console.logout")
+    assert id_token not in json.dumps(logout)
+
+
+def test_without_an_end_session_endpoint_logging_out_stays_here(site: LiveAccord, provider: FakeProvider) -> None:
+    provider.end_session = False
+    with site.client() as client:
+        sign_in(client)
+        out = client.post("/console/logout", data={"csrf": csrf_of(client.get("/console").text)})
+        assert (out.status_code, out.headers["location"]) == (303, "/console/login")
+    assert count(site.rt, ConsoleSession) == 0
+    assert provider.logouts == []
+
+
+def test_a_password_login_logs_out_here_only(site: LiveAccord, provider: FakeProvider) -> None:
+    with site.client() as client:
+        token = logged_in(client, site.rt, "agent")
+        with site.rt.db.read() as session:
+            assert session.scalar(select(ConsoleSession.id_token)) is None
+        out = client.post("/console/logout", data={"csrf": token})
+        assert (out.status_code, out.headers["location"]) == (303, "/console/login")
+    assert provider.logouts == []
 
 
 def test_the_same_subject_is_the_same_user_and_the_role_follows_the_provider(
@@ -360,8 +417,11 @@ def test_a_malformed_discovery_document_is_refused(
         ({"id_token_signing_alg_values_supported": ["HS256", "none"]}, "MUST be included in"),
         ({"token_endpoint": "http://evil.example/token"}, "MUST use"),
         ({"response_types_supported": ["token"]}, "does not offer the authorization code flow"),
+        ({"end_session_endpoint": "javascript:alert(1)"}, "names an end-session endpoint that is not an https URL"),
+        ({"end_session_endpoint": "http://evil.example/logout"}, "not an https URL (http only for localhost)"),
+        ({"end_session_endpoint": ["https://x.example"]}, "names an end-session endpoint that is not"),
     ],
-    ids=["issuer", "algorithms", "insecure-endpoint", "no-code-flow"],
+    ids=["issuer", "algorithms", "insecure-endpoint", "no-code-flow", "script-logout", "http-logout", "list-logout"],
 )
 def test_a_discovery_document_that_does_not_fit_is_refused(
     site: LiveAccord, provider: FakeProvider, change: dict[str, Any], message: str
@@ -591,3 +651,19 @@ def test_the_users_page_marks_single_sign_on_users(site: LiveAccord) -> None:
     row = next(line for line in page.splitlines() if "alice@corp.example" in line)
     assert "single sign-on: the provider sets the role at each sign-in" in row
     assert page.count("single sign-on: the provider") == 1  # not the password admin
+
+
+def test_migration_0031_adds_the_sessions_id_token_and_takes_it_away(rt: Runtime) -> None:
+    def columns() -> set[str]:
+        with rt.db.engine.connect() as connection:
+            return {c["name"] for c in inspect(connection).get_columns("console_sessions")}
+
+    assert "id_token" in columns()
+    config = migrate._config()
+    with rt.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        config.attributes["keyring"] = rt.db.keyring
+        command.downgrade(config, "0030")
+    assert "id_token" not in columns()
+    migrate.upgrade(rt.db)
+    assert "id_token" in columns()

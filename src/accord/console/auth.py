@@ -24,6 +24,7 @@ from accord.console.render import ConsoleError, LoginRequired
 from accord.db.base import utcnow
 from accord.runtime import Runtime
 from accord.security import users
+from accord.security.oidc import CALLBACK_PATH, OidcProvider
 from accord.security.users import Login
 
 COOKIE = "accord_console"
@@ -171,3 +172,13 @@ def audit(
         target_id=target_id,
         details=details,
     )
+
+
+def oidc_callback_url(request: Request, rt: Runtime, provider: OidcProvider) -> str:
+    """Where the provider sends the browser back after a sign-in: ACCORD_OIDC_REDIRECT_URL, else the callback
+    under ACCORD_PUBLIC_URL, else under the URL this request came to."""
+    if provider.config.redirect_url:
+        return provider.config.redirect_url
+    if rt.settings.public_url:
+        return rt.settings.public_url.rstrip("/") + CALLBACK_PATH
+    return str(request.base_url).rstrip("/") + CALLBACK_PATH

@@ -13,6 +13,7 @@ import re
 import secrets
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import urljoin
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +26,7 @@ from accord.db.base import utcnow
 from accord.errors import ApiError
 from accord.runtime import Runtime
 from accord.security import users
+from accord.security.oidc import LOGIN_PATH
 from accord.security.users import Login
 
 router = APIRouter(include_in_schema=False)
@@ -130,12 +132,24 @@ async def logout(
     secret = auth.session_secret(request)
     actor = Actor("user", login.user_id, login.role, request.client.host[:64] if request.client else None)
 
-    def end() -> None:
+    def end() -> str | None:
         with rt.db.unit_of_work() as session:
-            users.end_session(session, secret)
+            id_token = users.end_session(session, secret)
             record_audit(session, key=rt.signing, actor=actor, action="console.logout")
+            return id_token
 
-    await run_in_threadpool(end)
-    response = RedirectResponse("/console/login", status_code=303)
+    id_token = await run_in_threadpool(end)
+    provider, at_provider = rt.oidc, None
+    if id_token is not None and provider is not None:
+        back = urljoin(auth.oidc_callback_url(request, rt, provider), LOGIN_PATH)
+        at_provider = await provider.logout_url(id_token=id_token, post_logout_redirect=back)
+    if provider is None or at_provider is None:
+        response: Response = RedirectResponse("/console/login", status_code=303)
+    else:
+        # Signed out here; the provider's session ends on its page. A navigation from a page of ours, not a
+        # redirect: the console's policy lets forms go to this site only (form-action 'self'), redirects
+        # after a form included.
+        response = page("signed_out.html", title="Signed out", oidc_name=provider.config.name, at_provider=at_provider)
+        response.headers["cache-control"] = "no-store"  # it holds the ID token
     auth.clear_session_cookie(response, request)
     return response

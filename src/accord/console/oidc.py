@@ -28,7 +28,7 @@ from accord.db.base import utcnow
 from accord.errors import ApiError
 from accord.runtime import Runtime
 from accord.security import users
-from accord.security.oidc import CALLBACK_PATH, OidcError, OidcProvider
+from accord.security.oidc import OidcError
 
 router = APIRouter(include_in_schema=False)
 OIDC_COOKIE = "accord_oidc"
@@ -42,14 +42,6 @@ def _cookie(request: Request) -> str:
 
 def _client(request: Request) -> str:
     return (request.client.host if request.client else "unknown")[:64]
-
-
-def _redirect_url(request: Request, rt: Runtime, provider: OidcProvider) -> str:
-    if provider.config.redirect_url:
-        return provider.config.redirect_url
-    if rt.settings.public_url:
-        return rt.settings.public_url.rstrip("/") + CALLBACK_PATH
-    return str(request.base_url).rstrip("/") + CALLBACK_PATH
 
 
 async def _refuse(request: Request, rt: Runtime, error: OidcError, *, next_path: str = "") -> Response:
@@ -91,7 +83,7 @@ async def begin(request: Request, next: str = "/console") -> Response:
     if limited is not None:
         return limited
     next_path = safe_next(next[:200])
-    redirect_url = _redirect_url(request, rt, rt.oidc)
+    redirect_url = auth.oidc_callback_url(request, rt, rt.oidc)
     try:
         authorization = await rt.oidc.authorization(redirect_url=redirect_url)
     except OidcError as error:
@@ -202,7 +194,7 @@ async def callback(request: Request) -> Response:
             user = users.oidc_user(
                 session, issuer=identity.issuer, subject=identity.subject, email=identity.email, role=role, now=now
             )
-            started = users.start_session(session, user, now=now, lifetime=lifetime)
+            started = users.start_session(session, user, now=now, lifetime=lifetime, id_token=identity.id_token)
             actor = Actor("user", user.id, user.role, client)
             record_audit(
                 session, key=rt.signing, actor=actor, action="console.login", details={"method": "oidc"}, now=now

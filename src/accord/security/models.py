@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db.base import Base, UTCDateTime, utcnow
@@ -57,6 +57,9 @@ class ConsoleSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A single sign-on session's ID token from the provider, sent back at logout (`id_token_hint`) so that
+    # the provider ends its own session too; null for a password login.
+    id_token: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DataKey(Base):

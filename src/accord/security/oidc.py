@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from authlib.common.security import is_secure_transport
@@ -50,6 +51,8 @@ LEEWAY = 60  # seconds of clock difference allowed on exp, iat and nbf
 # Asymmetric signatures only: a provider's key is public, and "none" or a shared-secret MAC is refused.
 SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 CALLBACK_PATH = "/console/login/oidc/callback"
+LOGIN_PATH = "/console/login"  # where the provider sends the browser back after logging out
+MAX_HINT = 8192  # an ID token longer than this is not kept for the logout (real ones are 1-2 KiB)
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,200}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
 
 
@@ -137,6 +140,9 @@ class Identity:
     subject: str
     email: str | None
     role: str | None  # None: the role claim holds no value the role map knows
+    # The ID token itself, kept with the session for logging out at the provider; None when longer than
+    # MAX_HINT (a header or a query string would not carry it)
+    id_token: str | None = field(default=None, repr=False)
 
 
 def role_for(config: OidcConfig, claims: Mapping[str, Any]) -> str | None:
@@ -286,7 +292,24 @@ class OidcProvider:
             subject=claims["sub"],
             email=email.strip().lower() if isinstance(email, str) and _EMAIL.match(email.strip()) else None,
             role=role_for(self.config, claims),
+            id_token=id_token if len(id_token) <= MAX_HINT else None,
         )
+
+    async def logout_url(self, *, id_token: str | None, post_logout_redirect: str) -> str | None:
+        """Where to send the browser so that the provider ends its session too (OpenID Connect RP-Initiated
+        Logout): its end-session endpoint with the ID token as a hint, this client's id and where to come
+        back to. None when the provider names no such endpoint, or cannot be reached now."""
+        try:
+            metadata = await self.metadata()
+        except OidcError:
+            return None
+        endpoint = metadata.get("end_session_endpoint")
+        if not endpoint:
+            return None
+        query = {"client_id": self.config.client_id, "post_logout_redirect_uri": post_logout_redirect}
+        if id_token:
+            query["id_token_hint"] = id_token
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
 
     async def _verify(
         self, id_token: str, metadata: Mapping[str, Any], *, nonce: str, access_token: str | None
@@ -365,10 +388,22 @@ def _metadata_problem(data: Any, issuer: str) -> str | None:
         return "does not offer the authorization code flow"
     if not data.get("authorization_endpoint") or not data.get("jwks_uri"):
         return "lacks the authorization endpoint or the key set"
+    ending = data.get("end_session_endpoint")
+    if ending is not None and not _web_url(ending):
+        return "names an end-session endpoint that is not an https URL (http only for localhost)"
     offered = data["id_token_signing_alg_values_supported"]
     if not isinstance(offered, list) or not set(offered) & set(SIGNING_ALGORITHMS):
         return f"offers no ID token signature Accord accepts ({', '.join(SIGNING_ALGORITHMS)})"
     return None
+
+
+def _web_url(value: Any) -> bool:
+    """An absolute https URL (http only for localhost) without a fragment, spaces or control characters, of
+    a sane length."""
+    if not isinstance(value, str) or len(value) > 2000 or any(c.isspace() or ord(c) < 32 for c in value):
+        return False
+    parts = urlsplit(value)
+    return bool(parts.netloc) and not parts.fragment and is_secure_transport(value)
 
 
 def _auth_method(config: OidcConfig, metadata: Mapping[str, Any]) -> str:

@@ -189,7 +189,11 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def start_session(session: Session, user: User, *, now: datetime, lifetime: timedelta) -> StartedSession:
+def start_session(
+    session: Session, user: User, *, now: datetime, lifetime: timedelta, id_token: str | None = None
+) -> StartedSession:
+    """A new console session for `user`; `id_token`: the provider's, for a single sign-on (see
+    `ConsoleSession.id_token`)."""
     secret = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     row = ConsoleSession(
@@ -199,6 +203,7 @@ def start_session(session: Session, user: User, *, now: datetime, lifetime: time
         created_at=now,
         last_seen_at=now,
         expires_at=now + lifetime,
+        id_token=id_token,
     )
     session.add(row)
     # Old sessions of anyone go when they have lapsed; a login is a fine moment to sweep.
@@ -234,9 +239,14 @@ def touch(session: Session, *, session_hash: str, now: datetime) -> None:
         row.last_seen_at = now
 
 
-def end_session(session: Session, secret: str) -> None:
-    if secret and len(secret) <= 100:
-        session.execute(delete(ConsoleSession).where(ConsoleSession.id_hash == _digest(secret)))
+def end_session(session: Session, secret: str) -> str | None:
+    """End the session this cookie secret holds; returns its provider's ID token (a single sign-on session)."""
+    if not secret or len(secret) > 100:
+        return None
+    id_hash = _digest(secret)
+    id_token = session.scalar(select(ConsoleSession.id_token).where(ConsoleSession.id_hash == id_hash))
+    session.execute(delete(ConsoleSession).where(ConsoleSession.id_hash == id_hash))
+    return id_token
 
 
 def end_sessions(session: Session, *, user_id: str) -> None:
