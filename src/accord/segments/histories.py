@@ -7,12 +7,17 @@ before it and 91 ms with 5,000 (`bench/segments.py --parts history`). Kept here,
 whole once; later runs read only the events added since.
 
 Each use checks what is kept against the database, in the one statement that reads what was added (one
-snapshot on PostgreSQL too): how many events the profile has, of every kind, their highest id and the sum
-of their ids. Whatever else changed them (an erasure, a merge or an unmerge moving events between profiles,
-another worker's event committed after one with a later id) fails the check, and the history is read whole
-again. What a transaction read is kept only once it commits: a rolled-back one leaves what is kept as it
-was. A profile unused for `ttl` seconds is forgotten (at the next commit, or by the worker's idle loop), so
-that opened payloads outlive an erasure made by another process by at most that long.
+snapshot on PostgreSQL too): how many events the profile has, of every kind, their highest id, and the sums
+of their ids, of their squares and of their cubes (the last two modulo a prime P). Whatever else changed
+them (an erasure, a merge or an unmerge moving events between profiles, another worker's event committed
+after one with a later id) fails the check, and the history is read whole again. The sum of the ids alone
+was fooled by events swapped between profiles with equal sums (ids 1 and 8 out, 4 and 5 in); with the
+three sums equal, the ids out and the ids in are the same modulo P whenever at most three were swapped
+(Newton's identities over the field of P), so any such change is seen. Only a swap of four or more events
+whose ids agree in all three sums could still pass unseen. What a transaction read is kept only once it
+commits: a rolled-back one leaves what is kept as it was. A profile unused for `ttl` seconds is forgotten
+(at the next commit, or by the worker's idle loop), so that opened payloads outlive an erasure made by
+another process by at most that long.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ from accord.security.datakeys import DataKeys
 
 EVENTS = cast(Table, ProfileEvent.__table__)
 Events = dict[str, list[tuple[datetime, Mapping[str, Any]]]]
-Token = tuple[int, int, int]  # the profile's events of every kind: how many, the highest id, the sum of ids
+# The profile's events of every kind: how many, the highest id, the sum of their ids, of their squares and
+# of their cubes (the last two modulo _PRIME)
+Token = tuple[int, int, int, int, int]
+# Below 2**31, so that each product fits in 62 bits and a sum of up to 2**32 of them in 63, on SQLite and
+# PostgreSQL alike. The database computes the powers, of the added rows too: its modulo of a negative id
+# (a test's) differs from Python's.
+_PRIME = 2_147_483_647
 _STAGED = "accord.histories.staged"
 _EVERY = -(2**63)  # an `after` below every id: the whole history
 
@@ -58,7 +69,7 @@ def _statement() -> Select[Any]:
         select(
             func.count().label("n"),
             func.coalesce(func.max(e.id), 0).label("top"),
-            func.coalesce(func.sum(e.id), 0).label("total"),
+            *(func.coalesce(func.sum(power), 0).label(f"sum_{n}") for n, power in enumerate(_powers(e.id))),
         )
         .where(e.profile_id == bindparam("pid"))
         .subquery("totals")
@@ -66,8 +77,22 @@ def _statement() -> Select[Any]:
     added = EVENTS.alias("added")
     a = added.c
     columns = (a.id, a.type, a.event, a.timestamp, a.payload, a.source_id, a.message_id)
+    powers = (power.label(f"power_{n}") for n, power in enumerate(_powers(a.id)))
     on = and_(a.profile_id == bindparam("pid"), a.id > bindparam("after"))
-    return select(totals.c.n, totals.c.top, totals.c.total, *columns).select_from(totals.outerjoin(added, on))
+    t = totals.c
+    summed = (t.n, t.top, t.sum_0, t.sum_1, t.sum_2)
+    return select(*summed, *columns, *powers).select_from(totals.outerjoin(added, on))
+
+
+def _powers(id_: Any) -> tuple[Any, Any, Any]:
+    """The id, its square and its cube, the last two modulo _PRIME."""
+    residue = id_ % _PRIME
+    square = residue * residue % _PRIME
+    return id_, square, square * residue % _PRIME
+
+
+def _token(row: Row[Any]) -> Token:
+    return (int(row.n), int(row.top), int(row.sum_0), int(row.sum_1), int(row.sum_2))
 
 
 STATEMENT = _statement()
@@ -123,14 +148,17 @@ class Histories:
             else self._current(profile_id, names, properties)
         )
         rows = connection.execute(STATEMENT, {"pid": profile_id, "after": kept.token[1] if kept else _EVERY}).all()
-        token: Token = (int(rows[0].n), int(rows[0].top), int(rows[0].total))
+        token = _token(rows[0])
         added = [row for row in rows if row.id is not None]
         if kept is not None and token == kept.token:
             self.reads["unchanged"] += 1
             return kept.events
-        if kept is not None and (token[0], token[2]) == (
-            kept.token[0] + len(added),
-            kept.token[2] + sum(row.id for row in added),
+        if (
+            kept is not None
+            and token[0] == kept.token[0] + len(added)
+            and all(
+                token[2 + n] == kept.token[2 + n] + sum(getattr(row, f"power_{n}") for row in added) for n in range(3)
+            )
         ):
             self.reads["added"] += 1
             names, properties = kept.names, kept.properties  # what is kept stays whole
@@ -140,7 +168,7 @@ class Histories:
             self.reads["whole"] += 1
             if kept is not None:  # the check failed: read everything again
                 rows = connection.execute(STATEMENT, {"pid": profile_id, "after": _EVERY}).all()
-                token = (int(rows[0].n), int(rows[0].top), int(rows[0].total))
+                token = _token(rows[0])
             events = {}
             _add(events, [row for row in rows if row.id is not None], names, keys if properties else None)
         size = sum(len(found) for found in events.values())
