@@ -622,6 +622,12 @@ def refresh_range(
     # Nobody else writes transitions of these profiles meanwhile (they are locked, or SQLite's writer is us).
     before = session.scalar(select(func.coalesce(func.max(t.id), 0)))
     member = exists().where(m.segment_key == item.key, m.profile_id == p.id)
+    if session.get_bind().dialect.name == "postgresql":
+        # Asked of the primary key once per profile (OFFSET 0 keeps PostgreSQL from turning it into a join):
+        # as a join, statistics taken before the segment had members (a new segment's backfill) made it
+        # compare every profile of a range with every member of the segment so far, a nested loop that
+        # grew with each range (a 200,000-profile backfill: 3.7 s, 74.6 s with fresh statistics of profiles).
+        member = exists(select(literal(1)).where(m.segment_key == item.key, m.profile_id == p.id).offset(0))
     row = (literal(item.key), p.id, literal("entered"), literal(item.version), at)
     session.execute(insert(TRANSITIONS).from_select(columns, select(*row).where(in_range, where, not_(member))))
     entered = select(t.segment_key, t.profile_id, t.at).where(
