@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event as sql_events
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from accord.db import engine
+from accord.db.bulk import insert_rows
 from accord.ingest.spec import normalise_request
 from accord.pipeline.process import process_events
 from accord.runtime import Runtime
@@ -545,3 +547,55 @@ def test_a_backfill_asks_the_membership_key_once_per_profile(rt: Runtime) -> Non
                 assert "Anti Join" not in plan, plan
                 assert "SubPlan" in plan, plan  # asked per profile, through an index of the memberships
                 assert "Index Scan using" in plan.rsplit("SubPlan", 1)[1], plan
+
+
+def test_a_backfill_after_a_bulk_load_refreshes_the_statistics_first(rt: Runtime) -> None:
+    """PostgreSQL planned each backfill step from statistics taken while the tables were small, and read and
+    sorted every profile after each range's boundary. A step first analyzes the profiles and events when
+    far more rows changed since their last ANALYZE than autovacuum lets pass; not again while they are
+    fresh; never on SQLite."""
+    rows = [
+        {
+            "id": f"bulk-{n:06d}",
+            "merged_into": None,
+            "traits": {"age": n % 90},
+            "trait_versions": {},
+            "counts": {},
+            "identity_counts": {},
+            "cluster_id": None,
+            "first_seen": NOW,
+            "last_seen": NOW,
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+        for n in range(engine.STALE_ROWS + 2_000)
+    ]
+    with rt.db.unit_of_work() as session:
+        insert_rows(session, evaluate.PROFILES, rows)
+        if rt.db.dialect == "postgresql":
+            session.execute(text("SELECT pg_stat_force_next_flush()"))  # the counts, at this commit
+    condition = {"trait": "age", "op": "gte", "value": 18}
+    with rt.db.unit_of_work() as session:
+        service.create(session, key="adults", name="", description="", condition=condition, actor="t", now=NOW)
+    analyzed: list[list[str]] = []
+    real = engine.analyze_if_stale
+
+    def watched(session: Any, tables: Any) -> list[str]:
+        analyzed.append(real(session, tables))
+        return analyzed[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service, "analyze_if_stale", watched)
+        finished = False
+        while not finished:  # a transaction per step, as the worker takes them
+            with rt.db.unit_of_work() as session:
+                finished = service.backfill_step(session, "adults", now=NOW, limit=5_000).finished
+    assert len(members(rt, "adults")) == sum(1 for n in range(len(rows)) if n % 90 >= 18)
+    if rt.db.dialect == "postgresql":
+        assert analyzed[0] == ["profiles"]  # the bulk load; events did not change
+        assert analyzed[1:] == [[]] * (len(analyzed) - 1)  # fresh from then on
+        with rt.db.read() as session:
+            last = session.scalar(text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'profiles'"))
+        assert last is not None
+    else:
+        assert all(step == [] for step in analyzed)

@@ -8,13 +8,13 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,34 @@ def conflicted(error: DBAPIError) -> bool:
     """Whether another transaction got in the way (a key it wrote meanwhile, a deadlock, a serialization
     failure, a busy SQLite): the transaction is worth another try, after a `backoff`."""
     return isinstance(error, IntegrityError) or any(word in str(error.orig).lower() for word in CONFLICT_WORDS)
+
+
+# A table's statistics are refreshed before a long walk when more rows changed since its last ANALYZE than
+# this many, and than half the rows it holds: far past autovacuum's own threshold (10%), so only a load
+# that outran autovacuum (a first import, a bulk load just before) pays for an ANALYZE here.
+STALE_ROWS = 10_000
+
+
+def analyze_if_stale(session: Session, tables: Sequence[str]) -> list[str]:
+    """PostgreSQL: ANALYZE those of `tables` whose statistics are far behind their rows, in the session's
+    transaction; returns their names. The planner chose from statistics taken while a table was small: a
+    segment backfill just after a bulk load read and sorted every profile after each range's boundary,
+    instead of walking the key. Nothing on SQLite (its planner keeps no such statistics here)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return []
+    stale = list(
+        session.scalars(
+            text(
+                "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() "
+                "AND relname = ANY(:tables) AND n_mod_since_analyze > :rows "
+                "AND n_mod_since_analyze * 2 > n_live_tup ORDER BY relname"
+            ),
+            {"tables": list(tables), "rows": STALE_ROWS},
+        )
+    )
+    for table in stale:  # names from the query above, which took them from the caller's own list
+        session.execute(text(f'ANALYZE "{table}"'))
+    return stale
 
 
 def backoff(attempt: int, *, base: float, cap: float = 0.5) -> None:

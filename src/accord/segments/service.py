@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from accord.consent import catalogue as consent_catalogue
+from accord.db.engine import analyze_if_stale
 from accord.profiles import private
 from accord.segments import computed, conditions, evaluate, pushdown
 from accord.segments.conditions import ConditionError
@@ -255,6 +256,7 @@ def backfill_step(session: Session, key: str, *, now: datetime, limit: int | Non
     row = get(session, key, lock=True)
     if row.status != "backfilling":
         return Progress(key, row.backfill_done, row.backfill_total, True)
+    analyze_if_stale(session, ("profiles", "events"))  # what each step's plans walk
     segments = evaluate.active(session)
     item = segments.by_key.get(key)
     where = narrowed = None
