@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from accord.db import engine
 from accord.ingest.spec import normalise_request
 from accord.journeys import machine, service
 from accord.journeys.models import JourneyPosition, JourneyTransition
@@ -21,6 +22,7 @@ from accord.runtime import Runtime
 from accord.segments import service as segments
 from accord.segments.models import SegmentMembership
 from pipeline.helpers import reset, unmerge_the_merge
+from segments.test_streaming import bulk_load
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SHOP = {
@@ -481,3 +483,30 @@ def test_a_journey_reading_a_timed_segment_moves_in_the_sweep(rt: Runtime) -> No
     assert where(rt, "qu", "lapse") == ("active", "active")
     sweep_all(rt, NOW + timedelta(days=2))  # the view is now 8 days old: out of "recent"
     assert where(rt, "qu", "lapse") == ("lapsed", "active")
+
+
+def test_a_journey_backfill_after_a_bulk_load_refreshes_the_statistics_first(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journey's backfill walks the profiles as a segment's does, so it refreshes statistics far behind
+    the tables first too (PostgreSQL; never on SQLite), and only while they are."""
+    bulk_load(rt, engine.STALE_ROWS + 2_000)
+    analyzed: list[list[str]] = []
+    real = engine.analyze_if_stale
+
+    def watched(session: Any, tables: Any) -> list[str]:
+        analyzed.append(real(session, tables))
+        return analyzed[-1]
+
+    monkeypatch.setattr(service, "analyze_if_stale", watched)
+    with rt.db.unit_of_work() as session:
+        service.create(session, key="shop", name="shop", description="", definition=SHOP, actor="t", now=NOW)
+    finished = False
+    while not finished:  # a transaction per step, as the worker takes them
+        with rt.db.unit_of_work() as session:
+            finished = service.backfill_step(session, "shop", now=NOW, limit=5_000).finished
+    if rt.db.dialect == "postgresql":
+        assert analyzed[0] == ["profiles"]
+        assert analyzed[1:] == [[]] * (len(analyzed) - 1)
+    else:
+        assert all(step == [] for step in analyzed)

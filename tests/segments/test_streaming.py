@@ -549,11 +549,9 @@ def test_a_backfill_asks_the_membership_key_once_per_profile(rt: Runtime) -> Non
                 assert "Index Scan using" in plan.rsplit("SubPlan", 1)[1], plan
 
 
-def test_a_backfill_after_a_bulk_load_refreshes_the_statistics_first(rt: Runtime) -> None:
-    """PostgreSQL planned each backfill step from statistics taken while the tables were small, and read and
-    sorted every profile after each range's boundary. A step first analyzes the profiles and events when
-    far more rows changed since their last ANALYZE than autovacuum lets pass; not again while they are
-    fresh; never on SQLite."""
+def bulk_load(rt: Runtime, count: int) -> list[dict[str, Any]]:
+    """`count` profiles (ages 0 to 89) written straight into the store, as a first import would, with
+    PostgreSQL's row counts reported at once; returns their rows."""
     rows = [
         {
             "id": f"bulk-{n:06d}",
@@ -568,12 +566,21 @@ def test_a_backfill_after_a_bulk_load_refreshes_the_statistics_first(rt: Runtime
             "created_at": NOW,
             "updated_at": NOW,
         }
-        for n in range(engine.STALE_ROWS + 2_000)
+        for n in range(count)
     ]
     with rt.db.unit_of_work() as session:
         insert_rows(session, evaluate.PROFILES, rows)
         if rt.db.dialect == "postgresql":
             session.execute(text("SELECT pg_stat_force_next_flush()"))  # the counts, at this commit
+    return rows
+
+
+def test_a_backfill_after_a_bulk_load_refreshes_the_statistics_first(rt: Runtime) -> None:
+    """PostgreSQL planned each backfill step from statistics taken while the tables were small, and read and
+    sorted every profile after each range's boundary. A step first analyzes the profiles and events when
+    far more rows changed since their last ANALYZE than autovacuum lets pass; not again while they are
+    fresh; never on SQLite."""
+    rows = bulk_load(rt, engine.STALE_ROWS + 2_000)
     condition = {"trait": "age", "op": "gte", "value": 18}
     with rt.db.unit_of_work() as session:
         service.create(session, key="adults", name="", description="", condition=condition, actor="t", now=NOW)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from accord.db.engine import analyze_if_stale
 from accord.journeys import definition as definitions
 from accord.journeys import machine
 from accord.journeys.models import Journey, JourneyPosition, JourneyTransition, JourneyVersion
@@ -221,6 +222,7 @@ def backfill_step(session: Session, key: str, *, now: datetime, limit: int = BAC
     row = get(session, key, lock=True)
     if row.status != "backfilling":
         return segments.Progress(key, row.backfill_done, row.backfill_total, True)
+    analyze_if_stale(session, ("profiles", "events"))  # what the walk's plans read, as a segment's backfill
     ids, last, walked = segment_evaluate.profiles_after(session, row.backfill_after, limit)
     segments.lock_profiles(session, ids)
     if ids:

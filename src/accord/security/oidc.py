@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from authlib.common.security import is_secure_transport
+from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -306,10 +307,10 @@ class OidcProvider:
         endpoint = metadata.get("end_session_endpoint")
         if not endpoint:
             return None
-        query = {"client_id": self.config.client_id, "post_logout_redirect_uri": post_logout_redirect}
+        query = [("client_id", self.config.client_id), ("post_logout_redirect_uri", post_logout_redirect)]
         if id_token:
-            query["id_token_hint"] = id_token
-        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
+            query.append(("id_token_hint", id_token))
+        return str(add_params_to_uri(endpoint, query))
 
     async def _verify(
         self, id_token: str, metadata: Mapping[str, Any], *, nonce: str, access_token: str | None
