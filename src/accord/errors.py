@@ -89,7 +89,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _database(_request: Request, error: OperationalError) -> JSON:
-        if conflicted(error):  # other writers held the database past the timeout: a passing state
+        # Other writers got in the way (SQLite's write lock held past the timeout; on PostgreSQL a deadlock, a
+        # serialization failure, lock_timeout): a passing state, and the transaction wrote nothing.
+        if conflicted(error):
             structlog.get_logger(__name__).warning("database busy", error=type(error.orig).__name__)
             return error_response(
                 503, "database_busy", "The database is busy with other writers; try again shortly", {"Retry-After": "1"}

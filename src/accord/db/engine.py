@@ -31,13 +31,20 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-CONFLICT_WORDS = ("deadlock", "could not serialize", "locked", "busy")
+# PostgreSQL's SQLSTATEs for a transaction failed because another got in the way: a serialization failure,
+# a deadlock, a lock not had in time (lock_timeout, NOWAIT). Codes, since messages follow lc_messages.
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# SQLite's, which has no SQLSTATE: "database is locked", "database table is locked", busy.
+CONFLICT_WORDS = ("locked", "busy")
 
 
 def conflicted(error: DBAPIError) -> bool:
     """Whether another transaction got in the way (a key it wrote meanwhile, a deadlock, a serialization
-    failure, a busy SQLite): the transaction is worth another try, after a `backoff`."""
-    return isinstance(error, IntegrityError) or any(word in str(error.orig).lower() for word in CONFLICT_WORDS)
+    failure, a lock it waited for past lock_timeout, a busy SQLite): the transaction is worth another try,
+    after a `backoff`."""
+    if isinstance(error, IntegrityError) or getattr(error.orig, "sqlstate", None) in CONFLICT_SQLSTATES:
+        return True
+    return any(word in str(error.orig).lower() for word in CONFLICT_WORDS)
 
 
 # A table's statistics are refreshed before a long walk when more rows changed since its last ANALYZE than
