@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event as sql_events
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from accord.db import engine
 from accord.db.bulk import insert_rows
@@ -523,7 +524,7 @@ def test_a_backfill_asks_the_membership_key_once_per_profile(rt: Runtime) -> Non
     entries: list[tuple[str, Any]] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("INSERT INTO segment_transitions") and "entered" in str(parameters):
+        if "INSERT INTO segment_transitions" in statement and "entered" in str(parameters):
             entries.append((statement, parameters))
 
     sql_events.listen(rt.db.engine, "before_cursor_execute", seen)
@@ -606,3 +607,79 @@ def test_a_backfill_after_a_bulk_load_refreshes_the_statistics_first(rt: Runtime
         assert last is not None
     else:
         assert all(step == [] for step in analyzed)
+
+
+def locked(rt: Runtime, profile_ids: list[str]) -> set[str]:
+    """Which of these profiles another transaction holds locked now (asked without waiting)."""
+    held = set()
+    for profile_id in profile_ids:
+        with rt.db.engine.connect() as connection:
+            try:
+                connection.execute(
+                    text("SELECT id FROM profiles WHERE id = :id FOR UPDATE NOWAIT"), {"id": profile_id}
+                ).all()
+            except OperationalError as error:
+                if getattr(error.orig, "sqlstate", None) != "55P03":  # lock_not_available; anything else fails
+                    raise
+                held.add(profile_id)
+            connection.rollback()
+    return held
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_narrowed_backfill_step_locks_only_whom_it_evaluates_and_others_are_written_meanwhile(
+    rt: Runtime,
+) -> None:
+    """A step of a segment evaluated in Python for the profiles the database cannot rule out locks those
+    profiles, not every profile of its range: each lock writes its row's page, and locking every profile
+    walked was most of such a backfill's time on PostgreSQL. A profile left unlocked is written by the
+    pipeline while the step is open, without waiting for it; the pipeline evaluates the segment for it,
+    and once both have committed the memberships are the batch recompute's, each entry recorded once."""
+    condition = {
+        "all": [
+            {"trait": "plan", "op": "eq", "value": "gold"},
+            {"event": "Bought", "where": [{"property": "total", "op": "gte", "value": 50}], "count": {"gte": 1}},
+        ]
+    }
+    # A day ago: the pipeline's change below is later (a trait's latest value wins).
+    bought = [("ann", "gold", 80), ("bob", "gold", 10), ("cy", "free", None)]
+    run(
+        rt,
+        [{"type": "identify", "userId": u, "traits": {"plan": p}, "timestamp": at(1)} for u, p, _ in bought]
+        + [
+            {"type": "track", "userId": u, "event": "Bought", "properties": {"total": t}, "timestamp": at(1)}
+            for u, _, t in bought
+            if t is not None
+        ],
+    )
+    ann, bob, cy = profile_of(rt, "ann"), profile_of(rt, "bob"), profile_of(rt, "cy")
+    with rt.db.unit_of_work() as session:
+        service.create(session, key="golds", name="", description="", condition=condition, actor="t", now=NOW)
+    with rt.db.unit_of_work() as session:
+        assert service.backfill_step(session, "golds", now=NOW).finished
+        # Gold with a purchase, both evaluated; bob's purchase is too small. Not cy (free, none).
+        assert locked(rt, [ann, bob, cy]) == {ann, bob}
+        # Meanwhile cy turns gold and buys; the pipeline locks cy and evaluates the segment itself.
+        with rt.db.unit_of_work() as other:
+            other.execute(text("SET LOCAL lock_timeout = '10s'"))  # an error, not a hang, if it had to wait
+            items = normalise_request(
+                {
+                    "batch": [
+                        {"type": "identify", "userId": "cy", "traits": {"plan": "gold"}},
+                        {"type": "track", "userId": "cy", "event": "Bought", "properties": {"total": 90}},
+                    ]
+                },
+                endpoint="batch",
+                received_at=NOW,
+                client_ip=None,
+            )
+            process_events(other, [("src", e) for e in items], lock_rows=True, now=NOW)
+    assert members(rt, "golds") == {ann, cy}
+    assert stored(rt) == batch(rt)
+    with rt.db.read() as session:
+        entries = [
+            t.profile_id
+            for t in session.scalars(select(SegmentTransition))
+            if t.segment_key == "golds" and t.kind == "entered"
+        ]
+    assert sorted(entries) == sorted(members(rt, "golds"))

@@ -649,16 +649,22 @@ def candidates_range(
     `limit` profiles to evaluate: the live ones `candidates` holds for, or that are in the segment now.
     Those and the range. With `candidates` true wherever the segment's condition is (`pushdown.candidates`),
     the other profiles of the range are outside it before and after: a refresh of the ones returned does
-    the whole range. On PostgreSQL the range's profiles are locked, as `refresh_range` locks them."""
+    the whole range. On PostgreSQL the profiles returned are locked."""
     p, m = PROFILES.c, MEMBERSHIPS.c
     later, found = _next_range(session, after, walk)
     if found.last is None:
         return [], found
     # Live, tested so that no index on merged_into can be chosen (SQLite would walk every live profile).
     in_range = and_(later, p.id <= found.last, func.coalesce(p.merged_into, "") == "")
-    lock_profiles(session, in_range)
     member = exists().where(m.segment_key == key, m.profile_id == p.id)
-    ids = list(session.scalars(select(p.id).where(in_range, or_(candidates, member)).order_by(p.id).limit(limit)))
+    query = select(p.id).where(in_range, or_(candidates, member)).order_by(p.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        # Only the profiles to evaluate are locked, not the whole range: the others are outside the segment
+        # before and after, whatever a writer does to them meanwhile (a writer of a profile's facts locks
+        # it, and evaluates this segment for it if the change can make it a candidate). Each lock writes
+        # its row's page: locking every profile walked (20,000 a step) was most of such a backfill's time.
+        query = query.with_for_update(of=PROFILES)
+    ids = list(session.scalars(query))
     if len(ids) < limit or ids[-1] == found.last:
         return ids, found
     walked = session.scalar(select(func.count()).select_from(PROFILES).where(later, p.id <= ids[-1]))
