@@ -28,6 +28,7 @@ import orjson
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+import accord
 from accord.config import Settings
 from accord.db import migrate
 from accord.ingest.models import QuarantinedEvent
@@ -94,8 +95,10 @@ def database_description(url: str) -> str:
 
 
 def _accord_revision() -> str | None:
-    """The git commit the benchmark ran on, with "+dirty" when src/ has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    """The git commit of the Accord the benchmark imported, with "+dirty" when its src/ has uncommitted
+    changes: the checkout `accord` was imported from (a worktree's `src` on PYTHONPATH), not the one the
+    benchmark's own files are in, which an A/B run alternating the `src` recorded for both sides."""
+    root = Path(accord.__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
