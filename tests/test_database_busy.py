@@ -5,9 +5,12 @@ On SQLite, another process holds the write lock past the busy timeout; a worker 
 to the log whole (Contended), not quarantined, and processes it once the writer lets go. On PostgreSQL a
 row lock another transaction holds is waited for, however long; what fails the request's transaction
 there is a deadlock PostgreSQL aborts it to break (SQLSTATE 40P01), a serialization failure (40001, at
-SERIALIZABLE) or a lock not had within a configured lock_timeout (55P03). Those tests make each happen for
-real, with connections of their own, and wait for each step on pg_stat_activity and pg_blocking_pids,
-never on a sleep. tests/identity/test_concurrency.py runs workers against each other on PostgreSQL."""
+SERIALIZABLE) or a lock not had within a configured lock_timeout (55P03); and an insert of a key another
+transaction inserted meanwhile waits for that one, then fails with a unique violation (23505) once it
+commits: two writers that both found the key free (a retry then meets the key taken: 409). Those tests
+make each happen for real, with connections of their own, and wait for each step on pg_stat_activity and
+pg_blocking_pids, never on a sleep. tests/identity/test_concurrency.py runs workers against each other on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -22,16 +25,18 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from accord.audit import service as audit
 from accord.audit.models import AuditRecord
 from accord.db import engine, migrate
+from accord.db.base import utcnow
 from accord.ingest import quarantine
 from accord.pipeline.worker import Worker
 from accord.runtime import Runtime
+from accord.segments import service as segments
 from conftest import LiveAccord, make_settings, running_accord
 from pipeline.helpers import backlog, stored_events
 
@@ -145,13 +150,14 @@ def _created_ready(live: LiveAccord) -> None:
             time.sleep(0.01)
 
 
-def _busy(answer: httpx.Response, logs: list[dict[str, Any]], error: str) -> None:
-    """503 database_busy with Retry-After, and only the error's type logged (its message may quote data)."""
+def _busy(answer: httpx.Response, logs: list[dict[str, Any]], error: str, **where: str) -> None:
+    """503 database_busy with Retry-After, and only the error's type logged (its message may quote data),
+    with `where` it was (a constraint's name)."""
     assert answer.status_code == 503, answer.text
     assert answer.json()["code"] == "database_busy"
     assert answer.headers["Retry-After"] == "1"
     assert [entry for entry in logs if entry["log_level"] != "info"] == [
-        {"event": "database busy", "error": error, "log_level": "warning"}
+        {"event": "database busy", "error": error, "log_level": "warning", **where}
     ]
 
 
@@ -248,3 +254,60 @@ def test_a_request_postgresql_cannot_serialize_answers_503_and_passes_when_sent_
             finally:
                 _end(watcher, writer)
         _unchanged_then_renamed_when_sent_again(live)
+
+
+def _created_audited(live: LiveAccord) -> list[str]:
+    """The actors of the audit records of segment gold's creation."""
+    with live.rt.db.read() as session:
+        rows = session.scalars(
+            select(AuditRecord.actor_type).where(
+                AuditRecord.action == "segment.create", AuditRecord.target_id == "gold"
+            )
+        )
+        return list(rows)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_create_that_races_another_for_the_same_key_answers_503_and_409_when_sent_again(live: LiveAccord) -> None:
+    """Two writers create segment gold at once, the command line and the API: both find the key free, both
+    insert. PostgreSQL holds the second insert on the key's unique index until the first writer commits, then
+    fails it with a unique violation (SQLSTATE 23505). A passing state, as a deadlock is: 503 with
+    Retry-After, nothing of the request written; sent again, it meets the service's own check: 409."""
+    watcher = _outside(live.rt, autocommit=True)
+    with capture_logs() as logs, live.api() as api, ThreadPoolExecutor(1) as threads:
+        try:
+            with live.rt.db.unit_of_work() as other:  # what `accord segment put gold --new` does, left open
+                created = segments.create(
+                    other,
+                    key="gold",
+                    name="Gold",
+                    description="",
+                    condition=GOLD["condition"],
+                    actor="cli",
+                    now=utcnow(),
+                )
+                audit.record_audit(
+                    other,
+                    key=live.rt.signing,
+                    actor=audit.CLI,
+                    action="segment.create",
+                    target_type="segment",
+                    target_id="gold",
+                    details={"version": created.version},
+                )
+                answer = threads.submit(api.post, "/api/v1/segments", json=GOLD)
+                waiting = _blocked_by(watcher, int(other.scalar(text("SELECT pg_backend_pid()"))))
+                [(query,)] = watcher.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (waiting,)).fetchall()
+                assert query.startswith("INSERT INTO segments "), query  # the request's, not a worker's
+            # The command line's transaction committed: the request's insert fails on the key.
+            _busy(answer.result(timeout=WAIT_S), logs, "UniqueViolation", constraint="pk_segments")
+        finally:
+            watcher.close()
+        again = api.post("/api/v1/segments", json=GOLD)
+        assert again.status_code == 409, again.text
+        assert again.json()["code"] == "segment_exists"
+        assert api.get("/api/v1/segments/gold").json()["actor"] == "cli"
+        assert [v["actor"] for v in api.get("/api/v1/segments/gold/versions").json()["data"]] == ["cli"]
+        assert [s["key"] for s in api.get("/api/v1/segments").json()["data"]] == ["gold"]
+    assert _created_audited(live) == ["cli"]
+    assert audit.verify(live.rt.db.engine, key=live.rt.signing).ok

@@ -10,10 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from accord.db.engine import conflicted
+from accord.db.engine import conflicted, duplicate_key
 
 
 class JSON(JSONResponse):
@@ -70,10 +70,24 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
 
 
-def _internal(error: Exception) -> JSON:
-    # The type only: a message could quote personal data from the request.
-    structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__)
+def _internal(error: object, **where: str) -> JSON:
+    # The type only (and where, a constraint's name): a message could quote personal data from the request.
+    structlog.get_logger(__name__).error("unhandled error", error=type(error).__name__, **where)
     return error_response(500, "internal_error", "Accord failed on this request; it has been logged")
+
+
+def _busy(error: object, **where: str) -> JSON:
+    structlog.get_logger(__name__).warning("database busy", error=type(error).__name__, **where)
+    return error_response(
+        503, "database_busy", "The database is busy with other writers; try again shortly", {"Retry-After": "1"}
+    )
+
+
+def _constraint(error: IntegrityError) -> dict[str, str]:
+    """The name of the constraint PostgreSQL reports the error broke, to log: a name from the schema, never
+    the values (which the message quotes). SQLite names none."""
+    name = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    return {"constraint": name} if name else {}
 
 
 def install(app: FastAPI) -> None:
@@ -92,11 +106,18 @@ def install(app: FastAPI) -> None:
         # Other writers got in the way (SQLite's write lock held past the timeout; on PostgreSQL a deadlock, a
         # serialization failure, lock_timeout): a passing state, and the transaction wrote nothing.
         if conflicted(error):
-            structlog.get_logger(__name__).warning("database busy", error=type(error.orig).__name__)
-            return error_response(
-                503, "database_busy", "The database is busy with other writers; try again shortly", {"Retry-After": "1"}
-            )
+            return _busy(error.orig)
         return _internal(error)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_request: Request, error: IntegrityError) -> JSON:
+        # A key another writer took between the service's check that it was free and the insert (on PostgreSQL,
+        # which made the insert wait for that writer's commit): a passing state too, and nothing was written.
+        # Sent again, the request meets the service's own check (409 for a name taken). Any other integrity
+        # error (foreign key, not null, check) is a fault that got past validation.
+        if duplicate_key(error):
+            return _busy(error.orig, **_constraint(error))
+        return _internal(error.orig, **_constraint(error))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSON:

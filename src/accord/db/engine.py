@@ -33,18 +33,36 @@ def _json_dumps(value: Any) -> str:
 
 # PostgreSQL's SQLSTATEs for a transaction failed because another got in the way: a serialization failure,
 # a deadlock, a lock not had in time (lock_timeout, NOWAIT). Codes, since messages follow lc_messages.
-CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+DEADLOCK_SQLSTATE = "40P01"
+CONFLICT_SQLSTATES = frozenset({"40001", DEADLOCK_SQLSTATE, "55P03"})
 # SQLite's, which has no SQLSTATE: "database is locked", "database table is locked", busy.
 CONFLICT_WORDS = ("locked", "busy")
+# A unique key a row holds already: PostgreSQL's unique_violation; SQLite's UNIQUE and PRIMARY KEY constraints.
+UNIQUE_SQLSTATE = "23505"
+_SQLITE_UNIQUE = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
+
+
+def sqlstate(error: DBAPIError) -> str | None:
+    """PostgreSQL's SQLSTATE for the error; None on SQLite, which has none."""
+    return getattr(error.orig, "sqlstate", None)
 
 
 def conflicted(error: DBAPIError) -> bool:
     """Whether another transaction got in the way (a key it wrote meanwhile, a deadlock, a serialization
     failure, a lock it waited for past lock_timeout, a busy SQLite): the transaction is worth another try,
     after a `backoff`."""
-    if isinstance(error, IntegrityError) or getattr(error.orig, "sqlstate", None) in CONFLICT_SQLSTATES:
+    if isinstance(error, IntegrityError) or sqlstate(error) in CONFLICT_SQLSTATES:
         return True
     return any(word in str(error.orig).lower() for word in CONFLICT_WORDS)
+
+
+def duplicate_key(error: DBAPIError) -> bool:
+    """Whether a statement failed on a unique key a row holds already. After a check in the same transaction
+    that the key was free, on PostgreSQL, another transaction wrote it meanwhile: the statement waited on the
+    key's index for that one to commit. Not other integrity errors (foreign key, not null, check)."""
+    if not isinstance(error, IntegrityError):
+        return False
+    return sqlstate(error) == UNIQUE_SQLSTATE or getattr(error.orig, "sqlite_errorcode", None) in _SQLITE_UNIQUE
 
 
 # A table's statistics are refreshed before a long walk when more rows changed since its last ANALYZE than

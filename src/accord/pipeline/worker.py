@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from accord import metrics
 from accord.consent.capture import Capture
-from accord.db.engine import LONGEST_LOCK_PAUSE_S, Database, backoff, conflicted
+from accord.db.engine import DEADLOCK_SQLSTATE, LONGEST_LOCK_PAUSE_S, Database, backoff, conflicted, sqlstate
 from accord.ingest import quarantine
 from accord.journeys import service as journeys
 from accord.log.port import Delivery, EventLog
@@ -56,7 +56,9 @@ class Worker:
     poll_interval: float = 0.05
     wake: Wake | None = None
     consent: Capture | None = None
-    deadlocks: int = 0  # transactions the database aborted as deadlocked (the lock order should make it 0)
+    # Transactions PostgreSQL aborted as deadlocked (40P01; the lock order should make it 0). None on SQLite,
+    # whose writers queue for its one write lock.
+    deadlocks: int = 0
     segment_sweep_seconds: float = 60.0  # when idle: segment and journey backfills; this often, the sweep
     on_commit: Callable[[], None] | None = None  # after each commit of effects: wakes the live streams
     # On SQLite a transaction holds the write lock throughout. Once another writer has committed (the API's
@@ -159,7 +161,7 @@ class Worker:
                 self._committed()
                 return outcome, len(taken)
             except (StaleRead, DBAPIError) as error:
-                if isinstance(error, DBAPIError) and "deadlock" in str(error.orig).lower():
+                if isinstance(error, DBAPIError) and sqlstate(error) == DEADLOCK_SQLSTATE:
                     self.deadlocks += 1
                 if isinstance(error, DBAPIError) and not conflicted(error):
                     raise
